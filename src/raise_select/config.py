@@ -1,0 +1,278 @@
+"""One dataclass tree for every command, with YAML in/out and ``a.b=value`` overrides.
+
+Every field carries a one-line comment saying what it is. ``load_config(path, overrides)`` is the
+only way configs enter the program, so validation and error messages live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class SourceConfig:
+    """One instruction source in the pool: a bundled name or a user file/dataset."""
+
+    name: str = "gsm8k"  # bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic) or a path to .jsonl/.json or a saved `datasets` folder
+    format: str = "auto"  # auto | alpaca | messages | prompt_response
+    fields: dict[str, str] = field(default_factory=dict)  # rename map, e.g. {instruction: question, output: answer}
+    limit: int | None = None  # keep at most this many examples (first N after the source's deterministic order)
+    tag: str | None = None  # source tag written on each example (default: the source name or file stem)
+
+
+@dataclass
+class PoolConfig:
+    """The instruction pool a selector chooses from."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])  # sources concatenated in order
+    max_length: int = 128  # truncate prompt+response to this many tokens (response kept first)
+    on_error: str = "raise"  # raise | skip: what to do with a malformed record
+    system_prompt: str | None = None  # optional system message put before every prompt
+
+
+@dataclass
+class TargetConfig:
+    """The target task whose validation loss is the reward and whose test metric is reported."""
+
+    name: str = "gsm8k"  # bundled target (gsm8k, mmlu, humaneval, synthetic) or a path to a JSONL file with the pool formats
+    n_validation: int = 32  # validation examples used for the reward (fixed, small: evaluated every decision)
+    n_test: int = 50  # held-out test examples for the task metric
+    metric: str = "auto"  # auto | exact_match | multiple_choice | none
+    max_new_tokens: int = 128  # generation length for exact-match metrics
+    answer_pattern: str | None = None  # regex with one group extracting the answer (exact match); default per task
+
+
+@dataclass
+class ModelConfig:
+    """The causal LM being fine-tuned."""
+
+    name: str = "smollm2"  # bundled (smollm2, synthetic-tiny), a local folder, or a hub name when online
+    finetune: str = "lora"  # lora | full
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: int = 16  # LoRA scaling numerator
+    lora_dropout: float = 0.0  # LoRA dropout (0 keeps CPU runs deterministic and cheap)
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
+    precision: str = "fp32"  # fp32 | bf16 (bf16 = autocast; master weights stay fp32)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainConfig:
+    """The fine-tuning loop the selector drives."""
+
+    batch_size: int = 8  # examples per optimizer update (B)
+    learning_rate: float = 2e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    budget_steps: int | None = None  # optimizer updates per run; overrides budget_fraction
+    budget_fraction: float | None = 0.01  # budget as a fraction of full-data steps
+    full_data_epochs: int = 3  # E in "full data = E epochs over the pool at batch size B"
+    eval_batch_size: int = 16  # batch size of validation/test evaluation
+    eval_every: int = 1  # evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)
+    decision_interval: int = 1  # M: optimizer updates per selection decision
+
+
+@dataclass
+class FeatureConfig:
+    """Static per-instruction features from an auxiliary model."""
+
+    aux_model: str | None = None  # model for features; None = the model being tuned
+    pca_dim: int = 32  # semantic embedding dims after PCA
+    batch_size: int = 16  # forward-pass batch size
+    cache: bool = True  # reuse cached features when the key matches
+
+
+@dataclass
+class RaiseConfig:
+    """The RAISE acquisition function and its PPO training."""
+
+    clusters: int = 2  # C: k-means clusters; each decision takes b = B / C per cluster
+    hidden_size: int = 64  # acquisition MLP width
+    temperature: float = 1.0  # tau in softmax(F / tau) of the Plackett-Luce sampler
+    episodes: int = 20  # K: PPO iterations, one fine-tuning episode each
+    episode_steps: int | None = None  # optimizer updates per training episode (default: the finetune budget)
+    gamma: float = 1.0  # discount (1: the return telescopes to the total validation-loss drop)
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_coef: float = 0.2  # PPO clip range
+    value_coef: float = 0.5  # value-loss weight
+    entropy_coef: float = 0.01  # entropy bonus weight
+    learning_rate: float = 3e-4  # policy and critic Adam learning rate
+    update_epochs: int = 4  # epochs over the stored decisions per PPO update
+    minibatch_size: int = 8  # decisions per minibatch
+    max_grad_norm: float = 0.5  # policy gradient clipping
+    normalize_advantages: bool = True  # standardize advantages per update
+    reward_scale: float = 100.0  # rewards (loss drops) are multiplied by this before GAE
+    policy: str | None = None  # path of a trained selector for `finetune --selector raise`
+
+
+@dataclass
+class CompareConfig:
+    """Equal-budget comparisons (raise-select compare)."""
+
+    methods: list[str] = field(default_factory=lambda: ["raise", "random", "longest", "ifd"])  # selectors to compare ("full" runs once at 100 %)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds per method
+    budgets: list[float] = field(default_factory=lambda: [0.01])  # budgets as fractions of full-data steps
+    budget_steps: list[int] = field(default_factory=list)  # budgets in optimizer updates (used instead of `budgets` when given)
+    test_metric: bool = True  # compute the test metric for every run (generation can be slow)
+
+
+@dataclass
+class Config:
+    """A whole run: model, pool, target, training loop, features, selector and comparison."""
+
+    seed: int = 0  # seeds data order, model init (tiny models), dropout and the selector
+    output: str | None = None  # run folder (default: runs/<command>-<timestamp>)
+    selector: str = "random"  # selector for `finetune` (random, full, raise, or a baseline name)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    raise_: RaiseConfig = field(default_factory=RaiseConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+# YAML uses "raise" for the RaiseConfig section (``raise`` is a Python keyword).
+_YAML_ALIASES = {"raise": "raise_"}
+
+
+def to_dict(config: Any) -> dict:
+    """Dataclass tree -> plain dict with YAML names."""
+    data = dataclasses.asdict(config)
+    return {("raise" if k == "raise_" else k): v for k, v in data.items()}
+
+
+def from_dict(cls: type, data: dict | None, where: str = "config") -> Any:
+    """Plain dict -> dataclass ``cls``; unknown keys and wrong types are one-line UserErrors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = _YAML_ALIASES.get(key, key) if cls is Config else key
+        if name not in known:
+            raise UserError(f"unknown field '{where}.{key}'; valid fields: {', '.join(sorted(_yaml_names(cls)))}")
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _yaml_names(cls: type) -> list[str]:
+    return ["raise" if f.name == "raise_" else f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(non_none[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise UserError(f"'{where}' must be a mapping of fields, got {value!r}")
+        return from_dict(hint, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"'{where}' must be a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"'{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a plain config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form field.path=value (e.g. train.learning_rate=1e-4)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}; pass an existing YAML file (see examples/configs/)")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"config {path}{line} is not valid YAML; fix the syntax") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config {path} must be a YAML mapping of sections (model:, pool:, target:, ...)")
+    data = apply_overrides(data, list(overrides or []))
+    config = from_dict(Config, data)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that need more than one field's type."""
+    choice_fields = {
+        "model.finetune": (config.model.finetune, {"lora", "full"}),
+        "model.precision": (config.model.precision, {"fp32", "bf16"}),
+        "pool.on_error": (config.pool.on_error, {"raise", "skip"}),
+        "target.metric": (config.target.metric, {"auto", "exact_match", "multiple_choice", "none"}),
+    }
+    for name, (value, allowed) in choice_fields.items():
+        if value not in allowed:
+            raise UserError(f"{name}={value!r} is not one of {sorted(allowed)}")
+    if config.train.batch_size < 1:
+        raise UserError("train.batch_size must be at least 1")
+    if config.train.decision_interval < 1:
+        raise UserError("train.decision_interval must be at least 1")
+    if config.train.budget_steps is None and config.train.budget_fraction is None:
+        raise UserError("set train.budget_steps or train.budget_fraction")
+    if config.raise_.clusters < 1 or config.train.batch_size % config.raise_.clusters:
+        raise UserError(
+            f"train.batch_size={config.train.batch_size} must be a multiple of raise.clusters={config.raise_.clusters} "
+            "(each decision takes batch_size / clusters examples per cluster)"
+        )
+    if not config.pool.sources:
+        raise UserError("pool.sources is empty; list at least one source (a bundled name or a file path)")
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,5 @@
+"""Pools, target tasks, bundled sources and the synthetic testbed."""
+
+from .types import Example, Pool, TargetTask
+
+__all__ = ["Example", "Pool", "TargetTask"]
