@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
     """Call ``write(file_object)`` on a temp file next to ``path`` and rename it into place."""
     path = Path(path)
@@ -19,6 +23,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should follow the umask like open()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
