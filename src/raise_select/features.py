@@ -1,0 +1,235 @@
+"""Static per-instruction features from an auxiliary model (computed once, cached on disk).
+
+Two forward passes over the pool (examples sorted by length, batched, no grad):
+
+1. prompt + response: the mean response cross-entropy ``loss(y|x)`` (through
+   :func:`raise_select.model.per_example_loss`, the project's one loss code path) and, from the
+   same pass, the last hidden state mean-pooled over the PROMPT tokens (the instruction). The
+   hidden state is read as the input of the output-embedding layer (``lm_head``), which equals
+   ``output_hidden_states[-1]`` without keeping every layer's states, and works the same whether
+   or not the model is peft-wrapped.
+2. the response alone after an empty prompt: ``loss(y)``; ``ifd = loss(y|x) / loss(y)``.
+
+Token counts are those of the rendered, truncated example (:mod:`raise_select.data.tokenize`).
+The pooled hidden states are reduced to ``pca_dim`` dims with sklearn's PCA (fixed seed). When
+the pool has too few examples (a centred pool of n examples has at most n - 1 directions) or the
+model too few hidden dims, PCA keeps what it can and the remaining dims are zero (zero rows in
+``pca_components``, so :meth:`StaticFeatures.project` zero-pads other texts the same way).
+
+Cache: ``<cache_dir>/<key>.npz`` (default ``cache_root()/"features"``), written atomically;
+``key`` hashes the pool fingerprint, the model identity, ``max_length``, ``pca_dim`` and
+:data:`FEATURES_VERSION`. A matching file is reloaded when ``FeatureConfig.cache`` is true; an
+unreadable one is recomputed with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
+
+from .data.tokenize import TokenizedSet, tokenize_examples
+from .errors import UserError
+from .io_utils import atomic_write, cache_root
+from .model import per_example_loss
+
+if TYPE_CHECKING:
+    from .config import FeatureConfig
+    from .data.types import Example
+    from .model import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+# Bump when the computation changes: old cache files then stop matching and are recomputed.
+FEATURES_VERSION = 1
+
+# Column order of StaticFeatures.values. Documented here once; the RAISE fused vector builds on it.
+STATIC_FEATURE_NAMES = ("response_loss", "ifd", "prompt_tokens", "response_tokens")
+
+
+@dataclass
+class StaticFeatures:
+    """Per-example features of a pool under one auxiliary model."""
+
+    names: tuple[str, ...]  # column names of `values` (STATIC_FEATURE_NAMES)
+    values: np.ndarray  # [N, len(names)] float32 raw (unstandardized) difficulty features
+    embedding: np.ndarray  # [N, pca_dim] float32 semantic embedding after PCA
+    pca_mean: np.ndarray  # [hidden] mean subtracted before projection (to project other texts, e.g. the target)
+    pca_components: np.ndarray  # [pca_dim, hidden] PCA projection
+    key: str  # cache key: (pool fingerprint, auxiliary model, feature settings)
+    aux_model: str  # name/path of the auxiliary model the features came from
+
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, self.names.index(name)]
+
+    def project(self, hidden: np.ndarray) -> np.ndarray:
+        """Map raw pooled hidden states [n, hidden] into this pool's PCA space."""
+        return ((hidden - self.pca_mean) @ self.pca_components.T).astype(np.float32)
+
+
+def feature_cache_key(pool_fingerprint: str, model_identity: str, max_length: int, pca_dim: int) -> str:
+    """sha256 of everything the features depend on."""
+    parts = [pool_fingerprint, model_identity, max_length, pca_dim, FEATURES_VERSION]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
+def compute_static_features(
+    lm: "LoadedModel",
+    examples: Sequence["Example"],
+    config: "FeatureConfig",
+    max_length: int,
+    pool_fingerprint: str,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> StaticFeatures:
+    """Difficulty features and the PCA semantic embedding of ``examples`` under ``lm`` (cached)."""
+    if not examples:
+        raise UserError("cannot compute features of an empty pool; give at least one example")
+    key = feature_cache_key(pool_fingerprint, lm.identity, max_length, config.pca_dim)
+    cache_file = Path(cache_dir if cache_dir is not None else cache_root() / "features") / f"{key}.npz"
+    if config.cache and cache_file.is_file():
+        cached = _load_cached(cache_file, key, len(examples))
+        if cached is not None:
+            return cached
+
+    conditioned = tokenize_examples(examples, lm.tokenizer, max_length)
+    response_only = tokenize_examples(examples, lm.tokenizer, max_length, drop_prompt=True)
+    conditioned_loss, hidden = _forward_pass(
+        lm, conditioned, config.batch_size, pool_prompt=True, progress=progress, desc="features 1/2: loss(y|x)"
+    )
+    response_loss, _ = _forward_pass(
+        lm, response_only, config.batch_size, pool_prompt=False, progress=progress, desc="features 2/2: loss(y)"
+    )
+    values = np.stack(
+        [
+            conditioned_loss,
+            conditioned_loss / np.maximum(response_loss, 1e-8),  # IFD; the guard only matters for a perfect fit
+            conditioned.prompt_lengths,
+            conditioned.response_lengths,
+        ],
+        axis=1,
+    ).astype(np.float32)
+    pca_mean, pca_components = _fit_pca(hidden, config.pca_dim)
+    features = StaticFeatures(
+        names=STATIC_FEATURE_NAMES,
+        values=values,
+        embedding=np.empty((0, config.pca_dim), dtype=np.float32),  # set below through project(): one projection code path
+        pca_mean=pca_mean,
+        pca_components=pca_components,
+        key=key,
+        aux_model=lm.name,
+    )
+    features.embedding = features.project(hidden)
+    _save(cache_file, features)
+    return features
+
+
+def embed_examples(lm: "LoadedModel", examples: Sequence["Example"], max_length: int, batch_size: int) -> np.ndarray:
+    """[n, hidden] raw prompt-pooled last hidden states (project them with :meth:`StaticFeatures.project`)."""
+    tokens = tokenize_examples(examples, lm.tokenizer, max_length)
+    _, hidden = _forward_pass(lm, tokens, batch_size, pool_prompt=True, progress=False, desc="embedding")
+    return hidden
+
+
+def _forward_pass(
+    lm: "LoadedModel", tokens: TokenizedSet, batch_size: int, *, pool_prompt: bool, progress: bool, desc: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-example mean response loss [n] and, if ``pool_prompt``, prompt-pooled last hidden states [n, hidden]."""
+    n = len(tokens)
+    # Longest first: batches hold similar lengths (little padding) and running out of memory shows
+    # up on the first batch rather than at the end.
+    order = np.argsort(-tokens.lengths, kind="stable")
+    losses = np.empty(n, dtype=np.float64)
+    pooled: np.ndarray | None = None
+    captured: dict[str, torch.Tensor] = {}
+    hook = None
+    if pool_prompt:
+        # The output layer's input is the final hidden state; read it without a second forward.
+        output_layer = lm.model.get_output_embeddings()
+        pooled = np.empty((n, output_layer.weight.shape[1]), dtype=np.float32)
+        hook = output_layer.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        with torch.no_grad():
+            starts = range(0, n, batch_size)
+            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+                positions = order[start : start + batch_size]
+                batch = tokens.collate(positions, lm.tokenizer.pad_token_id)
+                losses[positions] = per_example_loss(lm, batch).float().cpu().numpy()
+                if pooled is not None:
+                    pooled[positions] = _mean_over_prompt(captured.pop("hidden"), tokens, positions)
+    finally:
+        lm.model.train(was_training)
+        if hook is not None:
+            hook.remove()
+    return losses, pooled
+
+
+def _mean_over_prompt(hidden: torch.Tensor, tokens: TokenizedSet, positions: np.ndarray) -> np.ndarray:
+    """Mean of ``hidden`` [b, T, H] over each row's prompt tokens (all its tokens if it has no prompt)."""
+    prompt_lengths = tokens.prompt_lengths[positions]
+    pooled_lengths = np.where(prompt_lengths > 0, prompt_lengths, tokens.lengths[positions])
+    lengths = torch.as_tensor(pooled_lengths, device=hidden.device)
+    mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+    summed = (hidden.float() * mask).sum(dim=1)
+    return (summed / lengths[:, None].float()).cpu().numpy()
+
+
+def _fit_pca(hidden: np.ndarray, pca_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA mean [hidden] and components [pca_dim, hidden], zero rows past what the data allows."""
+    n, width = hidden.shape
+    keep = min(pca_dim, n - 1, width)
+    components = np.zeros((pca_dim, width), dtype=np.float32)
+    mean = hidden.mean(axis=0)
+    if keep > 0:
+        # svd_solver="auto" picks the fastest exact-enough solver for the shape (covariance
+        # eigendecomposition for many examples of few dims, randomized SVD for large matrices).
+        pca = PCA(n_components=keep, svd_solver="auto", random_state=0).fit(hidden)
+        components[:keep] = pca.components_
+    return mean.astype(np.float32), components
+
+
+_CACHE_FIELDS = ("names", "values", "embedding", "pca_mean", "pca_components", "key", "aux_model")
+
+
+def _save(path: Path, features: StaticFeatures) -> None:
+    arrays = {name: np.asarray(getattr(features, name)) for name in _CACHE_FIELDS}
+    atomic_write(path, lambda handle: np.savez(handle, **arrays), mode="wb")
+
+
+def _load_cached(path: Path, key: str, n_examples: int) -> StaticFeatures | None:
+    """The cached features, or None (with a warning) when the file is unreadable or inconsistent."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = {name: data[name] for name in _CACHE_FIELDS}
+        features = StaticFeatures(
+            names=tuple(str(name) for name in stored["names"]),
+            values=stored["values"],
+            embedding=stored["embedding"],
+            pca_mean=stored["pca_mean"],
+            pca_components=stored["pca_components"],
+            key=str(stored["key"]),
+            aux_model=str(stored["aux_model"]),
+        )
+        consistent = (
+            features.key == key
+            and features.names == STATIC_FEATURE_NAMES
+            and features.values.shape == (n_examples, len(STATIC_FEATURE_NAMES))
+            and features.embedding.shape[0] == n_examples
+        )
+        if not consistent:
+            raise ValueError("contents do not match the cache key")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logger.warning("feature cache %s is unreadable (%s); recomputing", path, exc)
+        return None
+    return features
