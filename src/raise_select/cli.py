@@ -1,0 +1,172 @@
+"""The ``raise-select`` command line.
+
+    raise-select finetune --config FILE [--output DIR] [--pool PATH] [--selector NAME] [--policy PATH] [--seed N] [field=value ...]
+    raise-select train-selector --config FILE [--output DIR] [--resume] [--seed N] [field=value ...]
+    raise-select compare --config FILE [--output DIR] [field=value ...]
+    raise-select report RUN_DIR
+    raise-select demo [--quick] [--output DIR]
+    raise-select list
+
+Trailing ``field=value`` arguments override any config field (``train.learning_rate=1e-4``).
+Every user error is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
+    parser.add_argument("--config", required=config_required, help="YAML config (see examples/configs/)")
+    parser.add_argument("--output", help="run folder (default: runs/<command>-<timestamp>)")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("overrides", nargs="*", help="config overrides: field.path=value")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raise-select", description="RAISE: learned, stage-aware instruction selection.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    finetune = commands.add_parser("finetune", help="fine-tune with a selector for a step budget and write a run folder")
+    _common(finetune)
+    finetune.add_argument("--pool", help="pool file or datasets folder (replaces pool.sources)")
+    finetune.add_argument("--selector", help="selector name (raise-select list shows them)")
+    finetune.add_argument("--policy", help="trained selector folder for --selector raise")
+    finetune.add_argument("--no-test", action="store_true", help="skip the test-split metric")
+
+    train = commands.add_parser("train-selector", help="train the RAISE selector with PPO")
+    _common(train)
+    train.add_argument("--resume", action="store_true", help="continue an interrupted training in --output")
+
+    compare = commands.add_parser("compare", help="equal-budget comparison of selectors over seeds and budgets")
+    _common(compare)
+
+    report = commands.add_parser("report", help="write report.md and plots for a run, comparison or selector folder")
+    report.add_argument("run_dir")
+
+    demo = commands.add_parser("demo", help="train RAISE briefly, compare it with baselines, write the report")
+    demo.add_argument("--quick", action="store_true", help="synthetic testbed instead of SmolLM2 (about a minute)")
+    demo.add_argument("--output", help="output folder (default: runs/demo[-quick])")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    commands.add_parser("list", help="bundled models, sources, targets and selectors")
+    return parser
+
+
+def _load(args) -> "Config":
+    from .config import SourceConfig, load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.seed is not None:
+        config.seed = args.seed
+    if getattr(args, "pool", None):
+        config.pool.sources = [SourceConfig(name=args.pool)]
+    if getattr(args, "selector", None):
+        config.selector = args.selector
+    if getattr(args, "policy", None):
+        config.raise_.policy = args.policy
+    return config
+
+
+def cmd_finetune(args) -> int:
+    from .environment import resolve_budget
+    from .pipeline import Workbench, default_output, run_finetune
+    from .selectors import build_selector
+
+    config = _load(args)
+    selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
+    bench = Workbench.build(config)
+    budget = resolve_budget(len(bench.pool), config.train)
+    output = Path(args.output or config.output or default_output("finetune"))
+    result = run_finetune(bench, selector, output, budget, config.seed, test_metric=not args.no_test,
+                          progress=not args.no_progress)
+    print(f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
+          f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}")
+    if result.test:
+        print("test:", {k: v for k, v in result.test.items() if k != "samples"})
+    return 0
+
+
+def cmd_train_selector(args) -> int:
+    from .experiments import train_raise_selector
+    from .pipeline import Workbench, default_output
+
+    config = _load(args)
+    output = Path(args.output or config.output or default_output("train-selector"))
+    if args.resume and not (output / "checkpoint.pt").is_file():
+        raise UserError(f"--resume: no checkpoint in {output}; pass the --output folder of the interrupted run")
+    bench = Workbench.build(config)
+    artifact_dir = train_raise_selector(bench, output, resume=args.resume, progress=not args.no_progress)
+    print(f"selector written to {artifact_dir}; use: raise-select finetune --selector raise --policy {artifact_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .experiments import run_comparison
+    from .pipeline import default_output
+
+    config = _load(args)
+    output = Path(args.output or config.output or default_output("compare"))
+    run_comparison(config, output, progress=not args.no_progress)
+    print(f"comparison written to {output} (results.md, results.csv, results.json)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .experiments import run_demo
+
+    output = Path(args.output or ("runs/demo-quick" if args.quick else "runs/demo"))
+    report = run_demo(output, quick=args.quick, progress=not args.no_progress)
+    print(f"demo finished; open {report}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .data.bundled import BUNDLED_SOURCES
+    from .model import BUNDLED_MODELS
+    from .selectors import SELECTORS
+
+    for title, table in (("models", BUNDLED_MODELS), ("sources and targets", BUNDLED_SOURCES), ("selectors", SELECTORS)):
+        print(f"{title}:")
+        for name, description in table.items():
+            print(f"  {name:18s} {description}")
+    return 0
+
+
+COMMANDS = {
+    "finetune": cmd_finetune,
+    "train-selector": cmd_train_selector,
+    "compare": cmd_compare,
+    "report": cmd_report,
+    "demo": cmd_demo,
+    "list": cmd_list,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

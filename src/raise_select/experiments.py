@@ -1,0 +1,189 @@
+"""Selector training, equal-budget comparisons with a compute ledger, and the demo.
+
+A comparison folder holds ``config.yaml``, ``selector/`` (the RAISE selector it trained or was given),
+``runs/<method>-b<budget>-s<seed>/`` (one fine-tuning run folder each, see :mod:`pipeline`), and
+``results.json`` / ``results.csv`` / ``results.md``. Finished runs (their ``evaluation.json``
+exists) are not redone, so an interrupted comparison resumes by running the same command again.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+
+from .config import Config, dump_config, load_config
+from .environment import full_data_steps, resolve_budget
+from .errors import UserError
+from .io_utils import atomic_write, read_jsonl, write_json, write_text
+from .pipeline import PhaseCost, Workbench, ledger, read_json, run_finetune
+from .selectors import build_selector
+
+SELECTOR_DIR = "selector"
+
+
+def selector_training_cost(train_dir: Path) -> PhaseCost:
+    """Seconds and tokens of all PPO episodes, from a selector-training folder's episodes.jsonl."""
+    cost = PhaseCost()
+    episodes = Path(train_dir) / "episodes.jsonl"
+    if episodes.is_file():
+        for row in read_jsonl(episodes):
+            cost.add(float(row.get("seconds", 0.0)), int(row.get("tokens", 0)))
+    return cost
+
+
+def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder."""
+    from .ppo import train_selector
+    from .selectors.raise_policy import RaiseSelector
+
+    config = bench.config
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "config.yaml", dump_config(config))
+    episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
+    selector = RaiseSelector(config.raise_)
+    context = bench.selection_context(selector, episode_steps, config.seed)
+    env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
+    train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
+                   provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
+                               "target": bench.target.name, "episode_steps": episode_steps})
+    cost = selector_training_cost(output)
+    write_json(output / "ledger.json", ledger(bench.phi(), {"features": bench.feature_cost,
+                                                            "selector_training": cost}, None))
+    return output / SELECTOR_DIR
+
+
+def _budget_list(config: Config, pool_size: int) -> list[tuple[str, int]]:
+    """(label, optimizer updates) for every budget the comparison runs."""
+    full = full_data_steps(pool_size, config.train)
+    if config.compare.budget_steps:
+        pairs = [(f"{steps}steps", steps) for steps in config.compare.budget_steps]
+    else:
+        pairs = [(f"{fraction:g}", max(1, round(fraction * full))) for fraction in config.compare.budgets]
+    for label, steps in pairs:
+        if steps < 1:
+            raise UserError(f"compare budget {label} gives no optimizer update; raise it")
+    return pairs
+
+
+def run_comparison(config: Config, output: Path, progress: bool = True, bench: Workbench | None = None) -> dict:
+    """Every method x budget x seed at equal step budgets on one model, pool and target."""
+    from .report import format_results_table, summarize
+
+    if not config.compare.methods:
+        raise UserError("compare.methods is empty; list selectors to compare (e.g. [raise, random, longest])")
+    methods = list(dict.fromkeys(config.compare.methods))
+    for method in methods:  # fail on a bad name before the expensive set-up
+        if method != "raise":
+            build_selector(method, config)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "config.yaml", dump_config(config))
+    bench = bench or Workbench.build(config)
+    budgets = _budget_list(config, len(bench.pool))
+    full_steps = full_data_steps(len(bench.pool), config.train)
+
+    selector_phase = PhaseCost()
+    if "raise" in methods:
+        policy = config.raise_.policy
+        if policy is None:
+            train_dir = output / SELECTOR_DIR
+            if not (train_dir / SELECTOR_DIR / "selector.json").is_file():
+                train_config = copy.deepcopy(config)
+                train_config.raise_.episode_steps = config.raise_.episode_steps or budgets[0][1]
+                trainer_bench = replace(bench, config=train_config)
+                train_raise_selector(trainer_bench, train_dir, resume=(train_dir / "checkpoint.pt").is_file(),
+                                     progress=progress)
+                bench.feature_cost = trainer_bench.feature_cost
+                bench.features, bench.target_embedding = trainer_bench.features, trainer_bench.target_embedding
+            policy = str(train_dir / SELECTOR_DIR)
+            selector_phase = selector_training_cost(train_dir)
+        config = copy.deepcopy(config)
+        config.raise_.policy = policy
+
+    rows = []
+    for method in methods:
+        method_budgets = [("1", full_steps)] if method == "full" else budgets
+        for label, steps in method_budgets:
+            for seed in config.compare.seeds:
+                run_dir = output / "runs" / f"{method}-b{label}-s{seed}"
+                if (run_dir / "evaluation.json").is_file():
+                    rows.append(_row_from_folder(run_dir, output, method, label, steps, seed))
+                    continue
+                selector = build_selector(method, config)
+                extra = {"selector_training": selector_phase} if method == "raise" else None
+                run_finetune(bench, selector, run_dir, steps, seed, test_metric=config.compare.test_metric,
+                             extra_phases=extra, progress=progress)
+                rows.append(_row_from_folder(run_dir, output, method, label, steps, seed))
+
+    summary = summarize(rows)
+    results = {"rows": rows, "summary": summary, "ledger": _comparison_ledger(bench, rows, selector_phase)}
+    write_json(output / "results.json", results)
+    _write_csv(output / "results.csv", rows)
+    write_text(output / "results.md", format_results_table(summary) + "\n")
+    return results
+
+
+def _row_from_folder(run_dir: Path, root: Path, method: str, label: str, steps: int, seed: int) -> dict:
+    evaluation = read_json(run_dir / "evaluation.json")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    test = evaluation.get("test") or {}
+    metric = test.get("metric")
+    score_key = {"exact_match": "exact_match", "multiple_choice": "accuracy"}.get(metric)
+    return {
+        "method": method,
+        "budget": label,
+        "budget_steps": steps,
+        "seed": seed,
+        "validation_loss": evaluation["validation_loss_final"],
+        "validation_loss_initial": evaluation["validation_loss_initial"],
+        "test_metric": metric,
+        "test_score": test.get(score_key) if score_key else None,
+        "test_loss": test.get("test_loss"),
+        "steps": metrics[-1]["step"],
+        "tokens": metrics[-1]["tokens"],
+        "seconds": metrics[-1]["seconds"],
+        "run_dir": str(run_dir.relative_to(root)),
+    }
+
+
+def _comparison_ledger(bench: Workbench, rows: list[dict], selector_phase: PhaseCost) -> dict:
+    raise_rows = [r for r in rows if r["method"] == "raise"]
+    finetune = PhaseCost()
+    for row in raise_rows[:1]:  # one RAISE fine-tuning run: what a user pays per final model
+        finetune.add(row["seconds"], row["tokens"])
+    other = [r for r in rows if r["tokens"]]
+    seconds_per_token = sum(r["seconds"] for r in other) / max(sum(r["tokens"] for r in other), 1)
+    phases = {"features": bench.feature_cost, "selector_training": selector_phase, "finetune": finetune}
+    return ledger(bench.phi(), phases, seconds_per_token)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def recipe_path(name: str) -> Path:
+    """A config shipped inside the package (the demo's)."""
+    return Path(str(resources.files("raise_select") / "recipes" / f"{name}.yaml"))
+
+
+def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:
+    """Train RAISE briefly, compare it with random and baselines at an equal budget, write the report."""
+    from .report import write_report
+
+    config = load_config(recipe_path("demo_quick" if quick else "demo"))
+    run_comparison(config, output, progress=progress)
+    return write_report(output)
+
+
+def load_results(path: Path) -> dict:
+    return json.loads((Path(path) / "results.json").read_text(encoding="utf-8"))

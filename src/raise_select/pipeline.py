@@ -1,0 +1,284 @@
+"""The recipe behind every command: pool + target -> features -> selector -> environment -> run folder.
+
+``Workbench`` holds what a command sets up once (pool, target, model, tokenized sets, features);
+``run_finetune`` drives one selector for one budget and writes a run folder:
+
+========================  =====================================================================
+file                      contents
+========================  =====================================================================
+``config.yaml``           the resolved configuration
+``summary.json``          method, seed, budget, pool size, model, target
+``metrics.jsonl``         per decision: step, train loss, validation loss, reward, time, tokens
+``selections.jsonl``      per decision: chosen indices, ids, sources, families, clusters, labels
+``evaluation.json``       validation loss before/after and the test-split metric
+``ledger.json``           compute ledger: features, selector training, fine-tuning, in Φ units
+``explain.csv``           (RAISE) acquisition scores of pool examples at three training stages
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import Config, ModelConfig, dump_config
+from .data.bundled import build_pool, build_target
+from .data.tokenize import TokenizedSet, tokenize_examples
+from .data.types import Pool, TargetTask
+from .environment import FineTuneEnv, full_data_steps, resolve_budget
+from .evaluation import evaluate_test
+from .features import StaticFeatures, compute_static_features, embed_examples
+from .io_utils import append_jsonl, atomic_write, write_json, write_text
+from .model import LoadedModel, load_model, seed_everything
+from .selectors.base import SelectionContext, Selector
+
+
+def default_output(command: str) -> Path:
+    return Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class PhaseCost:
+    """Wall time and tokens of one phase of the compute ledger."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.seconds += seconds
+        self.tokens += tokens
+
+
+@dataclass
+class Workbench:
+    """Everything a command prepares once and reuses across runs."""
+
+    config: Config
+    pool: Pool
+    target: TargetTask
+    lm: LoadedModel
+    pool_tokens: TokenizedSet
+    validation_tokens: TokenizedSet
+    features: StaticFeatures | None = None
+    target_embedding: np.ndarray | None = None
+    feature_cost: PhaseCost = field(default_factory=PhaseCost)
+    base_weights: dict = field(default_factory=dict)  # trainable weights as loaded: every run starts from these
+
+    def __post_init__(self) -> None:
+        if not self.base_weights:
+            self.base_weights = self.lm.snapshot()
+
+    @classmethod
+    def build(cls, config: Config) -> "Workbench":
+        seed_everything(config.seed)
+        pool = build_pool(config.pool, seed=config.seed)
+        target = build_target(config.target, seed=config.seed)
+        lm = load_model(config.model, seed=config.seed)
+        max_length = config.pool.max_length
+        pool_tokens = tokenize_examples(pool.examples, lm.tokenizer, max_length)
+        validation_tokens = tokenize_examples(list(target.validation), lm.tokenizer, max_length)
+        resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work
+        return cls(config, pool, target, lm, pool_tokens, validation_tokens)
+
+    # -- features -------------------------------------------------------------------------------
+    def ensure_features(self) -> StaticFeatures:
+        """Static features of the pool (cached on disk) and the target's validation embedding."""
+        if self.features is not None:
+            return self.features
+        started = time.perf_counter()
+        feature_config = self.config.features
+        self.lm.restore(self.base_weights)  # features describe the pool under the BASE model
+        aux = self.lm
+        if feature_config.aux_model and feature_config.aux_model != self.config.model.name:
+            aux = load_model(ModelConfig(name=feature_config.aux_model, finetune="full",
+                                         precision=self.config.model.precision, device=self.config.model.device),
+                             seed=self.config.seed)
+        max_length = self.config.pool.max_length
+        self.features = compute_static_features(aux, self.pool.examples, feature_config, max_length,
+                                                pool_fingerprint=self.pool.fingerprint())
+        hidden = embed_examples(aux, list(self.target.validation), max_length, feature_config.batch_size)
+        self.target_embedding = self.features.project(hidden)
+        # Two forward passes over the pool (with and without the prompt) + one over the validation set.
+        response_only = int(self.pool_tokens.response_lengths.sum())
+        tokens = self.pool_tokens.num_tokens(np.arange(len(self.pool_tokens))) + response_only
+        self.feature_cost.add(time.perf_counter() - started, tokens)
+        return self.features
+
+    def selection_context(self, selector: Selector, budget_steps: int, seed: int) -> SelectionContext:
+        features = self.ensure_features() if selector.requires_features else None
+        return SelectionContext(
+            pool=self.pool,
+            batch_size=self.config.train.batch_size,
+            budget_steps=budget_steps,
+            decision_interval=self.config.train.decision_interval,
+            seed=seed,
+            features=features,
+            target_embedding=self.target_embedding if features is not None else None,
+            extra={"static_epochs": self.config.train.full_data_epochs},
+        )
+
+    def make_env(self, budget_steps: int, evaluate_every: int = 1) -> FineTuneEnv:
+        return FineTuneEnv(self.lm, self.pool_tokens, self.validation_tokens, self.config.train, budget_steps,
+                           evaluate_every=evaluate_every, base_weights=self.base_weights)
+
+    def phi(self) -> dict:
+        """Cost of one full-data run (Φ) in steps and tokens; seconds are estimated from measured throughput."""
+        all_indices = np.arange(len(self.pool_tokens))
+        return {
+            "steps": full_data_steps(len(self.pool), self.config.train),
+            "tokens": int(self.config.train.full_data_epochs * self.pool_tokens.num_tokens(all_indices)),
+        }
+
+
+def ledger(phi: dict, phases: dict[str, PhaseCost], seconds_per_token: float | None) -> dict:
+    """Compute ledger: each phase's seconds and tokens, and its size in Φ (one full-data run)."""
+    phi = dict(phi)
+    if seconds_per_token:
+        phi["seconds"] = phi["tokens"] * seconds_per_token  # estimate: measured training throughput x Φ tokens
+    rows = {}
+    for name, cost in phases.items():
+        rows[name] = {
+            "seconds": round(cost.seconds, 3),
+            "tokens": int(cost.tokens),
+            "phi": cost.tokens / phi["tokens"] if phi["tokens"] else None,
+            "phi_seconds": cost.seconds / phi["seconds"] if phi.get("seconds") else None,
+        }
+    return {"phi": phi, "phases": rows}
+
+
+def _selection_record(pool: Pool, decision: int, step: int, indices: np.ndarray, clusters: np.ndarray | None) -> dict:
+    examples = [pool[int(i)] for i in indices]
+    return {
+        "decision": decision,
+        "step": step,
+        "indices": [int(i) for i in indices],
+        "ids": [e.id for e in examples],
+        "sources": [e.source for e in examples],
+        "families": [e.meta.get("family") for e in examples],
+        "clusters": [int(clusters[i]) for i in indices] if clusters is not None else None,
+        "helpful": [e.meta.get("helpful") for e in examples],
+        "corrupted": [e.meta.get("corrupted") for e in examples],
+    }
+
+
+@dataclass
+class RunResult:
+    """The numbers of one fine-tuning run (also written to its folder)."""
+
+    method: str
+    seed: int
+    budget_steps: int
+    validation_loss_initial: float
+    validation_loss_final: float
+    test: dict | None
+    steps: int
+    tokens: int
+    seconds: float
+    output: Path
+
+
+def run_finetune(
+    bench: Workbench,
+    selector: Selector,
+    output: Path,
+    budget_steps: int,
+    seed: int,
+    test_metric: bool = True,
+    extra_phases: dict[str, PhaseCost] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder."""
+    config = replace(bench.config, seed=seed, selector=selector.name)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "selections.jsonl"):  # a re-run replaces, never appends to, old logs
+        (output / stale).unlink(missing_ok=True)
+    write_text(output / "config.yaml", dump_config(config))
+    write_json(output / "summary.json", {
+        "method": selector.name,
+        "seed": seed,
+        "budget_steps": budget_steps,
+        "budget_fraction": budget_steps / bench.phi()["steps"],
+        "batch_size": config.train.batch_size,
+        "pool_size": len(bench.pool),
+        "model": config.model.name,
+        "target": bench.target.name,
+    })
+
+    selector.setup(bench.selection_context(selector, budget_steps, seed))
+    env = bench.make_env(budget_steps, evaluate_every=config.train.eval_every)
+    state = env.reset(seed)
+    selector.reset(seed)
+    clusters = getattr(selector, "clusters", None)
+    metrics_path, selections_path = output / "metrics.jsonl", output / "selections.jsonl"
+    append_jsonl(metrics_path, {"decision": 0, "step": 0, "train_loss": None, "validation_loss": state.validation_loss,
+                                "reward": None, "seconds": 0.0, "tokens": 0})
+    total_seconds, total_tokens, decision = 0.0, 0, 0
+    decisions = -(-budget_steps // config.train.decision_interval)
+    bar = tqdm(total=decisions, desc=f"finetune[{selector.name}]", unit="decision", disable=not progress)
+    while not env.done:
+        started = time.perf_counter()
+        indices = np.asarray(selector.select(state), dtype=np.int64)
+        selection_seconds = time.perf_counter() - started
+        step_before = state.step
+        result = env.step(indices)
+        decision += 1
+        total_seconds += selection_seconds + result.seconds
+        total_tokens += result.tokens
+        append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
+        append_jsonl(metrics_path, {"decision": decision, "step": state.step, "train_loss": result.train_loss,
+                                    "validation_loss": result.validation_loss, "reward": result.reward,
+                                    "seconds": round(total_seconds, 4), "tokens": total_tokens,
+                                    "selection_seconds": round(selection_seconds, 5)})
+        bar.set_postfix(train=f"{result.train_loss:.3f}", val=f"{state.validation_loss:.3f}")
+        bar.update(1)
+    bar.close()
+
+    final_validation = state.validation_history[-1]
+    test = None
+    if test_metric and len(bench.target.test):
+        test = evaluate_test(bench.lm, bench.target, config.pool.max_length, batch_size=config.train.eval_batch_size,
+                             max_new_tokens=config.target.max_new_tokens)
+    write_json(output / "evaluation.json", {
+        "validation_loss_initial": state.validation_history[0],
+        "validation_loss_final": final_validation,
+        "test": test,
+    })
+    phases = dict(extra_phases or {})
+    if selector.requires_features:
+        phases.setdefault("features", bench.feature_cost)
+    phases["finetune"] = PhaseCost(total_seconds, total_tokens)
+    write_json(output / "ledger.json", ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
+    if hasattr(selector, "explain"):
+        write_explain_csv(output / "explain.csv", selector.explain(), bench.pool)
+    return RunResult(selector.name, seed, budget_steps, state.validation_history[0], final_validation, test,
+                     state.step, total_tokens, total_seconds, output)
+
+
+def write_explain_csv(path: Path, rows: list[dict], pool: Pool) -> None:
+    """RAISE's acquisition scores at several training stages, one row per (sampled) pool example."""
+    if not rows:
+        return
+    for row in rows:
+        example = pool[int(row["index"])]
+        row.setdefault("id", example.id)
+        row.setdefault("source", example.source)
+    leading = ["index", "id", "source", "cluster"]
+    columns = leading + [k for k in rows[0] if k not in leading]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
