@@ -1,0 +1,374 @@
+"""PPO + GAE for the RAISE acquisition function, in one file (CleanRL style).
+
+One PPO iteration = one fine-tuning episode: reset the env to the base weights, let the stochastic
+policy (per-cluster Plackett-Luce draws) choose every decision, then update policy and critic.
+
+Memory design (what lifts the paper's ~200K-instruction limit): the rollout buffer stores, per
+decision, ONLY the chosen indices (per group), the 3 stage features, old log-probs, value, reward
+and done -- never a [pool_size]-sized array. At update time the availability counts of decision t
+are rebuilt from the episode's earlier choices and the scores are recomputed chunk by chunk:
+
+    pass 1 (no graph):  s = F_theta(d') for all candidates            [N] floats (static projection
+                                                                       cached per minibatch)
+    loss(s)             Plackett-Luce log-probs, entropy, critic       graph over [N] scores only
+    pass 2 (chunks):    F_theta(chunk).backward(d loss / d s[chunk])   activations of one chunk
+
+which is the exact gradient (the loss depends on theta only through s) with memory O(N + chunk x hidden).
+
+Outputs in ``output_dir``: ``episodes.jsonl`` (one row per episode), ``checkpoint.pt`` (atomic,
+after every episode; ``resume=True`` continues bit-for-bit) and ``selector/`` (the artifact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import RaiseConfig
+from .errors import UserError
+from .io_utils import atomic_write, write_jsonl
+from .selector_artifact import RaiseArtifact, artifact_from_payload, artifact_to_payload, save_selector
+from .selectors.base import SelectionContext
+from .selectors.raise_policy import (
+    SCORE_CHUNK_ROWS,
+    RaiseSelector,
+    SampledDecision,
+    availability_feature,
+    critic_summary,
+)
+
+if TYPE_CHECKING:
+    from .environment import FineTuneEnv
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint"
+EPISODES_FILE = "episodes.jsonl"
+SELECTOR_DIR = "selector"
+RESUMABLE_CONFIG_CHANGES = ("episodes", "policy")  # a resumed run may extend the episode count
+
+
+# -- the maths ------------------------------------------------------------------------------
+def compute_gae(
+    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float, gamma: float, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized advantage estimation over one rollout.
+
+    ``dones[t]`` = 1 when the episode ended after decision t (no bootstrap past it);
+    ``last_value`` = V of the state after the last decision (unused when it ended the episode).
+        delta_t = r_t + gamma * V(s_{t+1}) * (1 - done_t) - V(s_t)
+        A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}
+        R_t     = A_t + V(s_t)   (the critic's regression target)
+    """
+    rewards, values, dones = (np.asarray(a, dtype=np.float64) for a in (rewards, values, dones))
+    advantages = np.zeros_like(rewards)
+    next_value, next_advantage = float(last_value), 0.0
+    for t in reversed(range(len(rewards))):
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        next_advantage = delta + gamma * lam * nonterminal * next_advantage
+        advantages[t] = next_advantage
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+def clipped_surrogate_loss(ratio: torch.Tensor, advantage: torch.Tensor | float, clip_coef: float) -> torch.Tensor:
+    """PPO's clipped objective as a loss: -mean( min(r A, clip(r, 1 - eps, 1 + eps) A) ).
+
+    For RAISE, ``ratio`` holds one entry per cluster group of a decision (each group's draw is one
+    factor of the action): every factor is clipped on its own, then they are averaged.
+    """
+    unclipped = -advantage * ratio
+    clipped = -advantage * torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
+    return torch.max(unclipped, clipped).mean()
+
+
+# -- rollout storage ------------------------------------------------------------------------
+@dataclass
+class StoredDecision:
+    """What PPO keeps about one decision: sizes are O(decision_size), never O(pool_size)."""
+
+    chosen: np.ndarray  # [decision_size] int64 pool indices: the groups concatenated, each in draw order
+    group_sizes: np.ndarray  # [C + 1] int64 (the last group fills clusters smaller than their quota)
+    stage: np.ndarray  # [3] float32 stage features at decision time
+    old_log_probs: np.ndarray  # [C + 1] float32 per-group Plackett-Luce log-prob under the rollout policy
+    value: float  # V(s_t) under the rollout critic
+    reward: float  # scaled reward of the decision
+    done: bool  # the episode ended after this decision
+
+
+class RolloutBuffer:
+    """The decisions of one episode, in order."""
+
+    def __init__(self) -> None:
+        self.decisions: list[StoredDecision] = []
+
+    def add(self, sampled: SampledDecision, reward: float, done: bool) -> None:
+        self.decisions.append(StoredDecision(
+            chosen=np.concatenate(sampled.groups).astype(np.int64),
+            group_sizes=np.array([len(g) for g in sampled.groups], dtype=np.int64),
+            stage=sampled.stage.astype(np.float32),
+            old_log_probs=sampled.log_probs.numpy().astype(np.float32),
+            value=sampled.value,
+            reward=reward,
+            done=done,
+        ))
+
+    def __len__(self) -> int:
+        return len(self.decisions)
+
+    def groups(self, t: int) -> list[torch.Tensor]:
+        decision = self.decisions[t]
+        return list(torch.from_numpy(decision.chosen).split(decision.group_sizes.tolist()))
+
+    def counts_before(self, t: int, pool_size: int) -> np.ndarray:
+        """Selection counts at decision t, rebuilt from the episode's earlier choices."""
+        if t == 0:
+            return np.zeros(pool_size, dtype=np.int64)
+        return np.bincount(np.concatenate([d.chosen for d in self.decisions[:t]]), minlength=pool_size)
+
+
+def run_episode(env: "FineTuneEnv", selector: RaiseSelector, generator: torch.Generator, episode_seed: int,
+                reward_scale: float) -> tuple[RolloutBuffer, dict]:
+    """Play one fine-tuning episode with the stochastic policy; returns the buffer and the episode's numbers."""
+    env.reset(episode_seed)
+    selector.reset(episode_seed)
+    buffer = RolloutBuffer()
+    episode_return, updates, tokens = 0.0, 0, 0
+    while not env.done:
+        sampled = selector.sample(env.state, generator)
+        result = env.step(sampled.indices)
+        # A decision without a validation evaluation has reward 0; its effect lands on the next evaluated one.
+        reward = float(result.reward) if result.reward is not None else 0.0
+        buffer.add(sampled, reward * reward_scale, env.done)
+        episode_return += reward
+        updates += int(result.updates)
+        tokens += int(result.tokens)
+    history = env.state.validation_history
+    summary = {"return": episode_return, "initial_validation_loss": float(history[0]),
+               "final_validation_loss": float(history[-1]), "updates": updates, "tokens": tokens, "decisions": len(buffer)}
+    return buffer, summary
+
+
+# -- the update -----------------------------------------------------------------------------
+def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, advantage: float, target_return: float,
+                       config: RaiseConfig, weight: float) -> dict[str, float]:
+    """Accumulate ``weight`` x (this decision's PPO loss) gradients into policy and critic; return its stats."""
+    policy, critic, fused_static = selector.policy, selector.critic, selector.fused_static
+    stored = buffer.decisions[t]
+    counts = buffer.counts_before(t, fused_static.shape[0])
+    stage, availability = torch.from_numpy(stored.stage), availability_feature(counts)
+
+    scores = selector.pool_scores(stored.stage, counts)  # pass 1: no graph, static projection cached per minibatch
+    scores.requires_grad_(True)
+    logits = scores / config.temperature
+
+    nonempty = torch.from_numpy(stored.group_sizes > 0)
+    new_log_probs = selector.group_log_probs(logits, buffer.groups(t))[nonempty]
+    log_ratio = new_log_probs - torch.from_numpy(stored.old_log_probs)[nonempty]
+    ratio = log_ratio.exp()  # one importance ratio per cluster group
+    policy_loss = clipped_surrogate_loss(ratio, advantage, config.clip_coef)
+    entropy = selector.entropy(logits)
+    value = critic(critic_summary(stage, availability, scores))
+    value_loss = 0.5 * (value - target_return) ** 2
+    loss = policy_loss - config.entropy_coef * entropy + config.value_coef * value_loss
+    (weight * loss).backward()  # critic grads, and d loss / d scores in scores.grad
+
+    chunks = zip(fused_static.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS), scores.grad.split(SCORE_CHUNK_ROWS))
+    for x, a, score_grad in chunks:
+        policy(x, stage, a).backward(score_grad)  # pass 2: chain rule into theta, one chunk at a time
+
+    with torch.no_grad():
+        return {
+            "policy_loss": float(policy_loss),
+            "value_loss": float(value_loss),
+            "entropy": float(entropy),
+            "approx_kl": float(((ratio - 1) - log_ratio).mean()),  # k3 estimator of KL(old || new)
+            "clip_fraction": float(((ratio - 1).abs() > config.clip_coef).float().mean()),
+        }
+
+
+def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, config: RaiseConfig,
+               rng: np.random.Generator) -> dict[str, float]:
+    """update_epochs passes over the episode's decisions in shuffled minibatches; returns mean statistics."""
+    rewards = np.array([d.reward for d in buffer.decisions])
+    values = np.array([d.value for d in buffer.decisions])
+    dones = np.array([d.done for d in buffer.decisions], dtype=np.float64)
+    # Every rollout is one whole episode, so the last decision is terminal and last_value is never used.
+    advantages, returns = compute_gae(rewards, values, dones, 0.0, config.gamma, config.gae_lambda)
+    if config.normalize_advantages and len(advantages) > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    stats = defaultdict(list)
+    for _ in range(config.update_epochs):
+        order = rng.permutation(len(buffer))
+        for start in range(0, len(order), config.minibatch_size):
+            minibatch = order[start:start + config.minibatch_size]
+            optimizer.zero_grad(set_to_none=True)
+            selector.refresh_projection()  # weights are fixed within a minibatch
+            for t in minibatch:  # one decision at a time: only one pool-sized graph alive
+                decision_stats = _decision_backward(selector, buffer, int(t), float(advantages[t]), float(returns[t]),
+                                                    config, weight=1.0 / len(minibatch))
+                for key, number in decision_stats.items():
+                    stats[key].append(number)
+            # Clipped separately: early on the critic's value errors are large and would shrink the policy's step.
+            torch.nn.utils.clip_grad_norm_(selector.policy.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(selector.critic.parameters(), config.max_grad_norm)
+            optimizer.step()
+    selector.refresh_projection()  # the next rollout scores with the updated weights
+    return {key: float(np.mean(numbers)) for key, numbers in stats.items()}
+
+
+# -- callbacks ------------------------------------------------------------------------------
+class Callback:
+    """Named training events (Stable-Baselines3 style); override the ones you need."""
+
+    def on_train_start(self, start_episode: int, total_episodes: int) -> None:
+        """Before the first episode of this call (start_episode > 0 when resuming)."""
+
+    def on_episode_end(self, episode: int, summary: dict) -> bool | None:
+        """After each episode's update and checkpoint, with its episodes.jsonl row; return False to stop."""
+
+    def on_train_end(self, artifact: RaiseArtifact) -> None:
+        """After the selector folder is written."""
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def _rng_states(sampling: torch.Generator, minibatch_rng: np.random.Generator) -> dict:
+    # JSON strings for Python/NumPy states keep the checkpoint loadable with torch.load(weights_only=True).
+    numpy_global = np.random.get_state(legacy=False)
+    numpy_global["state"]["key"] = numpy_global["state"]["key"].tolist()
+    return {
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps(numpy_global),
+        "torch": torch.get_rng_state(),
+        "sampling": sampling.get_state(),
+        "minibatch": json.dumps(minibatch_rng.bit_generator.state),
+    }
+
+
+def _restore_rng_states(states: dict, sampling: torch.Generator, minibatch_rng: np.random.Generator) -> None:
+    version, internal, gauss = json.loads(states["python"])
+    random.setstate((version, tuple(internal), gauss))
+    numpy_global = json.loads(states["numpy"])
+    numpy_global["state"]["key"] = np.array(numpy_global["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_global)
+    torch.set_rng_state(states["torch"])
+    sampling.set_state(states["sampling"])
+    minibatch_rng.bit_generator.state = json.loads(states["minibatch"])
+
+
+def _comparable_config(config: RaiseConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CONFIG_CHANGES}
+
+
+def save_checkpoint(path: Path, selector: RaiseSelector, optimizer: torch.optim.Optimizer, episode: int,
+                    rows: list[dict], seed: int, rng_states: dict) -> None:
+    metadata, tensors = artifact_to_payload(selector.to_artifact())
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "episode": episode,  # episodes completed
+        "seed": seed,
+        "rows": rows,
+        "selector_metadata": metadata,
+        "selector_tensors": tensors,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states,
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
+
+
+def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
+    """Read and check a checkpoint for resuming (the same config and seed, except the episode count)."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; start without --resume (or pass the interrupted run's --output)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise UserError(f"{path} is not a readable raise-select checkpoint ({type(exc).__name__}); start without --resume") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a raise-select PPO checkpoint; start without --resume")
+    saved = payload["selector_metadata"]["config"]
+    changed = sorted(k for k, v in _comparable_config(config).items() if saved.get(k) != v)
+    if changed or payload["seed"] != seed:
+        what = ", ".join(f"raise.{k}" for k in changed) or f"seed ({payload['seed']} vs {seed})"
+        raise UserError(f"checkpoint {path} was written with a different {what}; resume with the original settings")
+    return payload
+
+
+# -- entry point ----------------------------------------------------------------------------
+def train_selector(
+    env: "FineTuneEnv",
+    context: SelectionContext,
+    config: RaiseConfig,
+    output_dir: str | Path,
+    seed: int,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    max_episodes: int | None = None,
+    progress: bool = True,
+    provenance: dict | None = None,
+) -> RaiseArtifact:
+    """Train the RAISE selector with PPO for ``config.episodes`` episodes and write ``output_dir/selector/``.
+
+    ``seed`` seeds the policy init, k-means, the Plackett-Luce sampler, minibatch order, and episode k's
+    ``env.reset(seed + k)``. ``max_episodes`` stops after that many completed episodes (as if killed;
+    the checkpoint allows ``resume=True`` later). ``provenance`` adds entries (e.g. the model name)
+    to the saved selector's provenance. Returns the artifact that was saved.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = output_dir / CHECKPOINT_FILE
+    checkpoint = load_checkpoint(checkpoint_path, config, seed) if resume else None
+
+    selector_state = None
+    if checkpoint is not None:
+        selector_state = artifact_from_payload(checkpoint["selector_metadata"], checkpoint["selector_tensors"], checkpoint_path)
+        selector_state.config = config  # the same except (maybe) the episode count, checked above
+    selector = RaiseSelector(config, artifact=selector_state)
+    selector.setup(dataclasses.replace(context, seed=seed))
+    parameters = list(selector.policy.parameters()) + list(selector.critic.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=1e-5)
+    sampling = torch.Generator().manual_seed(seed)
+    minibatch_rng = np.random.default_rng(seed)
+    rows: list[dict] = []
+    start = 0
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _restore_rng_states(checkpoint["rng"], sampling, minibatch_rng)
+        rows, start = list(checkpoint["rows"]), int(checkpoint["episode"])
+
+    stop = config.episodes if max_episodes is None else min(config.episodes, max_episodes)
+    for callback in callbacks:
+        callback.on_train_start(start, config.episodes)
+    bar = tqdm(total=config.episodes, initial=start, desc="train-selector", unit="episode", disable=not progress)
+    for episode in range(start, stop):
+        started = time.perf_counter()
+        buffer, summary = run_episode(env, selector, sampling, seed + episode, config.reward_scale)
+        update_stats = ppo_update(selector, optimizer, buffer, config, minibatch_rng)
+        row = {"episode": episode, **summary, "seconds": time.perf_counter() - started, **update_stats}
+        rows.append(row)
+        write_jsonl(output_dir / EPISODES_FILE, rows)
+        save_checkpoint(checkpoint_path, selector, optimizer, episode + 1, rows, seed,
+                        _rng_states(sampling, minibatch_rng))
+        bar.set_postfix({"return": f"{row['return']:.4f}", "val": f"{row['final_validation_loss']:.4f}",
+                         "s/ep": f"{row['seconds']:.1f}"})
+        bar.update(1)
+        if any([callback.on_episode_end(episode, row) is False for callback in callbacks]):  # every hook runs
+            break
+    bar.close()
+
+    artifact = selector.to_artifact({"episodes": len(rows), **(provenance or {})})
+    save_selector(artifact, output_dir / SELECTOR_DIR)
+    for callback in callbacks:
+        callback.on_train_end(artifact)
+    return artifact

@@ -1,0 +1,150 @@
+"""Save and load a trained RAISE selector: ONE folder, data only (loading never executes code).
+
+Folder layout::
+
+    selector/
+      weights.safetensors   policy.* (acquisition MLP) and critic.* tensors
+      selector.json         format + version, fused-feature layout, standardization statistics,
+                            k-means centroids, the RaiseConfig, provenance
+
+The folder is written to a temporary sibling and renamed into place, so a reader sees the old
+selector or the new one, never half of each. Anything that is not a complete folder of this format
+(missing, truncated, corrupt, another program's or another version's) is a one-line ``UserError``.
+The same payload (``artifact_to_payload``) also travels inside PPO checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import RaiseConfig, from_dict
+from .errors import UserError
+
+FORMAT_NAME = "raise-select-selector"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+METADATA_FILE = "selector.json"
+
+
+@dataclass
+class RaiseArtifact:
+    """Everything needed to rebuild a trained RAISE selector on a pool."""
+
+    config: RaiseConfig  # the RaiseConfig it was trained with (hidden size, clusters, temperature, ...)
+    tensors: dict[str, torch.Tensor]  # state dicts, keys prefixed "policy." and "critic."
+    feature_layout: list[dict]  # fused-feature columns: {name, block, transform} (see raise_policy's docstring)
+    static_names: tuple[str, ...]  # StaticFeatures.names the difficulty block was built from
+    pca_dim: int  # embedding dimensions the policy expects
+    standardization: dict[str, np.ndarray]  # difficulty_mean/std [4], embedding_mean/std [pca_dim] of the training pool
+    centroids: np.ndarray  # [clusters, pca_dim] k-means centroids in the training pool's embedding space
+    aux_model: str  # auxiliary model whose features the statistics describe
+    embedding_space: str  # fingerprint of (aux model, PCA basis): centroids are only meaningful in this space
+    provenance: dict[str, Any] = field(default_factory=dict)  # model, pool fingerprint, episodes, seed, date, version, notes
+
+
+def _not_a_selector(folder: Path, reason: str) -> UserError:
+    return UserError(f"{folder} is not a raise-select selector ({reason}); train one with `raise-select train-selector`")
+
+
+def artifact_to_payload(artifact: RaiseArtifact) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(JSON-safe metadata, tensors): what both the selector folder and PPO checkpoints store."""
+    metadata = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "feature_layout": artifact.feature_layout,
+        "static_names": list(artifact.static_names),
+        "pca_dim": int(artifact.pca_dim),
+        "standardization": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in artifact.standardization.items()},
+        "centroids": np.asarray(artifact.centroids, dtype=np.float64).tolist(),
+        "aux_model": artifact.aux_model,
+        "embedding_space": artifact.embedding_space,
+        "config": dataclasses.asdict(artifact.config),
+        "provenance": artifact.provenance,
+    }
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in artifact.tensors.items()}
+    return metadata, tensors
+
+
+def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], folder: Path) -> RaiseArtifact:
+    """Inverse of :func:`artifact_to_payload`; ``folder`` names the source in error messages."""
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise _not_a_selector(folder, f"format {found!r}, expected {FORMAT_NAME!r}")
+    if metadata.get("version") != FORMAT_VERSION:
+        raise _not_a_selector(folder, f"format version {metadata.get('version')!r}, this library reads version {FORMAT_VERSION}")
+    try:
+        pca_dim = int(metadata["pca_dim"])
+        centroids = np.asarray(metadata["centroids"], dtype=np.float32).reshape(-1, pca_dim)
+        artifact = RaiseArtifact(
+            config=from_dict(RaiseConfig, metadata["config"], where="selector.config"),
+            tensors=dict(tensors),
+            feature_layout=list(metadata["feature_layout"]),
+            static_names=tuple(metadata["static_names"]),
+            pca_dim=pca_dim,
+            standardization={k: np.asarray(v, dtype=np.float32) for k, v in metadata["standardization"].items()},
+            centroids=centroids,
+            aux_model=str(metadata["aux_model"]),
+            embedding_space=str(metadata["embedding_space"]),
+            provenance=dict(metadata.get("provenance") or {}),
+        )
+    except (KeyError, TypeError, ValueError, UserError) as exc:
+        raise _not_a_selector(folder, f"{METADATA_FILE} is incomplete: {type(exc).__name__} {exc}") from None
+    if not any(k.startswith("policy.") for k in tensors) or not any(k.startswith("critic.") for k in tensors):
+        raise _not_a_selector(folder, f"{WEIGHTS_FILE} lacks policy or critic tensors")
+    return artifact
+
+
+def save_selector(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:
+    """Write the selector folder atomically (temporary sibling folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    metadata, tensors = artifact_to_payload(artifact)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        # rename(2) cannot replace a non-empty folder: move the old one aside first, drop it after.
+        previous = None
+        if folder.exists():
+            previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, previous)
+        os.replace(staging, folder)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def load_selector(folder: str | os.PathLike) -> RaiseArtifact:
+    """Read a selector folder written by :func:`save_selector` (safetensors + JSON only)."""
+    folder = Path(folder)
+    metadata_path, weights_path = folder / METADATA_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise _not_a_selector(folder, "no such folder")
+    if not metadata_path.is_file():
+        raise _not_a_selector(folder, f"no {METADATA_FILE}")
+    try:
+        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _not_a_selector(folder, f"{METADATA_FILE} is not valid JSON (truncated or corrupt)") from None
+    if isinstance(metadata, dict) and metadata.get("format") == FORMAT_NAME and not weights_path.is_file():
+        raise _not_a_selector(folder, f"no {WEIGHTS_FILE}")
+    try:
+        tensors = load_file(str(weights_path)) if weights_path.is_file() else {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _not_a_selector(folder, f"{WEIGHTS_FILE} is truncated or corrupt: {exc}") from None
+    return artifact_from_payload(metadata, tensors, folder)

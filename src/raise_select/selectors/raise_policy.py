@@ -1,0 +1,522 @@
+"""The RAISE selector: a learned, stage-aware acquisition function with per-cluster top-b selection.
+
+Fused feature vector ``d' = H(d, M_{t-1}, t)`` of one candidate (``P`` = ``pca_dim``; 40 columns at
+the default P = 32, the paper's has 39). This table is the one place the layout is defined;
+:func:`fused_feature_layout` returns it as data and it is saved in every selector folder.
+
+=============  =====================  =========  ====================================================
+columns        name                   block      value
+=============  =====================  =========  ====================================================
+0              response_loss          static     aux-model response loss, z-scored
+1              ifd                    static     IFD ratio loss(y|x)/loss(y), z-scored
+2              prompt_tokens          static     log1p(prompt tokens), z-scored
+3              response_tokens        static     log1p(response tokens), z-scored
+4 .. 3+P       emb_0 .. emb_{P-1}     static     PCA semantic embedding, z-scored per dimension
+4+P            progress               stage      t / T (shared by all candidates)
+5+P            validation_ratio       stage      current validation loss / the episode's initial one
+6+P            validation_change      stage      (latest - previous validation loss) / initial (0 at t=0)
+7+P            availability           dynamic    log1p(times this example was selected this episode)
+=============  =====================  =========  ====================================================
+
+Standardization statistics (mean/std of the static block) are fitted on the training pool and
+saved with the selector. Deployed with features from a different auxiliary model they are re-fitted
+on the new pool (and noted in the provenance): raw difficulty values of different models are on
+different scales, and their embedding dimensions are not aligned at all.
+
+Efficiency: the first MLP layer is split as ``W_static x_static + W_stage s + w_avail a + b``; the
+static projection ``W_static x_static`` is computed once per episode (weights are fixed within an
+episode) for all candidates, and each decision only adds the stage and availability terms.
+
+Diversity: k-means (C clusters, on the raw PCA embedding) splits the pool once; a decision of
+``n`` indices takes ``b = n / C`` per cluster (the first ``n mod C`` clusters take one more when
+``n`` is not a multiple of C). A cluster with fewer members than its quota gives all of them and
+the shortfall is a last "fill" group taken from all remaining candidates by score. No example
+appears twice within one decision.
+
+Policy: training samples, per cluster, ``b`` items without replacement from ``softmax(F / tau)``
+(Plackett-Luce, drawn with Gumbel-top-k) and records the exact log-probability of the ordered
+subset; deployment takes the greedy top-b. The entropy bonus uses a cheap estimate: the entropy of
+each cluster's first-pick softmax, averaged over clusters.
+
+Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
+fraction of the pool selected so far, mean availability, and mean/std/max of the current
+(detached) acquisition scores over the pool.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import pairwise_distances_argmin
+from torch import nn
+from torch.nn import functional as F
+
+from .. import __version__
+from ..config import RaiseConfig
+from ..errors import UserError
+from ..features import StaticFeatures
+from ..selector_artifact import RaiseArtifact, load_selector
+from .base import EnvState, SelectionContext
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("prompt_tokens", "response_tokens")  # token counts are heavy-tailed: log1p before z-scoring
+STAGE_NAMES = ("progress", "validation_ratio", "validation_change")
+SUMMARY_SIZE = len(STAGE_NAMES) + 5  # critic input: stage + fraction used, mean availability, score mean/std/max
+MINIBATCH_KMEANS_ROWS = 50_000  # above this many rows, MiniBatchKMeans (full k-means gets slow)
+KMEANS_INIT = 4  # fixed n_init so clustering is reproducible for a seed
+SCORE_CHUNK_ROWS = 65_536  # rows per MLP chunk: bounds activation memory at any pool size
+
+
+def fused_feature_layout(static_names: Sequence[str], pca_dim: int) -> list[dict]:
+    """The module docstring's table as data: one {name, block, transform} per fused column."""
+    layout = [
+        {"name": name, "block": "static", "transform": "log1p+zscore" if name in LOG_COLUMNS else "zscore"}
+        for name in static_names
+    ]
+    layout += [{"name": f"emb_{i}", "block": "static", "transform": "zscore"} for i in range(pca_dim)]
+    layout += [{"name": name, "block": "stage", "transform": "none"} for name in STAGE_NAMES]
+    layout.append({"name": "availability", "block": "dynamic", "transform": "log1p"})
+    return layout
+
+
+def embedding_space_id(features: StaticFeatures) -> str:
+    """Fingerprint of the embedding space: the same aux model AND the same PCA basis.
+
+    Centroids and embedding statistics transfer only within one space: another model's hidden
+    dimensions, or a PCA fitted on another pool (different basis, even sign flips), are not aligned.
+    """
+    digest = hashlib.sha256(features.aux_model.encode("utf-8"))
+    for array in (features.pca_mean, features.pca_components):
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Standardization:
+    """Mean/std of the static block, fitted on one pool."""
+
+    difficulty_mean: np.ndarray  # [len(names)] of the (log1p-transformed) difficulty columns
+    difficulty_std: np.ndarray
+    embedding_mean: np.ndarray  # [pca_dim]
+    embedding_std: np.ndarray
+
+    @staticmethod
+    def transformed_difficulty(features: StaticFeatures) -> np.ndarray:
+        values = np.asarray(features.values, dtype=np.float64).copy()
+        for column, name in enumerate(features.names):
+            if name in LOG_COLUMNS:
+                values[:, column] = np.log1p(np.maximum(values[:, column], 0.0))
+        return values
+
+    @classmethod
+    def fit_difficulty(cls, features: StaticFeatures) -> tuple[np.ndarray, np.ndarray]:
+        return _mean_std(cls.transformed_difficulty(features))
+
+    @staticmethod
+    def fit_embedding(features: StaticFeatures) -> tuple[np.ndarray, np.ndarray]:
+        return _mean_std(np.asarray(features.embedding, dtype=np.float64))
+
+    def fused_static(self, features: StaticFeatures) -> np.ndarray:
+        """[N, len(names) + pca_dim] float32: the static block of the fused vector."""
+        difficulty = (self.transformed_difficulty(features) - self.difficulty_mean) / self.difficulty_std
+        embedding = (np.asarray(features.embedding, dtype=np.float64) - self.embedding_mean) / self.embedding_std
+        fused = np.concatenate([difficulty, embedding], axis=1).astype(np.float32)
+        return np.nan_to_num(fused, nan=0.0, posinf=0.0, neginf=0.0)  # a missing value reads as the pool mean
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=np.float32) for k, v in vars(self).items()}
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.where(np.isfinite(values), values, np.nan)
+    mean, std = np.nan_to_num(np.nanmean(values, axis=0)), np.nan_to_num(np.nanstd(values, axis=0))
+    return mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)  # constant column: no scaling
+
+
+def fit_clusters(embedding: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means centroids [C, pca_dim] of the embedding (seeded, fixed n_init)."""
+    embedding = np.asarray(embedding, dtype=np.float32)
+    if clusters == 1:
+        return embedding.mean(axis=0, keepdims=True)
+    if embedding.shape[0] > MINIBATCH_KMEANS_ROWS:
+        kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed, batch_size=4096)
+    else:
+        kmeans = KMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed)
+    return kmeans.fit(embedding).cluster_centers_.astype(np.float32)
+
+
+def assign_clusters(embedding: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid per row [N] int64 (the same rule in training and deployment)."""
+    if centroids.shape[0] == 1:
+        return np.zeros(embedding.shape[0], dtype=np.int64)
+    return pairwise_distances_argmin(np.asarray(embedding, dtype=np.float32), centroids).astype(np.int64)
+
+
+def stage_features(state: EnvState) -> np.ndarray:
+    """[3] float32: progress, validation loss relative to the episode's first, its latest change."""
+    history = state.validation_history
+    initial = history[0] if history[0] else 1.0
+    change = (history[-1] - history[-2]) / initial if len(history) > 1 else 0.0
+    return np.array([state.progress, history[-1] / initial, change], dtype=np.float32)
+
+
+def availability_feature(counts: np.ndarray) -> torch.Tensor:
+    """[N] float32 log1p(selection counts)."""
+    return torch.from_numpy(np.asarray(counts, dtype=np.float32)).log1p()
+
+
+def critic_summary(stage: torch.Tensor, availability: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """[SUMMARY_SIZE] critic input: stage, fraction of the pool used, mean availability, score mean/std/max."""
+    scores = scores.detach()  # the critic reads the policy's scores but does not train them
+    used = (availability > 0).float().mean()
+    return torch.cat([stage, torch.stack([used, availability.mean(), scores.mean(), scores.std(correction=0), scores.max()])])
+
+
+class AcquisitionMLP(nn.Module):
+    """F_theta(d') -> score, applied row-wise; the first layer is split so its static part can be cached.
+
+    SiLU activations: smooth like tanh, but several times cheaper on CPU at pool scale.
+    """
+
+    def __init__(self, static_size: int, hidden_size: int):
+        super().__init__()
+        self.static_layer = nn.Linear(static_size, hidden_size)  # W_static x_static + b
+        self.dynamic_layer = nn.Linear(len(STAGE_NAMES) + 1, hidden_size, bias=False)  # [W_stage | w_avail]
+        self.hidden_layer = nn.Linear(hidden_size, hidden_size)
+        self.output_layer = nn.Linear(hidden_size, 1)
+
+    def project(self, fused_static: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] static part of the first layer."""
+        return self.static_layer(fused_static)
+
+    def from_projection(self, projection: torch.Tensor, stage: torch.Tensor, availability: torch.Tensor) -> torch.Tensor:
+        """[n] scores from a (cached) static projection + the stage and availability terms."""
+        weight = self.dynamic_layer.weight  # [hidden, 3 + 1]
+        hidden = projection + weight[:, : len(STAGE_NAMES)] @ stage  # the stage term is shared by all candidates
+        # Availability is 0 except for the few examples already chosen this episode: add its term sparsely.
+        chosen = availability.nonzero().squeeze(1)
+        hidden = hidden.index_add_(0, chosen, availability[chosen, None] * weight[:, -1])
+        hidden = F.silu(self.hidden_layer(F.silu(hidden)))
+        return self.output_layer(hidden).squeeze(-1)
+
+    def forward(self, fused_static: torch.Tensor, stage: torch.Tensor, availability: torch.Tensor) -> torch.Tensor:
+        return self.from_projection(self.project(fused_static), stage, availability)
+
+
+class Critic(nn.Module):
+    """V_phi(state summary) -> expected (scaled) return."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(SUMMARY_SIZE, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.net(summary).squeeze(-1)
+
+
+def cluster_quotas(decision_size: int, clusters: int) -> list[int]:
+    """b per cluster: decision_size / C, the first (decision_size mod C) clusters take one more."""
+    base, extra = divmod(decision_size, clusters)
+    return [base + (c < extra) for c in range(clusters)]
+
+
+def choose_groups(keys: torch.Tensor, members: list[torch.Tensor], quotas: list[int]) -> list[torch.Tensor]:
+    """Per cluster, the top-``quota`` members by ``keys`` in descending order; then the fill group.
+
+    Returns C + 1 index tensors (the last is the fill group, usually empty). With keys = scores this
+    is greedy deployment; with keys = scores / tau + Gumbel noise it is a Plackett-Luce sample whose
+    draw order is the descending key order.
+    """
+    taken = torch.zeros(keys.shape[0], dtype=torch.bool)
+    groups, shortfall = [], 0
+    for cluster_members, quota in zip(members, quotas):
+        count = min(quota, cluster_members.numel())
+        picked = cluster_members[torch.topk(keys[cluster_members], count).indices]
+        taken[picked] = True
+        groups.append(picked)
+        shortfall += quota - count
+    remaining = (~taken).nonzero().squeeze(1)
+    groups.append(remaining[torch.topk(keys[remaining], shortfall).indices])
+    return groups
+
+
+def plackett_luce_log_prob(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Exact log-probability of drawing ``chosen`` (positions into ``logits``) in this order, without replacement.
+
+    log p = sum_k [ z_k - logsumexp(z over items not yet drawn before pick k) ]; the set still
+    available at pick k is (never drawn) + (chosen_k .. chosen_last), summed without subtraction.
+    """
+    chosen_logits = logits[chosen]
+    # logsumexp of chosen_k .. chosen_last for every k (reverse cumulative)
+    tail = torch.logcumsumexp(chosen_logits.flip(0), dim=0).flip(0)
+    never_drawn = torch.ones_like(logits, dtype=torch.bool)
+    never_drawn[chosen] = False
+    if never_drawn.any():  # logsumexp of an empty set would give a NaN gradient
+        tail = torch.logaddexp(tail, torch.logsumexp(logits[never_drawn], dim=0))
+    return (chosen_logits - tail).sum()
+
+
+def first_pick_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits): the entropy estimate of a Plackett-Luce group (its first draw)."""
+    log_p = torch.log_softmax(logits, dim=0)
+    return -(log_p.exp() * log_p).sum()
+
+
+@dataclass
+class SampledDecision:
+    """One stochastic decision: what the env trains on, and what PPO stores about it."""
+
+    indices: np.ndarray  # [decision_size] for env.step, groups interleaved round-robin
+    groups: list[np.ndarray]  # C + 1 groups of pool indices in draw order (last = fill group)
+    log_probs: torch.Tensor  # [C + 1] log-probability per group (0 for an empty group)
+    value: float  # critic's estimate at this state
+    stage: np.ndarray  # [3] stage features the decision was made with
+
+
+class RaiseSelector:
+    """RAISE: score every candidate with F_theta(d') and take the top-b per k-means cluster.
+
+    Build it untrained for PPO (``RaiseSelector(config)``) or from a saved folder
+    (``RaiseSelector.load(path)``); ``setup(context)`` binds it to a pool's features.
+    """
+
+    name = "raise"
+    requires_features = True
+
+    def __init__(self, config: RaiseConfig, artifact: RaiseArtifact | None = None):
+        self.config = artifact.config if artifact is not None else config
+        self.artifact = artifact
+        self.policy: AcquisitionMLP | None = None
+        self.critic: Critic | None = None
+        self.features: StaticFeatures | None = None
+        self.standardization: Standardization | None = None
+        self.centroids: np.ndarray | None = None
+        self.clusters: np.ndarray | None = None  # [N] cluster of each pool example (read by run reports)
+        self.members: list[torch.Tensor] = []  # pool indices of each cluster
+        self.local_position: torch.Tensor | None = None  # [N] position of each example within its cluster
+        self.fused_static: torch.Tensor | None = None  # [N, static columns] standardized static block
+        self.adaptation_notes: list[str] = []  # what setup re-fitted for this pool (logged, saved in provenance)
+        self._projection: torch.Tensor | None = None  # cached W_static x_static, refreshed by reset()
+        self._context: SelectionContext | None = None
+        self._pool_fingerprint: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RaiseSelector":
+        artifact = load_selector(path)
+        return cls(artifact.config, artifact)
+
+    # -- binding to a pool -------------------------------------------------------------------
+    def setup(self, context: SelectionContext) -> None:
+        features = context.features
+        if features is None:
+            raise UserError("the raise selector needs static features; the run did not compute them (requires_features)")
+        pool_size = features.values.shape[0]
+        largest_decision = context.batch_size * context.decision_interval
+        if largest_decision > pool_size:
+            raise UserError(
+                f"one decision takes batch_size x decision_interval = {largest_decision} examples but the pool has "
+                f"{pool_size}; lower train.batch_size or train.decision_interval"
+            )
+        if self.config.clusters > pool_size:
+            raise UserError(f"raise.clusters={self.config.clusters} exceeds the pool size {pool_size}; use fewer clusters")
+        self._context, self.features, self._pool_fingerprint = context, features, None
+        static_size = len(features.names) + features.embedding.shape[1]
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
+            torch.manual_seed(context.seed)
+            self.policy = AcquisitionMLP(static_size, self.config.hidden_size)
+            self.critic = Critic(self.config.hidden_size)
+        if self.artifact is None:
+            self._fit_to_pool(features, context.seed)
+        else:
+            self._adapt_artifact(features, context.seed)
+            for prefix, module in (("policy.", self.policy), ("critic.", self.critic)):
+                state = {k[len(prefix):]: v for k, v in self.artifact.tensors.items() if k.startswith(prefix)}
+                try:
+                    module.load_state_dict(state)
+                except RuntimeError:
+                    raise UserError(
+                        f"selector weights do not fit this setup (expected {static_size} static feature columns, "
+                        f"hidden size {self.config.hidden_size}); retrain with `raise-select train-selector`"
+                    ) from None
+        self.fused_static = torch.from_numpy(self.standardization.fused_static(features))
+        self.clusters = assign_clusters(features.embedding, self.centroids)
+        self.members = [torch.from_numpy(np.flatnonzero(self.clusters == c)) for c in range(self.config.clusters)]
+        self.local_position = torch.empty(pool_size, dtype=torch.long)
+        for cluster_members in self.members:
+            self.local_position[cluster_members] = torch.arange(cluster_members.numel())
+        self.refresh_projection()
+
+    def _fit_to_pool(self, features: StaticFeatures, seed: int) -> None:
+        self.standardization = Standardization(*Standardization.fit_difficulty(features), *Standardization.fit_embedding(features))
+        self.centroids = fit_clusters(features.embedding, self.config.clusters, seed)
+
+    def _adapt_artifact(self, features: StaticFeatures, seed: int) -> None:
+        """Reuse the saved statistics/centroids where they are valid for these features; re-fit the rest."""
+        artifact = self.artifact
+        if tuple(features.names) != artifact.static_names or features.embedding.shape[1] != artifact.pca_dim:
+            raise UserError(
+                f"selector expects features {list(artifact.static_names)} with pca_dim={artifact.pca_dim}, got "
+                f"{list(features.names)} with pca_dim={features.embedding.shape[1]}; set features.pca_dim={artifact.pca_dim}"
+            )
+        saved = artifact.standardization
+        self.adaptation_notes = []
+        difficulty = (saved["difficulty_mean"], saved["difficulty_std"])
+        if features.aux_model != artifact.aux_model:
+            difficulty = Standardization.fit_difficulty(features)
+            self.adaptation_notes.append(
+                f"difficulty statistics re-fitted on this pool (aux model {features.aux_model!r}, trained with {artifact.aux_model!r})"
+            )
+        embedding = (saved["embedding_mean"], saved["embedding_std"])
+        self.centroids = artifact.centroids
+        if embedding_space_id(features) != artifact.embedding_space:
+            # Another model's (or another PCA fit's) embedding dimensions are not aligned with the training ones:
+            # saved embedding statistics and centroids mean nothing here.
+            embedding = Standardization.fit_embedding(features)
+            self.centroids = fit_clusters(features.embedding, self.config.clusters, seed)
+            self.adaptation_notes.append(
+                f"embedding space differs from training: embedding statistics re-fitted, k-means re-run with C={self.config.clusters}"
+            )
+        self.standardization = Standardization(*difficulty, *embedding)
+        for note in self.adaptation_notes:
+            logger.warning("raise selector: %s", note)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def refresh_projection(self) -> None:
+        """Recompute the cached static projection (call after the policy's weights changed)."""
+        with torch.no_grad():
+            self._projection = torch.cat([self.policy.project(chunk) for chunk in self.fused_static.split(SCORE_CHUNK_ROWS)])
+
+    def reset(self, seed: int) -> None:
+        # PPO updates the weights between episodes, so the per-episode cache is rebuilt here.
+        self.refresh_projection()
+
+    def pool_scores(self, stage: np.ndarray, counts: np.ndarray) -> torch.Tensor:
+        """[N] acquisition scores with the cached projection (no gradient)."""
+        stage_tensor, availability = torch.from_numpy(stage), availability_feature(counts)
+        with torch.no_grad():
+            return torch.cat([
+                self.policy.from_projection(projection, stage_tensor, avail)
+                for projection, avail in zip(self._projection.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS))
+            ])
+
+    def group_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[C + 1] Plackett-Luce log-probability of each group's ordered draw (0 for an empty group)."""
+        log_probs = [
+            plackett_luce_log_prob(logits[cluster_members], self.local_position[group])
+            for cluster_members, group in zip(self.members, groups[:-1])
+        ]
+        fill = groups[-1]
+        if fill.numel():
+            taken = torch.zeros(logits.shape[0], dtype=torch.bool)
+            taken[torch.cat(list(groups[:-1]))] = True
+            remaining = (~taken).nonzero().squeeze(1)  # sorted, so positions are found by binary search
+            log_probs.append(plackett_luce_log_prob(logits[remaining], torch.searchsorted(remaining, fill)))
+        else:
+            log_probs.append(logits.new_zeros(()))
+        return torch.stack(log_probs)
+
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mean first-pick entropy over clusters."""
+        return torch.stack([first_pick_entropy(logits[m]) for m in self.members]).mean()
+
+    # -- decisions ---------------------------------------------------------------------------
+    def select(self, state: EnvState) -> np.ndarray:
+        """Deployment: greedy top-b per cluster."""
+        scores = self.pool_scores(stage_features(state), state.selection_counts)
+        groups = choose_groups(scores, self.members, cluster_quotas(state.decision_size, self.config.clusters))
+        return interleave([g.numpy() for g in groups])
+
+    def sample(self, state: EnvState, generator: torch.Generator) -> SampledDecision:
+        """Training: a Plackett-Luce draw per cluster (Gumbel-top-k) with its exact log-probabilities."""
+        stage = stage_features(state)
+        scores = self.pool_scores(stage, state.selection_counts)
+        logits = scores / self.config.temperature
+        uniform = torch.rand(logits.shape, generator=generator).clamp_(min=1e-20)
+        gumbel_keys = logits - torch.log(-torch.log(uniform))
+        groups = choose_groups(gumbel_keys, self.members, cluster_quotas(state.decision_size, self.config.clusters))
+        with torch.no_grad():
+            log_probs = self.group_log_probs(logits, groups)
+            value = self.critic(critic_summary(torch.from_numpy(stage), availability_feature(state.selection_counts), scores))
+        arrays = [g.numpy() for g in groups]
+        return SampledDecision(interleave(arrays), arrays, log_probs, float(value), stage)
+
+    # -- reporting and saving ------------------------------------------------------------------
+    def explain(self, stage_points: Sequence[float] = (0.0, 0.5, 1.0), max_rows: int = 5000) -> list[dict]:
+        """Scores at several training stages (zero availability, validation at its initial value), per example.
+
+        Rows: index, cluster, every static fused feature's raw value by name, and ``score@<p>``. Pools
+        larger than ``max_rows`` are subsampled (fixed seed, sorted indices).
+        """
+        features = self.features
+        pool_size = features.values.shape[0]
+        rows_index = np.arange(pool_size)
+        if pool_size > max_rows:
+            rows_index = np.sort(np.random.default_rng(0).choice(pool_size, max_rows, replace=False))
+        counts = np.zeros(pool_size, dtype=np.int64)
+        scores = {
+            f"score@{point:g}": self.pool_scores(np.array([point, 1.0, 0.0], dtype=np.float32), counts).numpy()
+            for point in stage_points
+        }
+        names = list(features.names) + [f"emb_{i}" for i in range(features.embedding.shape[1])]
+        raw = np.concatenate([features.values, features.embedding], axis=1)
+        rows = []
+        for index in rows_index:
+            row = {"index": int(index), "cluster": int(self.clusters[index])}
+            row.update({name: float(value) for name, value in zip(names, raw[index])})
+            row.update({key: float(values[index]) for key, values in scores.items()})
+            rows.append(row)
+        return rows
+
+    def to_artifact(self, provenance: dict | None = None) -> RaiseArtifact:
+        features = self.features
+        tensors = {f"policy.{k}": v.detach().clone() for k, v in self.policy.state_dict().items()}
+        tensors.update({f"critic.{k}": v.detach().clone() for k, v in self.critic.state_dict().items()})
+        if self._pool_fingerprint is None:  # hashing a large pool takes a while: once per setup
+            pool = self._context.pool
+            self._pool_fingerprint = pool.fingerprint() if pool is not None else None
+        record = {
+            "pool_fingerprint": self._pool_fingerprint,
+            "pool_size": int(features.values.shape[0]),
+            "features_key": features.key,
+            "aux_model": features.aux_model,
+            "seed": self._context.seed,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "library_version": __version__,
+            "adaptation_notes": list(self.adaptation_notes),
+            **(provenance or {}),
+        }
+        return RaiseArtifact(
+            config=self.config,
+            tensors=tensors,
+            feature_layout=fused_feature_layout(features.names, features.embedding.shape[1]),
+            static_names=tuple(features.names),
+            pca_dim=int(features.embedding.shape[1]),
+            standardization=self.standardization.as_dict(),
+            centroids=np.asarray(self.centroids, dtype=np.float32),
+            aux_model=features.aux_model,
+            embedding_space=embedding_space_id(features),
+            provenance=record,
+        )
+
+
+def interleave(groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Round-robin over groups (rank 0 of every group, then rank 1, ...).
+
+    With M updates per decision the env splits the indices into consecutive batches; interleaving
+    keeps every batch mixed across clusters instead of one cluster per batch.
+    """
+    ranks = np.concatenate([np.arange(len(g)) for g in groups])
+    order = np.argsort(ranks, kind="stable")
+    return np.concatenate(groups).astype(np.int64)[order]

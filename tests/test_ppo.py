@@ -1,0 +1,227 @@
+"""PPO for RAISE: GAE and the clipped objective by hand, rollout memory, learning on a bandit, resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from raise_select.config import RaiseConfig
+from raise_select.errors import UserError
+from raise_select.io_utils import read_jsonl
+from raise_select.ppo import (
+    CHECKPOINT_FILE,
+    EPISODES_FILE,
+    SELECTOR_DIR,
+    Callback,
+    clipped_surrogate_loss,
+    compute_gae,
+    ppo_update,
+    run_episode,
+    train_selector,
+)
+from raise_select.selector_artifact import load_selector
+from raise_select.selectors.base import EnvState
+from raise_select.selectors.raise_policy import RaiseSelector
+from test_raise_policy import make_context, make_features, make_state
+
+POOL_SIZE, BATCH_SIZE, BUDGET = 120, 4, 7
+
+
+@dataclass
+class FakeStepResult:
+    train_loss: float
+    validation_loss: float
+    reward: float
+    updates: int
+    tokens: int
+    seconds: float
+
+
+class BanditEnv:
+    """FineTuneEnv's interface; validation loss drops by 0.02 per "good" example trained on.
+
+    The good examples are the 20 % with the highest response_loss, so the best policy is known:
+    score by that feature. A little seeded noise keeps the rewards from being trivially exact.
+    """
+
+    def __init__(self, features, decision_interval: int = 1):
+        response_loss = features.column("response_loss")
+        self.good = response_loss >= np.quantile(response_loss, 0.8)
+        self.decision_interval = decision_interval
+        self._state: EnvState | None = None
+        self._rng = np.random.default_rng(0)
+
+    def reset(self, seed: int) -> EnvState:
+        self._rng = np.random.default_rng(seed)
+        self._state = make_state(POOL_SIZE, batch_size=BATCH_SIZE, budget=BUDGET)
+        self._state.decision_interval = self.decision_interval
+        return self._state
+
+    @property
+    def state(self) -> EnvState:
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        return self._state.step >= self._state.budget
+
+    def step(self, indices: np.ndarray) -> FakeStepResult:
+        state = self._state
+        assert len(indices) == state.decision_size and len(set(indices.tolist())) == len(indices)
+        np.add.at(state.selection_counts, indices, 1)
+        updates = len(indices) // state.batch_size
+        state.step += updates
+        previous = state.validation_history[-1]
+        validation = previous - 0.02 * self.good[indices].sum() + 0.002 * self._rng.normal()
+        state.validation_history.append(validation)
+        return FakeStepResult(1.0, validation, previous - validation, updates, 10 * len(indices), 0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny matrices: a second OpenMP thread only adds contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fast_config(**overrides) -> RaiseConfig:
+    settings = dict(clusters=2, hidden_size=16, episodes=4, update_epochs=2, minibatch_size=2, learning_rate=3e-3)
+    settings.update(overrides)
+    return RaiseConfig(**settings)
+
+
+def test_gae_matches_a_hand_computed_three_step_example():
+    rewards, values, dones = [1.0, 0.0, 2.0], [0.5, 0.4, 0.3], [0, 0, 1]
+    gamma, lam = 0.9, 0.8
+    # deltas: d2 = 2 - 0.3 = 1.7 (terminal); d1 = 0 + 0.9*0.3 - 0.4 = -0.13; d0 = 1 + 0.9*0.4 - 0.5 = 0.86
+    # A2 = 1.7; A1 = -0.13 + 0.72*1.7 = 1.094; A0 = 0.86 + 0.72*1.094 = 1.64768
+    advantages, returns = compute_gae(rewards, values, dones, last_value=99.0, gamma=gamma, lam=lam)
+    np.testing.assert_allclose(advantages, [1.64768, 1.094, 1.7], atol=1e-9)
+    np.testing.assert_allclose(returns, [2.14768, 1.494, 2.0], atol=1e-9)
+    # not done at the end: bootstrap from last_value: d2 = 2 + 0.9*1.0 - 0.3 = 2.6
+    advantages, _ = compute_gae(rewards, values, [0, 0, 0], last_value=1.0, gamma=gamma, lam=lam)
+    assert advantages[2] == pytest.approx(2.6)
+
+
+def test_clipped_objective_matches_hand_computation():
+    eps = 0.2
+    cases = [  # (ratio, advantage, loss = -min(r A, clip(r) A))
+        (1.1, 2.0, -2.2),  # inside the range: unclipped
+        (1.5, 2.0, -2.4),  # positive advantage, ratio above 1 + eps: clipped to 1.2
+        (0.5, 2.0, -1.0),  # positive advantage, ratio low: min picks the unclipped r A
+        (0.5, -1.0, 0.8),  # negative advantage, ratio below 1 - eps: clipped to 0.8
+        (1.5, -1.0, 1.5),  # negative advantage, ratio high: unclipped (pessimistic)
+    ]
+    for ratio, advantage, expected in cases:
+        loss = clipped_surrogate_loss(torch.tensor([ratio]), advantage, eps)
+        assert loss.item() == pytest.approx(expected)
+    # per-cluster factors are clipped separately, then averaged
+    loss = clipped_surrogate_loss(torch.tensor([1.1, 1.5]), 2.0, eps)
+    assert loss.item() == pytest.approx((-2.2 - 2.4) / 2)
+
+
+def test_rollout_buffer_stores_no_pool_sized_arrays():
+    features = make_features()
+    selector = RaiseSelector(fast_config())
+    selector.setup(make_context(features))
+    env = BanditEnv(features, decision_interval=2)
+    buffer, summary = run_episode(env, selector, torch.Generator().manual_seed(0), 0, 100.0)
+    assert len(buffer) == 4 and summary["updates"] == BUDGET  # decisions of 2, 2, 2 and 1 updates
+    for decision in buffer.decisions:
+        for name, value in vars(decision).items():
+            assert np.size(value) <= 2 * BATCH_SIZE, f"{name} has {np.size(value)} entries"
+    assert buffer.decisions[-1].done and not buffer.decisions[0].done
+    # availability counts are rebuilt from earlier choices and match the env's
+    np.testing.assert_array_equal(buffer.counts_before(len(buffer), POOL_SIZE), env.state.selection_counts)
+
+
+def test_first_update_recomputes_the_rollout_log_probs_exactly():
+    features = make_features()
+    config = fast_config(update_epochs=1, minibatch_size=100)
+    selector = RaiseSelector(config)
+    selector.setup(make_context(features))
+    buffer, _ = run_episode(BanditEnv(features, decision_interval=2), selector, torch.Generator().manual_seed(0), 0, 100.0)
+    optimizer = torch.optim.Adam(list(selector.policy.parameters()) + list(selector.critic.parameters()), lr=1e-2)
+    # one minibatch holding every decision: all ratios are computed before the only optimizer step
+    stats = ppo_update(selector, optimizer, buffer, config, np.random.default_rng(0))
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-7) and stats["clip_fraction"] == 0.0
+    assert np.isfinite(list(stats.values())).all()
+
+
+def good_share_of_greedy_choices(selector: RaiseSelector, env: BanditEnv) -> float:
+    selector.reset(0)
+    chosen = selector.select(make_state(POOL_SIZE, batch_size=BATCH_SIZE, budget=BUDGET))
+    return float(env.good[chosen].mean())
+
+
+def test_policy_learns_to_pick_the_good_examples(tmp_path):
+    features = make_features()
+    env = BanditEnv(features)
+    # A bandit: each reward depends only on its own decision, so gamma = 0 is the right discount.
+    config = fast_config(episodes=20, update_epochs=8, learning_rate=1e-2, gamma=0.0)
+    artifact = train_selector(env, make_context(features), config, tmp_path, seed=0, progress=False)
+    selector = RaiseSelector(config, artifact)
+    selector.setup(make_context(features))
+    share = good_share_of_greedy_choices(selector, env)
+    assert share >= 0.75  # the pool share of good examples is 0.2
+    rows = read_jsonl(tmp_path / EPISODES_FILE)
+    assert np.mean([r["return"] for r in rows[-5:]]) > np.mean([r["return"] for r in rows[:5]])
+
+
+def test_resume_gives_the_same_weights_and_rows(tmp_path):
+    features = make_features()
+    config = fast_config(episodes=4)
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.episodes = []
+
+        def on_episode_end(self, episode, summary):
+            self.episodes.append(episode)
+
+    uninterrupted = train_selector(BanditEnv(features), make_context(features), config, tmp_path / "a", seed=3,
+                                   progress=False)
+    first, second = Recorder(), Recorder()
+    train_selector(BanditEnv(features), make_context(features), config, tmp_path / "b", seed=3, progress=False,
+                   max_episodes=2, callbacks=[first])
+    torch.manual_seed(1234)  # global RNG state of the "new process" must not matter
+    np.random.seed(1234)
+    resumed = train_selector(BanditEnv(features), make_context(features), config, tmp_path / "b", seed=3,
+                             progress=False, resume=True, callbacks=[second])
+    assert first.episodes == [0, 1] and second.episodes == [2, 3]
+    for name, tensor in uninterrupted.tensors.items():
+        torch.testing.assert_close(resumed.tensors[name], tensor, rtol=0, atol=0)
+
+    def without_timing(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert without_timing(read_jsonl(tmp_path / "a" / EPISODES_FILE)) == without_timing(read_jsonl(tmp_path / "b" / EPISODES_FILE))
+    assert len(read_jsonl(tmp_path / "b" / EPISODES_FILE)) == 4
+    saved = load_selector(tmp_path / "b" / SELECTOR_DIR)
+    assert saved.provenance["episodes"] == 4 and saved.provenance["seed"] == 3
+
+
+def test_resume_errors_and_early_stop(tmp_path):
+    features = make_features()
+    config = fast_config(episodes=3)
+    with pytest.raises(UserError, match="no checkpoint"):
+        train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, resume=True, progress=False)
+
+    class StopAfterFirst(Callback):
+        def on_episode_end(self, episode, summary):
+            return False
+
+    train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, progress=False,
+                   callbacks=[StopAfterFirst()])
+    assert len(read_jsonl(tmp_path / EPISODES_FILE)) == 1
+    with pytest.raises(UserError, match="raise.hidden_size"):
+        train_selector(BanditEnv(features), make_context(features), fast_config(episodes=3, hidden_size=8), tmp_path,
+                       seed=0, resume=True, progress=False)
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable raise-select checkpoint"):
+        train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, resume=True, progress=False)

@@ -1,0 +1,234 @@
+"""The RAISE selector: Plackett-Luce maths, per-cluster selection, artifacts, feature adaptation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from raise_select.config import RaiseConfig
+from raise_select.data.types import Example, Pool
+from raise_select.errors import UserError
+from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
+from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_selector, save_selector
+from raise_select.selectors.base import EnvState, SelectionContext
+from raise_select.selectors.raise_policy import (
+    RaiseSelector,
+    choose_groups,
+    cluster_quotas,
+    fused_feature_layout,
+    interleave,
+    plackett_luce_log_prob,
+    stage_features,
+)
+
+
+def make_features(pool_size: int = 120, pca_dim: int = 6, seed: int = 0, aux_model: str = "aux-a",
+                  outliers: int = 0) -> StaticFeatures:
+    """Two well-separated embedding blobs (plus ``outliers`` far-away rows) and random difficulty columns."""
+    rng = np.random.default_rng(seed)
+    embedding = rng.normal(size=(pool_size, pca_dim)).astype(np.float32)
+    embedding[: pool_size // 2, 0] += 8.0
+    embedding[pool_size - outliers:, 1] += 200.0
+    values = np.stack([
+        rng.uniform(0.5, 3.0, pool_size),  # response_loss
+        rng.uniform(0.2, 1.2, pool_size),  # ifd
+        rng.integers(5, 200, pool_size),  # prompt_tokens
+        rng.integers(1, 300, pool_size),  # response_tokens
+    ], axis=1).astype(np.float32)
+    hidden = 10
+    return StaticFeatures(
+        names=STATIC_FEATURE_NAMES, values=values, embedding=embedding,
+        pca_mean=np.zeros(hidden, np.float32), pca_components=np.eye(pca_dim, hidden, dtype=np.float32),
+        key=f"fake-{pool_size}-{seed}", aux_model=aux_model,
+    )
+
+
+def make_context(features: StaticFeatures, batch_size: int = 4, budget_steps: int = 6, seed: int = 0) -> SelectionContext:
+    pool = Pool([Example(id=str(i), source="fake", messages=({"role": "user", "content": f"q{i}"},), response="a")
+                 for i in range(features.values.shape[0])])
+    return SelectionContext(pool=pool, batch_size=batch_size, budget_steps=budget_steps, decision_interval=1,
+                            seed=seed, features=features)
+
+
+def make_state(pool_size: int, batch_size: int = 4, step: int = 0, budget: int = 6) -> EnvState:
+    return EnvState(step=step, budget=budget, batch_size=batch_size, decision_interval=1,
+                    validation_history=[2.0], selection_counts=np.zeros(pool_size, dtype=np.int64))
+
+
+def make_selector(features: StaticFeatures, clusters: int = 2, batch_size: int = 4, seed: int = 0) -> RaiseSelector:
+    selector = RaiseSelector(RaiseConfig(clusters=clusters, hidden_size=16))
+    selector.setup(make_context(features, batch_size=batch_size, seed=seed))
+    selector.reset(seed)
+    return selector
+
+
+@pytest.mark.parametrize("chosen_count", [2, 3])
+def test_plackett_luce_log_probs_of_all_ordered_choices_sum_to_one(chosen_count):
+    logits = torch.tensor([0.3, -1.2, 2.0, 0.5])
+    total = sum(
+        math.exp(plackett_luce_log_prob(logits, torch.tensor(order)).item())
+        for order in itertools.permutations(range(4), chosen_count)
+    )
+    assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_plackett_luce_log_prob_matches_hand_computation():
+    logits = torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0]))  # weights 1..4, total 10
+    # draw item 3 (weight 4 of 10), then item 0 (weight 1 of the remaining 6)
+    expected = math.log(4 / 10) + math.log(1 / 6)
+    assert plackett_luce_log_prob(logits, torch.tensor([3, 0])).item() == pytest.approx(expected, abs=1e-6)
+    # all items drawn: the last pick has probability 1 (and the gradient stays finite)
+    logits.requires_grad_(True)
+    plackett_luce_log_prob(logits, torch.tensor([3, 2, 1, 0])).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_gumbel_top_k_draws_follow_the_plackett_luce_probabilities():
+    logits = torch.tensor([0.0, 1.0, -0.5, 0.7])
+    members = [torch.arange(4)]
+    generator = torch.Generator().manual_seed(0)
+    draws = 4000
+    counts: dict[tuple, int] = {}
+    for _ in range(draws):
+        keys = logits - torch.log(-torch.log(torch.rand(4, generator=generator)))
+        order = tuple(choose_groups(keys, members, [2])[0].tolist())
+        counts[order] = counts.get(order, 0) + 1
+    for order in itertools.permutations(range(4), 2):
+        expected = math.exp(plackett_luce_log_prob(logits, torch.tensor(order)).item())
+        assert counts.get(order, 0) / draws == pytest.approx(expected, abs=0.03)
+
+
+def test_greedy_selection_is_the_top_b_of_each_cluster():
+    features = make_features()
+    selector = make_selector(features, clusters=2, batch_size=6)
+    state = make_state(120, batch_size=6)
+    state.selection_counts[:10] = 2  # availability changes the scores; select() must use it
+    chosen = selector.select(state)
+    scores = selector.pool_scores(stage_features(state), state.selection_counts).numpy()
+    assert len(chosen) == 6 and len(set(chosen.tolist())) == 6
+    for cluster in range(2):
+        members = np.flatnonzero(selector.clusters == cluster)
+        top3 = set(members[np.argsort(-scores[members])[:3]].tolist())
+        assert set(chosen[selector.clusters[chosen] == cluster].tolist()) == top3
+    assert len(set(selector.clusters[chosen[:2]].tolist())) == 2  # interleaved: each batch mixes clusters
+
+
+def test_cluster_smaller_than_its_quota_is_filled_from_the_rest_by_score():
+    features = make_features(outliers=1)  # one far-away row forms its own cluster
+    selector = make_selector(features, clusters=2, batch_size=6)
+    sizes = sorted(int((selector.clusters == c).sum()) for c in range(2))
+    assert sizes == [1, 119]
+    state = make_state(120, batch_size=6)
+    chosen = selector.select(state)
+    assert len(chosen) == 6 and len(set(chosen.tolist())) == 6
+    assert 119 in chosen  # the lone member is always taken
+    scores = selector.pool_scores(stage_features(state), state.selection_counts).numpy()
+    big = np.flatnonzero(selector.clusters == selector.clusters[0])
+    assert set(chosen[chosen != 119].tolist()) == set(big[np.argsort(-scores[big])[:5]].tolist())
+    # the sampler forms the same groups: 3 from the big cluster, 1 lone, 2 filled; log-probs finite
+    sampled = selector.sample(state, torch.Generator().manual_seed(0))
+    assert sorted(len(g) for g in sampled.groups) == [1, 2, 3]
+    assert torch.isfinite(sampled.log_probs).all() and sampled.log_probs[-1] < 0
+
+
+def test_single_cluster_takes_the_global_top_b():
+    features = make_features()
+    selector = make_selector(features, clusters=1, batch_size=4)
+    state = make_state(120)
+    scores = selector.pool_scores(stage_features(state), state.selection_counts).numpy()
+    assert set(selector.select(state).tolist()) == set(np.argsort(-scores)[:4].tolist())
+    sampled = selector.sample(state, torch.Generator().manual_seed(1))
+    assert len(sampled.indices) == 4 and len(set(sampled.indices.tolist())) == 4
+
+
+def test_quotas_and_interleave():
+    assert cluster_quotas(8, 2) == [4, 4] and cluster_quotas(7, 3) == [3, 2, 2]
+    groups = [np.array([1, 2, 3]), np.array([7, 8, 9]), np.array([], dtype=np.int64)]
+    assert interleave(groups).tolist() == [1, 7, 2, 8, 3, 9]
+
+
+def test_layout_has_the_documented_columns():
+    layout = fused_feature_layout(STATIC_FEATURE_NAMES, 32)
+    assert len(layout) == 40
+    assert [c["name"] for c in layout[-4:]] == ["progress", "validation_ratio", "validation_change", "availability"]
+
+
+def test_stage_features():
+    state = make_state(10, step=3, budget=6)
+    state.validation_history += [1.8, 1.5]
+    np.testing.assert_allclose(stage_features(state), [0.5, 0.75, -0.15], rtol=1e-6)
+
+
+def test_artifact_round_trip_gives_the_same_scores(tmp_path):
+    features = make_features()
+    trained = make_selector(features, clusters=2)
+    with torch.no_grad():  # make the weights differ from a fresh init with the same seed
+        for parameter in trained.policy.parameters():
+            parameter.add_(0.1)
+    trained.refresh_projection()
+    folder = save_selector(trained.to_artifact({"episodes": 3}), tmp_path / "selector")
+    loaded = RaiseSelector.load(folder)
+    loaded.setup(make_context(features))
+    state = make_state(120)
+    state.validation_history.append(1.7)
+    torch.testing.assert_close(loaded.pool_scores(stage_features(state), state.selection_counts),
+                               trained.pool_scores(stage_features(state), state.selection_counts))
+    assert (loaded.clusters == trained.clusters).all() and loaded.adaptation_notes == []
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    assert metadata["provenance"]["episodes"] == 3 and metadata["config"]["hidden_size"] == 16
+    save_selector(trained.to_artifact(), folder)  # overwriting an existing folder works
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["selector"]
+
+
+def test_features_from_another_aux_model_refit_statistics_and_clusters(tmp_path):
+    trained = make_selector(make_features())
+    folder = save_selector(trained.to_artifact(), tmp_path / "selector")
+    other = replace(make_features(pool_size=80, seed=3), aux_model="aux-b")
+    deployed = RaiseSelector.load(folder)
+    deployed.setup(make_context(other))
+    assert len(deployed.adaptation_notes) == 2  # difficulty statistics and embedding space
+    fused = deployed.fused_static.numpy()
+    np.testing.assert_allclose(fused.mean(axis=0), 0.0, atol=1e-5)  # standardized on the new pool
+    assert set(deployed.clusters.tolist()) == {0, 1}
+    assert len(deployed.select(make_state(80))) == 4
+
+
+def test_broken_selector_folders_are_one_line_user_errors(tmp_path):
+    folder = save_selector(make_selector(make_features()).to_artifact(), tmp_path / "selector")
+    weights = (folder / WEIGHTS_FILE).read_bytes()
+    metadata = (folder / METADATA_FILE).read_text()
+
+    def assert_rejected(fragment: str) -> None:
+        with pytest.raises(UserError) as error:
+            load_selector(folder)
+        message = str(error.value)
+        assert "is not a raise-select selector" in message and fragment in message and "\n" not in message
+
+    (folder / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])
+    assert_rejected("truncated or corrupt")
+    (folder / WEIGHTS_FILE).write_bytes(weights)
+    (folder / METADATA_FILE).write_text(metadata[:40])
+    assert_rejected("not valid JSON")
+    (folder / METADATA_FILE).write_text(json.dumps({"format": "something-else", "version": 1}))
+    assert_rejected("format 'something-else'")
+    (folder / METADATA_FILE).write_text(metadata.replace('"version": 1', '"version": 99'))
+    assert_rejected("version 99")
+    (folder / WEIGHTS_FILE).unlink()
+    (folder / METADATA_FILE).write_text(metadata)
+    assert_rejected("no weights.safetensors")
+    with pytest.raises(UserError, match="no such folder"):
+        load_selector(tmp_path / "missing")
+
+
+def test_explain_rows():
+    selector = make_selector(make_features())
+    rows = selector.explain(max_rows=50)
+    assert len(rows) == 50
+    assert {"index", "cluster", "response_loss", "emb_0", "score@0", "score@0.5", "score@1"} <= set(rows[0])
+    assert any(row["score@0"] != row["score@1"] for row in rows)  # the stage moves the scores
