@@ -153,10 +153,14 @@ def _forward_pass(
     captured: dict[str, torch.Tensor] = {}
     hook = None
     if pool_prompt:
-        # The output layer's input is the final hidden state; read it without a second forward.
-        output_layer = lm.model.get_output_embeddings()
-        pooled = np.empty((n, output_layer.weight.shape[1]), dtype=np.float32)
-        hook = output_layer.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
+        # The decoder stack's output is the final (normed) hidden state [b, T, H] for every position;
+        # read it from the loss forward pass instead of running a second one. (The output layer
+        # itself only sees response positions: the loss projects logits there alone.)
+        decoder = lm.model.get_decoder()
+        pooled = np.empty((n, lm.model.get_output_embeddings().weight.shape[1]), dtype=np.float32)
+        hook = decoder.register_forward_hook(
+            lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output.last_hidden_state)
+        )
     was_training = lm.model.training
     lm.model.eval()
     try:
