@@ -1,0 +1,201 @@
+"""Validation loss (RAISE's reward) and the target task's test metric.
+
+The validation loss is evaluated after every decision, so it is a plain batched forward pass:
+examples sorted by length into batches (little padding), mean response loss per example, then
+the mean over examples (each validation answer counts once, whatever its length).
+
+Test metrics:
+- ``multiple_choice``: each candidate in ``meta["choices"]`` is scored by the summed
+  log-likelihood of that response given the prompt; the argmax is compared with
+  ``meta["answer_index"]``.
+- ``exact_match``: batched greedy generation, an answer extracted with the task's
+  ``answer_pattern`` (last match, group 1) or else the last number in the text, and compared with
+  ``meta["answer"]`` after normalization (strip, drop commas/``$``, numbers compared by value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.tokenize import TokenizedSet, render_prompt_ids, tokenize_examples
+from .data.types import Example, TargetTask
+from .errors import UserError
+from .model import LoadedModel, per_example_loss, sequence_logprob
+
+SAMPLE_GENERATIONS = 5  # generations kept in the exact-match result for the report
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@torch.no_grad()
+def _per_example_values(
+    lm: LoadedModel,
+    tokens: TokenizedSet,
+    indices: Sequence[int] | None,
+    batch_size: int,
+    score: Callable[[LoadedModel, dict], torch.Tensor],
+    progress: str | None = None,
+) -> np.ndarray:
+    """Apply ``score`` (batch -> [b]) to every example, batching by length; caller's order out."""
+    indices = np.arange(len(tokens)) if indices is None else np.asarray(indices, dtype=np.int64)
+    order = np.argsort(tokens.lengths[indices], kind="stable")  # similar lengths share a batch: less padding
+    values = np.empty(len(indices), dtype=np.float64)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+            positions = order[start : start + batch_size]
+            batch = tokens.collate(indices[positions].tolist(), lm.tokenizer.pad_token_id)
+            values[positions] = score(lm, batch).float().cpu().numpy()
+    finally:
+        lm.model.train(was_training)
+    return values
+
+
+def per_example_losses(
+    lm: LoadedModel, tokens: TokenizedSet, indices: Sequence[int] | None = None, batch_size: int = 16
+) -> np.ndarray:
+    """Mean response loss of each example (no grad, eval mode), in the order of ``indices``."""
+    return _per_example_values(lm, tokens, indices, batch_size, per_example_loss)
+
+
+def validation_loss(lm: LoadedModel, tokens: TokenizedSet, batch_size: int = 16) -> float:
+    """Mean over examples of the per-example response loss: RAISE's reward signal is its decrease."""
+    return float(per_example_losses(lm, tokens, batch_size=batch_size).mean())
+
+
+def evaluate_test(
+    lm: LoadedModel, target: TargetTask, max_length: int, batch_size: int = 16, max_new_tokens: int = 128
+) -> dict:
+    """Test loss and the task metric on ``target.test``.
+
+    Returns ``{"metric", "n", "test_loss"}`` plus ``"accuracy"`` (multiple_choice) or
+    ``"exact_match"`` and ``"samples"`` (a few generations for the report).
+    """
+    examples = list(target.test)
+    if not examples:
+        raise UserError(f"target '{target.name}' has no test examples; set target.n_test above 0")
+    test_tokens = tokenize_examples(examples, lm.tokenizer, max_length)
+    losses = _per_example_values(lm, test_tokens, None, batch_size, per_example_loss, progress="test loss")
+    result = {"metric": target.metric, "n": len(examples), "test_loss": float(losses.mean())}
+    if target.metric == "multiple_choice":
+        result["accuracy"] = multiple_choice_accuracy(lm, examples, max_length, batch_size)
+    elif target.metric == "exact_match":
+        result.update(exact_match(lm, examples, target.answer_pattern, max_length, batch_size, max_new_tokens))
+    elif target.metric != "none":
+        raise UserError(f"target metric {target.metric!r} is not one of exact_match, multiple_choice, none")
+    return result
+
+
+def multiple_choice_accuracy(lm: LoadedModel, examples: Sequence[Example], max_length: int, batch_size: int = 16) -> float:
+    """Fraction of examples whose highest-likelihood choice is ``meta["answer_index"]``."""
+    candidates = [dataclasses.replace(e, response=choice) for e in examples for choice in e.meta["choices"]]
+    candidate_tokens = tokenize_examples(candidates, lm.tokenizer, max_length)
+    logprobs = _per_example_values(lm, candidate_tokens, None, batch_size, sequence_logprob, progress="choices")
+    boundaries = np.cumsum([len(e.meta["choices"]) for e in examples])[:-1]
+    correct = [
+        int(np.argmax(choice_logprobs)) == int(example.meta["answer_index"])
+        for example, choice_logprobs in zip(examples, np.split(logprobs, boundaries))
+    ]
+    return float(np.mean(correct))
+
+
+def exact_match(
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    answer_pattern: str | None,
+    max_length: int,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+) -> dict:
+    """Greedy-generate an answer for each prompt; ``{"exact_match": fraction, "samples": [...]}``."""
+    generations = generate(lm, [render_prompt_ids(e, lm.tokenizer)[-max_length:] for e in examples], batch_size, max_new_tokens)
+    extracted = [extract_answer(text, answer_pattern) for text in generations]
+    correct = [answers_match(found, example.meta["answer"]) for found, example in zip(extracted, examples)]
+    samples = [
+        {
+            "prompt": example.messages[-1]["content"] if example.messages else "",
+            "generated": text,
+            "extracted": found,
+            "answer": str(example.meta["answer"]),
+        }
+        for example, text, found in list(zip(examples, generations, extracted))[:SAMPLE_GENERATIONS]
+    ]
+    return {"exact_match": float(np.mean(correct)), "samples": samples}
+
+
+@torch.no_grad()
+def generate(lm: LoadedModel, prompts: Sequence[Sequence[int]], batch_size: int = 16, max_new_tokens: int = 128) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches, stop at eos), decoded."""
+    tokenizer = lm.tokenizer
+    eos_ids = _eos_token_ids(lm)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    texts: list[str] = [""] * len(prompts)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="generate", leave=False):
+            positions = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in positions)
+            input_ids = torch.full((len(positions), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(positions), width), dtype=torch.long)
+            for row, i in enumerate(positions):  # left padding: every prompt ends at the same column
+                input_ids[row, width - len(prompts[i]) :] = torch.as_tensor(prompts[i], dtype=torch.long)
+                attention_mask[row, width - len(prompts[i]) :] = 1
+            with lm.autocast():
+                output = lm.model.generate(
+                    input_ids=input_ids.to(lm.device),
+                    attention_mask=attention_mask.to(lm.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            for row, i in enumerate(positions):
+                texts[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+    finally:
+        lm.model.train(was_training)
+    return texts
+
+
+def _eos_token_ids(lm: LoadedModel) -> list[int]:
+    """The tokenizer's eos plus the generation config's (chat models often end turns with another token)."""
+    ids = {lm.tokenizer.eos_token_id}
+    configured = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def extract_answer(text: str, answer_pattern: str | None = None) -> str | None:
+    """The answer in a generation: the pattern's group 1 at its last match, else the last number."""
+    if answer_pattern:
+        matches = list(re.finditer(answer_pattern, text))
+        if matches:
+            return matches[-1].group(1)
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def normalize_answer(answer: object) -> str:
+    """Canonical form for comparison: stripped, no commas or ``$``, numbers by value ("18.0" -> "18")."""
+    text = str(answer).strip().replace(",", "").replace("$", "").rstrip(".").strip()
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return text
+    if not number.is_finite():
+        return text
+    canonical = format(number.normalize(), "f")
+    return "0" if canonical in ("-0", "0") else canonical
+
+
+def answers_match(found: str | None, reference: object) -> bool:
+    return found is not None and normalize_answer(found) == normalize_answer(reference)

