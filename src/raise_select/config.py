@@ -98,6 +98,7 @@ class RaiseConfig:
     clusters: int = 2  # C: k-means clusters; each decision takes b = B / C per cluster
     hidden_size: int = 64  # acquisition MLP width
     temperature: float = 1.0  # tau in softmax(F / tau) of the Plackett-Luce sampler
+    fresh_first: bool = True  # prefer examples not yet selected this episode (sampling and greedy) [ours]
     episodes: int = 20  # K: PPO iterations, one fine-tuning episode each
     episode_steps: int | None = None  # optimizer updates per training episode (default: the finetune budget)
     gamma: float = 1.0  # discount (1: the return telescopes to the total validation-loss drop)

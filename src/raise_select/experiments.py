@@ -1,7 +1,7 @@
 """Selector training, equal-budget comparisons with a compute ledger, and the demo.
 
 A comparison folder holds ``config.yaml``, ``selector/`` (the RAISE selector it trained or was given),
-``runs/<method>-b<budget>-s<seed>/`` (one fine-tuning run folder each, see :mod:`pipeline`), and
+``runs/<method>-<steps>steps-s<seed>/`` (one fine-tuning run folder each, see :mod:`pipeline`), and
 ``results.json`` / ``results.csv`` / ``results.md``. Finished runs (their ``evaluation.json``
 exists) are not redone, so an interrupted comparison resumes by running the same command again.
 """
@@ -16,7 +16,7 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from .config import Config, dump_config, load_config
+from .config import Config, dump_config, load_config, to_dict
 from .environment import full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_jsonl, write_json, write_text
@@ -47,7 +47,7 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, p
     write_text(output / "config.yaml", dump_config(config))
     episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
     selector = RaiseSelector(config.raise_)
-    context = bench.selection_context(selector, episode_steps, config.seed)
+    context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
     env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
     train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
                    provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
@@ -58,17 +58,17 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, p
     return output / SELECTOR_DIR
 
 
-def _budget_list(config: Config, pool_size: int) -> list[tuple[str, int]]:
-    """(label, optimizer updates) for every budget the comparison runs."""
+def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
+    """(fraction of full-data steps, optimizer updates) for every budget the comparison runs."""
     full = full_data_steps(pool_size, config.train)
     if config.compare.budget_steps:
-        pairs = [(f"{steps}steps", steps) for steps in config.compare.budget_steps]
+        steps_list = list(config.compare.budget_steps)
     else:
-        pairs = [(f"{fraction:g}", max(1, round(fraction * full))) for fraction in config.compare.budgets]
-    for label, steps in pairs:
+        steps_list = [round(fraction * full) for fraction in config.compare.budgets]
+    for steps in steps_list:
         if steps < 1:
-            raise UserError(f"compare budget {label} gives no optimizer update; raise it")
-    return pairs
+            raise UserError(f"a compare budget gives {steps} optimizer updates (full data = {full}); raise compare.budgets")
+    return [(steps / full, steps) for steps in steps_list]
 
 
 def run_comparison(config: Config, output: Path, progress: bool = True, bench: Workbench | None = None) -> dict:
@@ -78,10 +78,11 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     if not config.compare.methods:
         raise UserError("compare.methods is empty; list selectors to compare (e.g. [raise, random, longest])")
     methods = list(dict.fromkeys(config.compare.methods))
-    for method in methods:  # fail on a bad name before the expensive set-up
-        if method != "raise":
+    for method in methods:  # fail on a bad name or policy before the expensive set-up
+        if method != "raise" or config.raise_.policy is not None:
             build_selector(method, config)
     output = Path(output)
+    _check_resumable(output, config)
     output.mkdir(parents=True, exist_ok=True)
     write_text(output / "config.yaml", dump_config(config))
     bench = bench or Workbench.build(config)
@@ -108,18 +109,18 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
 
     rows = []
     for method in methods:
-        method_budgets = [("1", full_steps)] if method == "full" else budgets
-        for label, steps in method_budgets:
+        method_budgets = [(1.0, full_steps)] if method == "full" else budgets
+        for fraction, steps in method_budgets:
             for seed in config.compare.seeds:
-                run_dir = output / "runs" / f"{method}-b{label}-s{seed}"
+                run_dir = output / "runs" / f"{method}-{steps}steps-s{seed}"
                 if (run_dir / "evaluation.json").is_file():
-                    rows.append(_row_from_folder(run_dir, output, method, label, steps, seed))
+                    rows.append(_row_from_folder(run_dir, output, method, fraction, steps, seed))
                     continue
                 selector = build_selector(method, config)
                 extra = {"selector_training": selector_phase} if method == "raise" else None
                 run_finetune(bench, selector, run_dir, steps, seed, test_metric=config.compare.test_metric,
                              extra_phases=extra, progress=progress)
-                rows.append(_row_from_folder(run_dir, output, method, label, steps, seed))
+                rows.append(_row_from_folder(run_dir, output, method, fraction, steps, seed))
 
     summary = summarize(rows)
     results = {"rows": rows, "summary": summary, "ledger": _comparison_ledger(bench, rows, selector_phase)}
@@ -129,7 +130,20 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     return results
 
 
-def _row_from_folder(run_dir: Path, root: Path, method: str, label: str, steps: int, seed: int) -> dict:
+def _check_resumable(output: Path, config: Config) -> None:
+    """Finished runs in ``output`` are reused, so they must come from the same settings; only the
+    comparison's run list (the ``compare`` section) may change between invocations."""
+    previous = output / "config.yaml"
+    if not previous.is_file():
+        return
+    saved, wanted = to_dict(load_config(previous)), to_dict(config)
+    changed = [key for key in wanted if key not in ("compare", "output") and saved.get(key) != wanted[key]]
+    if changed:
+        raise UserError(f"{output} was written with different {', '.join(changed)} settings; "
+                        "rerun it with its config.yaml or choose a new output folder")
+
+
+def _row_from_folder(run_dir: Path, root: Path, method: str, fraction: float, steps: int, seed: int) -> dict:
     evaluation = read_json(run_dir / "evaluation.json")
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     test = evaluation.get("test") or {}
@@ -137,7 +151,7 @@ def _row_from_folder(run_dir: Path, root: Path, method: str, label: str, steps: 
     score_key = {"exact_match": "exact_match", "multiple_choice": "accuracy"}.get(metric)
     return {
         "method": method,
-        "budget": label,
+        "budget": fraction,
         "budget_steps": steps,
         "seed": seed,
         "validation_loss": evaluation["validation_loss_final"],

@@ -80,16 +80,16 @@ class Workbench:
     def build(cls, config: Config) -> "Workbench":
         seed_everything(config.seed)
         pool = build_pool(config.pool, seed=config.seed)
+        resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work
         target = build_target(config.target, seed=config.seed)
         lm = load_model(config.model, seed=config.seed)
         max_length = config.pool.max_length
         pool_tokens = tokenize_examples(pool.examples, lm.tokenizer, max_length)
         validation_tokens = tokenize_examples(list(target.validation), lm.tokenizer, max_length)
-        resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work
         return cls(config, pool, target, lm, pool_tokens, validation_tokens)
 
     # -- features -------------------------------------------------------------------------------
-    def ensure_features(self) -> StaticFeatures:
+    def ensure_features(self, progress: bool = True) -> StaticFeatures:
         """Static features of the pool (cached on disk) and the target's validation embedding."""
         if self.features is not None:
             return self.features
@@ -103,7 +103,7 @@ class Workbench:
                              seed=self.config.seed)
         max_length = self.config.pool.max_length
         self.features = compute_static_features(aux, self.pool.examples, feature_config, max_length,
-                                                pool_fingerprint=self.pool.fingerprint())
+                                                pool_fingerprint=self.pool.fingerprint(), progress=progress)
         hidden = embed_examples(aux, list(self.target.validation), max_length, feature_config.batch_size)
         self.target_embedding = self.features.project(hidden)
         # Two forward passes over the pool (with and without the prompt) + one over the validation set.
@@ -112,8 +112,8 @@ class Workbench:
         self.feature_cost.add(time.perf_counter() - started, tokens)
         return self.features
 
-    def selection_context(self, selector: Selector, budget_steps: int, seed: int) -> SelectionContext:
-        features = self.ensure_features() if selector.requires_features else None
+    def selection_context(self, selector: Selector, budget_steps: int, seed: int, progress: bool = True) -> SelectionContext:
+        features = self.ensure_features(progress) if selector.requires_features else None
         return SelectionContext(
             pool=self.pool,
             batch_size=self.config.train.batch_size,
@@ -197,9 +197,12 @@ def run_finetune(
 ) -> RunResult:
     """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder."""
     config = replace(bench.config, seed=seed, selector=selector.name)
+    # Everything that can fail on the user's input happens before the run folder is touched.
+    selector.setup(bench.selection_context(selector, budget_steps, seed, progress=progress))
+    env = bench.make_env(budget_steps, evaluate_every=config.train.eval_every)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "selections.jsonl"):  # a re-run replaces, never appends to, old logs
+    for stale in ("metrics.jsonl", "selections.jsonl", "evaluation.json"):  # a re-run replaces, never appends to, old logs
         (output / stale).unlink(missing_ok=True)
     write_text(output / "config.yaml", dump_config(config))
     write_json(output / "summary.json", {
@@ -213,8 +216,6 @@ def run_finetune(
         "target": bench.target.name,
     })
 
-    selector.setup(bench.selection_context(selector, budget_steps, seed))
-    env = bench.make_env(budget_steps, evaluate_every=config.train.eval_every)
     state = env.reset(seed)
     selector.reset(seed)
     clusters = getattr(selector, "clusters", None)

@@ -154,8 +154,8 @@ def run_episode(env: "FineTuneEnv", selector: RaiseSelector, generator: torch.Ge
         updates += int(result.updates)
         tokens += int(result.tokens)
     history = env.state.validation_history
-    summary = {"return": episode_return, "initial_validation_loss": float(history[0]),
-               "final_validation_loss": float(history[-1]), "updates": updates, "tokens": tokens, "decisions": len(buffer)}
+    summary = {"return": episode_return, "validation_loss_initial": float(history[0]),
+               "validation_loss_final": float(history[-1]), "updates": updates, "tokens": tokens, "decisions": len(buffer)}
     return buffer, summary
 
 
@@ -170,7 +170,7 @@ def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, a
 
     scores = selector.pool_scores(stored.stage, counts)  # pass 1: no graph, static projection cached per minibatch
     scores.requires_grad_(True)
-    logits = scores / config.temperature
+    logits = selector.logits(scores, counts)
 
     nonempty = torch.from_numpy(stored.group_sizes > 0)
     new_log_probs = selector.group_log_probs(logits, buffer.groups(t))[nonempty]
@@ -360,7 +360,7 @@ def train_selector(
         write_jsonl(output_dir / EPISODES_FILE, rows)
         save_checkpoint(checkpoint_path, selector, optimizer, episode + 1, rows, seed,
                         _rng_states(sampling, minibatch_rng))
-        bar.set_postfix({"return": f"{row['return']:.4f}", "val": f"{row['final_validation_loss']:.4f}",
+        bar.set_postfix({"return": f"{row['return']:.4f}", "val": f"{row['validation_loss_final']:.4f}",
                          "s/ep": f"{row['seconds']:.1f}"})
         bar.update(1)
         if any([callback.on_episode_end(episode, row) is False for callback in callbacks]):  # every hook runs

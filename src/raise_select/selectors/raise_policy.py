@@ -73,6 +73,7 @@ STAGE_NAMES = ("progress", "validation_ratio", "validation_change")
 SUMMARY_SIZE = len(STAGE_NAMES) + 5  # critic input: stage + fraction used, mean availability, score mean/std/max
 MINIBATCH_KMEANS_ROWS = 50_000  # above this many rows, MiniBatchKMeans (full k-means gets slow)
 KMEANS_INIT = 4  # fixed n_init so clustering is reproducible for a seed
+REPEAT_PENALTY = 1e4  # logit offset per earlier selection with fresh_first (exp(-1e4) == 0 in float32)
 SCORE_CHUNK_ROWS = 65_536  # rows per MLP chunk: bounds activation memory at any pool size
 
 
@@ -432,17 +433,32 @@ class RaiseSelector:
         return torch.stack([first_pick_entropy(logits[m]) for m in self.members]).mean()
 
     # -- decisions ---------------------------------------------------------------------------
+    def logits(self, scores: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        """Policy logits: scores / tau, minus REPEAT_PENALTY x (times selected) when ``fresh_first``.
+
+        [ours] A sampler over thousands of candidates almost never repeats an example, so PPO never
+        learns what a repeat is worth, and greedy deployment would re-pick the same top-b every
+        step. With ``fresh_first`` both prefer examples not yet trained on this episode (falling
+        back to the least-used when a cluster runs out); the penalty is a finite logit offset, so
+        Plackett-Luce log-probabilities stay exact and finite.
+        """
+        logits = scores / self.config.temperature
+        if self.config.fresh_first:
+            logits = logits - REPEAT_PENALTY * torch.from_numpy(counts).to(logits.dtype)
+        return logits
+
     def select(self, state: EnvState) -> np.ndarray:
         """Deployment: greedy top-b per cluster."""
         scores = self.pool_scores(stage_features(state), state.selection_counts)
-        groups = choose_groups(scores, self.members, cluster_quotas(state.decision_size, self.config.clusters))
+        keys = self.logits(scores, state.selection_counts)
+        groups = choose_groups(keys, self.members, cluster_quotas(state.decision_size, self.config.clusters))
         return interleave([g.numpy() for g in groups])
 
     def sample(self, state: EnvState, generator: torch.Generator) -> SampledDecision:
         """Training: a Plackett-Luce draw per cluster (Gumbel-top-k) with its exact log-probabilities."""
         stage = stage_features(state)
         scores = self.pool_scores(stage, state.selection_counts)
-        logits = scores / self.config.temperature
+        logits = self.logits(scores, state.selection_counts)
         uniform = torch.rand(logits.shape, generator=generator).clamp_(min=1e-20)
         gumbel_keys = logits - torch.log(-torch.log(uniform))
         groups = choose_groups(gumbel_keys, self.members, cluster_quotas(state.decision_size, self.config.clusters))
