@@ -1,21 +1,24 @@
 """The synthetic testbed: a generated world where the right selection is known.
 
-Everything here is small enough for tests and PPO experiments to run in seconds on a laptop CPU:
+Small enough for tests and PPO experiments to run in seconds on a laptop CPU:
 
-* **Skill.** Adding a 1-digit number to a 2-digit one (``37+5`` -> ``42``). The target task asks it
-  in a phrasing no pool example uses: ``what is 37+5?`` -> ``42`` (metric: exact match).
-* **Base model** (:func:`synthetic_model_dir`). A 4-layer, 128-wide Llama with a character-level
-  tokenizer, briefly pre-trained on plain-text sums (``37+5=42``) and on chat turns of the
-  irrelevant families. It therefore *knows* the skill, but never saw it asked in a chat turn: the
-  target starts far from solved, and a few fine-tuning steps on correct chat sums unlock it.
-* **Pool** (:func:`synthetic_pool`). Families with known labels (:data:`SYNTHETIC_FAMILIES`):
-  two helpful ones (correct sums in two chat phrasings, about a quarter of the pool), four
+* **Skill and target.** Two-digit addition without carries (``32+45`` -> ``77``; each answer digit
+  is a digit sum, which a tiny model learns in a few hundred steps). The target asks it as
+  ``what is 32+45?`` -> ``77`` (metric: exact match) on operand pairs reserved for it.
+* **Base model** (:func:`synthetic_model_dir`). A 3-layer, 128-wide Llama with a character-level
+  tokenizer, briefly pre-trained on a generic corpus: plain-text sums (``32+45 = 77``), sums asked
+  in chat with words (``what is 32 plus 45?``) and chat turns of the irrelevant families. It knows
+  the skill but has never seen a sum with ``+`` asked in a chat turn, so the target starts far from
+  solved (validation loss ~2.5 nats/token, ~10 % exact match) and a few fine-tuning steps on
+  correct ``+`` questions unlock it.
+* **Pool** (:func:`synthetic_pool`). Families with known labels (:data:`SYNTHETIC_FAMILIES`): two
+  helpful ones (correct ``+`` questions in two sets of phrasings, ~24 % of the pool), five
   irrelevant string tasks, and two corrupted ones that reuse the helpful prompts with wrong
-  answers. Corrupted prompts look exactly like helpful ones, so only the response loss under the
-  base model (which knows the right sums) tells them apart -- as with real noisy data.
+  answers. Corrupted prompts look exactly like helpful ones: only the response loss under the base
+  model (which knows the right sums) tells them apart, as with real noisy data.
 
-Operand pairs are split once: the pairs reserved for the target never occur in the pool or in the
-pre-training corpus, so the target measures transfer, not memorization.
+The operand pairs are split once by unordered pair: the target's pairs (in either order) never
+occur in the pool or in the pre-training corpus, so the target measures transfer, not recall.
 """
 
 from __future__ import annotations
@@ -34,23 +37,27 @@ from .types import Example, TargetTask
 
 SYNTHETIC_MODEL_NAME = "synthetic-tiny-v1"  # cache folder name; bump the version when the recipe changes
 
-# Pool families: labels, share of the pool, and what they are. Helpful + corrupted families use the
-# skill's operand pairs; the irrelevant ones work on random lowercase words.
+# Pool families: labels, share of the pool, and what they are. The arithmetic families draw from
+# the pool's operand pairs; the irrelevant ones work on random lowercase words.
 SYNTHETIC_FAMILIES: dict[str, dict] = {
-    "add_compute": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'compute 37+5?' -> '42': correct sums"},
-    "add_tell": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'tell me the sum 37+5?' -> '42': correct sums"},
-    "add_compute_off_by": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'compute 37+5?' -> '45': the sum off by 1 to 9"},
-    "add_tell_random": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'tell me the sum 37+5?' -> '81': a random wrong number in the sums' range"},
+    "add_compute": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'compute 32+45?' -> '77': correct sums"},
+    "add_tell": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'tell me the sum 32+45?' -> '77': correct sums"},
+    "add_compute_off_by": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'compute 32+45?' -> '74': the sum off by 1 to 9"},
+    "add_tell_random": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'tell me the sum 32+45?' -> '51': a random wrong number in the sums' range"},
     "reverse": {"helpful": False, "corrupted": False, "share": 0.12, "description": "reverse a word"},
     "sort": {"helpful": False, "corrupted": False, "share": 0.12, "description": "sort a word's letters"},
     "count": {"helpful": False, "corrupted": False, "share": 0.12, "description": "count a word's letters"},
     "upper": {"helpful": False, "corrupted": False, "share": 0.12, "description": "write a word in capitals"},
     "repeat": {"helpful": False, "corrupted": False, "share": 0.12, "description": "repeat a word"},
 }
+# Question openings of the two arithmetic prompt styles (helpful and corrupted families share them).
+# Several lengths, so a family teaches the skill wherever the question starts.
+_COMPUTE_OPENINGS = ("compute", "please compute", "calculate", "can you calculate")
+_TELL_OPENINGS = ("tell me the sum", "sum up", "give me the total of", "add up")
 
 TARGET_NAME = "synthetic"
 TARGET_ANSWER_PATTERN = r"(-?\d+)"  # the first integer in the generated answer
-_TARGET_PAIRS = 300  # operand pairs reserved for the target's validation + test splits
+_TARGET_PAIRS = 300  # unordered operand pairs reserved for the target's validation + test splits
 _PAIR_SPLIT_SEED = "synthetic-pairs"  # fixes which pairs are reserved, independent of any pool seed
 
 # Special tokens of the character-level tokenizer; "<|end|>" ends a turn and is the EOS token.
@@ -61,17 +68,18 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# Base model recipe. Pre-training is ~2-digit-addition "grokking": the model generalises to the
-# held-out pairs after a few hundred steps; the constant learning rate keeps that fast.
+# Base-model recipe. Learning the sums has a plateau of a few hundred steps before the model
+# generalises to held-out pairs; a constant learning rate (after warmup) gets past it fastest.
+# ~30 s on 2 CPU cores.
 _MODEL_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4)
-_PRETRAIN_STEPS = 600
+_PRETRAIN_STEPS = 700
 _PRETRAIN_BATCH = 16  # packed sequences per step
 _PRETRAIN_SEQUENCE = 64  # tokens per packed sequence
 _PRETRAIN_LR = 2e-3
-_PRETRAIN_WARMUP = 30
-_PRETRAIN_CHAT_SHARE = 0.4  # share of pre-training documents that are chat turns of irrelevant families
+_PRETRAIN_WARMUP = 30  # linear warmup steps
+_PRETRAIN_WORDS_SHARE = 0.2  # share of documents that ask a sum in chat with words ("what is 32 plus 45?")
+_PRETRAIN_CHAT_SHARE = 0.3  # share of documents that are chat turns of the irrelevant families (rest: "32+45 = 77")
 _PRETRAIN_SEED = 1234
-_PRETRAIN_SMALL_SHARE = 0.0
 
 
 # ----------------------------------------------------------------------------- operand pairs
@@ -91,12 +99,16 @@ def _operand_pairs() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     rng = random.Random(_PAIR_SPLIT_SEED)
     rng.shuffle(unordered)
     target = [pair if rng.random() < 0.5 else pair[::-1] for pair in unordered[:_TARGET_PAIRS]]
-    pool = [ordered for a, b in unordered[_TARGET_PAIRS:] for ordered in {(a, b), (b, a)}]
-    return target, sorted(pool)
+    pool = sorted({ordered for a, b in unordered[_TARGET_PAIRS:] for ordered in ((a, b), (b, a))})
+    return target, pool
 
 
 def _random_word(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 7)))
+
+
+def _correct_sum(rng: random.Random, total: int) -> int:
+    return total
 
 
 def _wrong_sum(rng: random.Random, total: int) -> int:
@@ -108,15 +120,14 @@ def _off_by(rng: random.Random, total: int) -> int:
     return total + rng.choice([-1, 1]) * rng.randint(1, 9)
 
 
-# Each family: rng -> (prompt, response). Arithmetic families draw from the pool pairs only.
 def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]]:
+    """Each family's generator: ``rng -> (prompt, response)``."""
     _, pool_pairs = _operand_pairs()
 
-    def arithmetic(prompt: str, answer: Callable[[random.Random, int], int]):
-        # The response restates the equation: the model's pre-trained skill completes "a+b=".
+    def arithmetic(openings: tuple[str, ...], answer: Callable[[random.Random, int], int]):
         def make(rng: random.Random) -> tuple[str, str]:
             a, b = rng.choice(pool_pairs)
-            return prompt.format(a=a, b=b), str(answer(rng, a + b))
+            return f"{rng.choice(openings)} {a}+{b}?", str(answer(rng, a + b))
 
         return make
 
@@ -127,17 +138,16 @@ def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]
 
         return make
 
-    correct = lambda rng, total: total  # noqa: E731 - one-line answer rule next to its siblings
     return {
-        "add_compute": arithmetic("compute {a}+{b}?", correct),
-        "add_tell": arithmetic("tell me the sum {a}+{b}?", correct),
-        "add_compute_off_by": arithmetic("compute {a}+{b}?", _off_by),
-        "add_tell_random": arithmetic("tell me the sum {a}+{b}?", _wrong_sum),
-        "reverse": on_word("reverse the word {word}.", lambda w: w[::-1]),
-        "sort": on_word("sort the letters of {word}.", lambda w: "".join(sorted(w))),
-        "count": on_word("how many letters are in {word}?", lambda w: str(len(w))),
+        "add_compute": arithmetic(_COMPUTE_OPENINGS, _correct_sum),
+        "add_tell": arithmetic(_TELL_OPENINGS, _correct_sum),
+        "add_compute_off_by": arithmetic(_COMPUTE_OPENINGS, _off_by),
+        "add_tell_random": arithmetic(_TELL_OPENINGS, _wrong_sum),
+        "reverse": on_word("reverse the word {word}.", lambda word: word[::-1]),
+        "sort": on_word("sort the letters of {word}.", lambda word: "".join(sorted(word))),
+        "count": on_word("how many letters are in {word}?", lambda word: str(len(word))),
         "upper": on_word("write {word} in capitals.", str.upper),
-        "repeat": on_word("repeat {word}.", lambda w: w),
+        "repeat": on_word("repeat {word}.", lambda word: word),
     }
 
 
@@ -145,7 +155,7 @@ def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]
 
 
 def _family_counts(n: int) -> dict[str, int]:
-    """Split ``n`` by the families' shares (largest remainder, ties in family order)."""
+    """Split ``n`` by the families' shares (largest remainder; ties go to the earlier family)."""
     exact = {family: n * spec["share"] for family, spec in SYNTHETIC_FAMILIES.items()}
     counts = {family: int(value) for family, value in exact.items()}
     by_remainder = sorted(exact, key=lambda family: counts[family] - exact[family])
@@ -161,11 +171,11 @@ def synthetic_pool(n: int, seed: int = 0) -> list[Example]:
     every ``n`` (a bigger pool extends a smaller one).
     """
     if n < 1:
-        raise UserError(f"synthetic pool size must be at least 1 (got {n}); set the source's limit to a positive number")
+        raise UserError(f"the synthetic pool needs at least 1 example (got {n}); set the source's limit to a positive number")
     generators = _family_generators()
     examples = []
     for family, count in _family_counts(n).items():
-        rng = random.Random(f"{seed}/{family}")
+        rng = random.Random(f"{seed}/{family}")  # str seeds hash the same in every process
         spec = SYNTHETIC_FAMILIES[family]
         for k in range(count):
             prompt, response = generators[family](rng)
@@ -183,7 +193,10 @@ def synthetic_pool(n: int, seed: int = 0) -> list[Example]:
 
 
 def synthetic_target(n_validation: int, n_test: int) -> TargetTask:
-    """The target task ``what is 37+5?`` -> ``42`` on operand pairs that never occur in the pool."""
+    """The target ``what is 32+45?`` -> ``77`` on operand pairs that never occur in the pool.
+
+    The splits are fixed: validation is the first ``n_validation`` reserved pairs, test the next ``n_test``.
+    """
     target_pairs, _ = _operand_pairs()
     if n_validation < 0 or n_test < 0 or n_validation + n_test > len(target_pairs):
         raise UserError(
@@ -216,7 +229,11 @@ def synthetic_target(n_validation: int, n_test: int) -> TargetTask:
 
 
 def synthetic_tokenizer():
-    """A character-level tokenizer over printable ASCII with chat special tokens and a chat template."""
+    """A character-level tokenizer over printable ASCII (plus newline and tab) with chat special tokens.
+
+    Returns a ``transformers.PreTrainedTokenizerFast``; its chat template renders
+    ``<|bos|><|user|>...<|end|><|assistant|>...<|end|>``, and ``<|end|>`` is the EOS token.
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -243,8 +260,9 @@ def synthetic_tokenizer():
 def synthetic_model_dir(cache_dir: Path | None = None) -> Path:
     """The pre-trained tiny model as a Hugging Face folder, built once under ``cache_dir``.
 
-    ``cache_dir`` defaults to :func:`raise_select.io_utils.cache_root`. The build is deterministic
-    and atomic (a temp folder renamed into place), so concurrent callers never see a partial folder.
+    ``cache_dir`` defaults to :func:`raise_select.io_utils.cache_root`. The build is seeded (same
+    weights every time on a given machine) and atomic: it happens in a temp folder renamed into
+    place, so concurrent callers never see a partial folder (a losing builder discards its copy).
     """
     target = Path(cache_dir if cache_dir is not None else cache_root()) / SYNTHETIC_MODEL_NAME
     if (target / "config.json").is_file():
@@ -256,7 +274,7 @@ def synthetic_model_dir(cache_dir: Path | None = None) -> Path:
         try:
             os.replace(building, target)
         except OSError:
-            if not (target / "config.json").is_file():  # not "another process finished first"
+            if not (target / "config.json").is_file():  # a real failure, not "another process finished first"
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -264,6 +282,7 @@ def synthetic_model_dir(cache_dir: Path | None = None) -> Path:
 
 
 def _build_model(folder: Path) -> None:
+    """Pre-train the tiny Llama (see the module docstring) and save it with its tokenizer into ``folder``."""
     import torch
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -278,8 +297,7 @@ def _build_model(folder: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
         **_MODEL_SHAPE,
     )
-    # fork_rng: seed for a reproducible build without touching the caller's random state.
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # seed the build without disturbing the caller's random state
         torch.manual_seed(_PRETRAIN_SEED)
         model = LlamaForCausalLM(config)
         model.train()
@@ -301,18 +319,21 @@ def _build_model(folder: Path) -> None:
 
 
 def _pretraining_documents(tokenizer, rng: random.Random) -> Iterator[str]:
-    """Plain-text sums on pool pairs, mixed with chat turns of the irrelevant families."""
+    """The generic corpus: plain-text sums, sums asked in chat with words, irrelevant chat tasks.
+
+    All sums use pool pairs; the target's ``+`` chat questions never appear.
+    """
     _, pool_pairs = _operand_pairs()
     generators = _family_generators()
-    irrelevant = [f for f, spec in SYNTHETIC_FAMILIES.items() if not spec["helpful"] and not spec["corrupted"]]
+    irrelevant = [family for family, spec in SYNTHETIC_FAMILIES.items() if not spec["helpful"] and not spec["corrupted"]]
     while True:
         draw = rng.random()
-        if draw < _PRETRAIN_SMALL_SHARE:
-            a, b = rng.choice(pool_pairs)
-            turns = [{"role": "user", "content": f"what is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
-            yield tokenizer.apply_chat_template(turns, tokenize=False)
-        elif draw < _PRETRAIN_SMALL_SHARE + _PRETRAIN_CHAT_SHARE:
-            prompt, response = generators[rng.choice(irrelevant)](rng)
+        if draw < _PRETRAIN_WORDS_SHARE + _PRETRAIN_CHAT_SHARE:
+            if draw < _PRETRAIN_WORDS_SHARE:
+                a, b = rng.choice(pool_pairs)
+                prompt, response = f"what is {a} plus {b}?", str(a + b)
+            else:
+                prompt, response = generators[rng.choice(irrelevant)](rng)
             turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             yield tokenizer.apply_chat_template(turns, tokenize=False)
         else:
@@ -320,8 +341,8 @@ def _pretraining_documents(tokenizer, rng: random.Random) -> Iterator[str]:
             yield f"{BOS}{a}+{b} = {a + b}"
 
 
-def _pretraining_batches(tokenizer, rng: random.Random):
-    """Endless [batch, sequence] tensors of documents packed back to back (cut at the sequence end)."""
+def _pretraining_batches(tokenizer, rng: random.Random) -> Iterator:
+    """Endless [batch, sequence] token tensors: documents packed back to back, cut at the sequence end."""
     import torch
 
     documents = _pretraining_documents(tokenizer, rng)
