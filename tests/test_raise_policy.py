@@ -109,14 +109,21 @@ def test_greedy_selection_is_the_top_b_of_each_cluster():
     selector = make_selector(features, clusters=2, batch_size=6)
     state = make_state(120, batch_size=6)
     state.selection_counts[:10] = 2  # availability changes the scores; select() must use it
-    chosen = selector.select(state)
-    scores = selector.pool_scores(stage_features(state), state.selection_counts).numpy()
-    assert len(chosen) == 6 and len(set(chosen.tolist())) == 6
-    for cluster in range(2):
-        members = np.flatnonzero(selector.clusters == cluster)
-        top3 = set(members[np.argsort(-scores[members])[:3]].tolist())
-        assert set(chosen[selector.clusters[chosen] == cluster].tolist()) == top3
-    assert len(set(selector.clusters[chosen[:2]].tolist())) == 2  # interleaved: each batch mixes clusters
+    for fresh_first in (True, False):
+        selector.config.fresh_first = fresh_first
+        chosen = selector.select(state)
+        scores = selector.pool_scores(stage_features(state), state.selection_counts)
+        keys = selector.logits(scores, state.selection_counts).numpy()
+        assert len(chosen) == 6 and len(set(chosen.tolist())) == 6
+        for cluster in range(2):
+            members = np.flatnonzero(selector.clusters == cluster)
+            top3 = set(members[np.argsort(-keys[members])[:3]].tolist())
+            assert set(chosen[selector.clusters[chosen] == cluster].tolist()) == top3
+        assert len(set(selector.clusters[chosen[:2]].tolist())) == 2  # interleaved: each batch mixes clusters
+        if fresh_first:  # examples already trained on this episode are passed over while fresh ones remain
+            assert not set(chosen.tolist()) & set(range(10))
+        else:  # plain greedy: the keys are the scores
+            np.testing.assert_allclose(keys, scores.numpy() / selector.config.temperature)
 
 
 def test_cluster_smaller_than_its_quota_is_filled_from_the_rest_by_score():
