@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from .base import EnvState, SelectionContext
-from .simple import EpochSampler, sample_without_replacement
+from .simple import EpochSampler, RandomSelector, sample_without_replacement
 
 if TYPE_CHECKING:
     from ..features import StaticFeatures
@@ -190,7 +190,7 @@ class SelfPacedSelector:
         return np.concatenate([unused, sample_without_replacement(self.rng, refill_from, count - unused.size)])
 
 
-class HighLossSelector:
+class HighLossSelector(RandomSelector):
     """Online high loss: the highest current-model losses among candidate_factor x decision_size random candidates."""
 
     name = "high_loss"
@@ -201,15 +201,8 @@ class HighLossSelector:
         # forward pass of the current model through state.loss_probe, so k trades cost for greed.
         if candidate_factor < 1:
             raise ValueError("candidate_factor must be at least 1")
+        super().__init__()  # seeded uniform candidate draws, as RandomSelector
         self.candidate_factor = candidate_factor
-        self.pool_size = 0
-        self.rng = np.random.default_rng(0)
-
-    def setup(self, context: SelectionContext) -> None:
-        self.pool_size = len(context.pool)
-
-    def reset(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
 
     def select(self, state: EnvState) -> np.ndarray:
         if state.loss_probe is None:
