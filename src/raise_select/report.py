@@ -309,6 +309,10 @@ def _ranking_facts(summary: list[dict], test_metric: str | None) -> list[str]:
             if len(ranked) < 2:
                 continue
             best, second = ranked[0], ranked[1]
+            if best[f"{key}_mean"] == ranked[-1][f"{key}_mean"]:  # no method stands out: say so, name none
+                facts.append(f"all {len(ranked)} methods tie on {name} at budget {budget_text} "
+                             f"({best[f'{key}_mean']:.{digits}f})")
+                continue
             fact = (
                 f"{best['method']}: {'lowest' if lower_is_better else 'highest'} {name} at budget {budget_text} "
                 f"({best[f'{key}_mean']:.{digits}f} vs {second['method']} {second[f'{key}_mean']:.{digits}f}; "
