@@ -106,6 +106,7 @@ class Workbench:
                                                 pool_fingerprint=self.pool.fingerprint(), progress=progress)
         hidden = embed_examples(aux, list(self.target.validation), max_length, feature_config.batch_size)
         self.target_embedding = self.features.project(hidden)
+        self.features = with_target_similarity(self.features, self.target_embedding)
         # Two forward passes over the pool (with and without the prompt) + one over the validation set.
         response_only = int(self.pool_tokens.response_lengths.sum())
         tokens = self.pool_tokens.num_tokens(np.arange(len(self.pool_tokens))) + response_only
@@ -136,6 +137,21 @@ class Workbench:
             "steps": full_data_steps(len(self.pool), self.config.train),
             "tokens": int(self.config.train.full_data_epochs * self.pool_tokens.num_tokens(all_indices)),
         }
+
+
+def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarray) -> StaticFeatures:
+    """Add the column ``target_similarity``: cosine of each example's embedding to the target's mean embedding.
+
+    [ours] RAISE scores candidates by their expected effect on *this* target; the paper's features
+    carry no information about the target itself, so the policy could only learn it from rewards.
+    This one column (also what the ``targeted`` baseline ranks by) lets it learn how much
+    target-likeness is worth at each stage, next to difficulty and quality.
+    """
+    centre = target_embedding.mean(axis=0)
+    norms = np.linalg.norm(features.embedding, axis=1) * (np.linalg.norm(centre) or 1.0)
+    similarity = (features.embedding @ centre) / np.where(norms > 0, norms, 1.0)
+    return replace(features, names=tuple(features.names) + ("target_similarity",),
+                   values=np.column_stack([features.values, similarity]).astype(np.float32))
 
 
 def ledger(phi: dict, phases: dict[str, PhaseCost], seconds_per_token: float | None) -> dict:
@@ -272,6 +288,9 @@ def write_explain_csv(path: Path, rows: list[dict], pool: Pool) -> None:
         example = pool[int(row["index"])]
         row.setdefault("id", example.id)
         row.setdefault("source", example.source)
+        for label in ("family", "helpful", "corrupted"):  # pool composition for the report, where labelled
+            if label in example.meta:
+                row.setdefault(label, example.meta[label])
     leading = ["index", "id", "source", "cluster"]
     columns = leading + [k for k in rows[0] if k not in leading]
     buffer = io.StringIO()
