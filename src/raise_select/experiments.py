@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -198,6 +197,3 @@ def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:
     run_comparison(config, output, progress=progress)
     return write_report(output)
 
-
-def load_results(path: Path) -> dict:
-    return json.loads((Path(path) / "results.json").read_text(encoding="utf-8"))
