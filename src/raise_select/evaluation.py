@@ -35,7 +35,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 @torch.no_grad()
-def _per_example_values(
+def map_examples(
     lm: LoadedModel,
     tokens: TokenizedSet,
     indices: Sequence[int] | None,
@@ -43,28 +43,35 @@ def _per_example_values(
     score: Callable[[LoadedModel, dict], torch.Tensor],
     progress: str | None = None,
 ) -> np.ndarray:
-    """Apply ``score`` (batch -> [b]) to every example, batching by length; caller's order out."""
+    """Apply ``score`` (batch -> [b] or [b, k]) to every example, batching by length; caller's order out.
+
+    The one no-grad, eval-mode batch loop for everything that reads the model without training it
+    (validation loss, loss probes, test loss, static features); ``progress`` is a bar label or None.
+    """
     indices = np.arange(len(tokens)) if indices is None else np.asarray(indices, dtype=np.int64)
     order = np.argsort(tokens.lengths[indices], kind="stable")  # similar lengths share a batch: less padding
-    values = np.empty(len(indices), dtype=np.float64)
+    values: np.ndarray | None = None
     was_training = lm.model.training
     lm.model.eval()
     try:
         starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+        for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
             positions = order[start : start + batch_size]
             batch = tokens.collate(indices[positions].tolist(), lm.tokenizer.pad_token_id)
-            values[positions] = score(lm, batch).float().cpu().numpy()
+            scored = score(lm, batch).float().cpu().numpy()
+            if values is None:
+                values = np.empty((len(indices),) + scored.shape[1:], dtype=np.float64)
+            values[positions] = scored
     finally:
         lm.model.train(was_training)
-    return values
+    return values if values is not None else np.empty(0, dtype=np.float64)
 
 
 def per_example_losses(
     lm: LoadedModel, tokens: TokenizedSet, indices: Sequence[int] | None = None, batch_size: int = 16
 ) -> np.ndarray:
     """Mean response loss of each example (no grad, eval mode), in the order of ``indices``."""
-    return _per_example_values(lm, tokens, indices, batch_size, per_example_loss)
+    return map_examples(lm, tokens, indices, batch_size, per_example_loss)
 
 
 def validation_loss(lm: LoadedModel, tokens: TokenizedSet, batch_size: int = 16) -> float:
@@ -84,7 +91,7 @@ def evaluate_test(
     if not examples:
         raise UserError(f"target '{target.name}' has no test examples; set target.n_test above 0")
     test_tokens = tokenize_examples(examples, lm.tokenizer, max_length)
-    losses = _per_example_values(lm, test_tokens, None, batch_size, per_example_loss, progress="test loss")
+    losses = map_examples(lm, test_tokens, None, batch_size, per_example_loss, progress="test loss")
     result = {"metric": target.metric, "n": len(examples), "test_loss": float(losses.mean())}
     if target.metric == "multiple_choice":
         result["accuracy"] = multiple_choice_accuracy(lm, examples, max_length, batch_size)
@@ -99,7 +106,7 @@ def multiple_choice_accuracy(lm: LoadedModel, examples: Sequence[Example], max_l
     """Fraction of examples whose highest-likelihood choice is ``meta["answer_index"]``."""
     candidates = [dataclasses.replace(e, response=choice) for e in examples for choice in e.meta["choices"]]
     candidate_tokens = tokenize_examples(candidates, lm.tokenizer, max_length)
-    logprobs = _per_example_values(lm, candidate_tokens, None, batch_size, sequence_logprob, progress="choices")
+    logprobs = map_examples(lm, candidate_tokens, None, batch_size, sequence_logprob, progress="choices")
     boundaries = np.cumsum([len(e.meta["choices"]) for e in examples])[:-1]
     correct = [
         int(np.argmax(choice_logprobs)) == int(example.meta["answer_index"])

@@ -5,7 +5,7 @@ Two forward passes over the pool (examples sorted by length, batched, no grad):
 1. prompt + response: the mean response cross-entropy ``loss(y|x)`` (through
    :func:`raise_select.model.per_example_loss`, the project's one loss code path) and, from the
    same pass, the last hidden state mean-pooled over the PROMPT tokens (the instruction). The
-   hidden state is read as the input of the output-embedding layer (``lm_head``), which equals
+   hidden state is read from the decoder stack's output by a forward hook, which equals
    ``output_hidden_states[-1]`` without keeping every layer's states, and works the same whether
    or not the model is peft-wrapped.
 2. the response alone after an empty prompt: ``loss(y)``; ``ifd = loss(y|x) / loss(y)``.
@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from tqdm.auto import tqdm
 
-from .data.tokenize import TokenizedSet, tokenize_examples
+from .data.tokenize import IGNORE_INDEX, TokenizedSet, tokenize_examples
 from .errors import UserError
 from .io_utils import atomic_write, cache_root
+from .evaluation import map_examples
 from .model import per_example_loss
 
 if TYPE_CHECKING:
@@ -144,49 +144,35 @@ def _forward_pass(
     lm: "LoadedModel", tokens: TokenizedSet, batch_size: int, *, pool_prompt: bool, progress: bool, desc: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-example mean response loss [n] and, if ``pool_prompt``, prompt-pooled last hidden states [n, hidden]."""
-    n = len(tokens)
-    # Longest first: batches hold similar lengths (little padding) and running out of memory shows
-    # up on the first batch rather than at the end.
-    order = np.argsort(-tokens.lengths, kind="stable")
-    losses = np.empty(n, dtype=np.float64)
-    pooled: np.ndarray | None = None
+    score = _loss_and_prompt_mean if pool_prompt else per_example_loss
+    values = map_examples(lm, tokens, None, batch_size, score, progress=desc if progress else None)
+    if not pool_prompt:
+        return values, None
+    return values[:, 0], values[:, 1:].astype(np.float32)
+
+
+def _loss_and_prompt_mean(lm: "LoadedModel", batch: dict) -> torch.Tensor:
+    """[b, 1 + hidden]: the response loss, then the last hidden state averaged over the prompt tokens.
+
+    The decoder stack's output is the final (normed) hidden state [b, T, H] at every position; a
+    hook reads it from the loss forward pass instead of running a second one (the output layer
+    itself only sees response positions: the loss projects logits there alone). Prompt tokens are
+    the attended positions without a label; a row with no prompt is averaged over all its tokens.
+    """
     captured: dict[str, torch.Tensor] = {}
-    hook = None
-    if pool_prompt:
-        # The decoder stack's output is the final (normed) hidden state [b, T, H] for every position;
-        # read it from the loss forward pass instead of running a second one. (The output layer
-        # itself only sees response positions: the loss projects logits there alone.)
-        decoder = lm.model.get_decoder()
-        pooled = np.empty((n, lm.model.get_output_embeddings().weight.shape[1]), dtype=np.float32)
-        hook = decoder.register_forward_hook(
-            lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output.last_hidden_state)
-        )
-    was_training = lm.model.training
-    lm.model.eval()
+    hook = lm.model.get_decoder().register_forward_hook(
+        lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output.last_hidden_state)
+    )
     try:
-        with torch.no_grad():
-            starts = range(0, n, batch_size)
-            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-                positions = order[start : start + batch_size]
-                batch = tokens.collate(positions, lm.tokenizer.pad_token_id)
-                losses[positions] = per_example_loss(lm, batch).float().cpu().numpy()
-                if pooled is not None:
-                    pooled[positions] = _mean_over_prompt(captured.pop("hidden"), tokens, positions)
+        losses = per_example_loss(lm, batch)
     finally:
-        lm.model.train(was_training)
-        if hook is not None:
-            hook.remove()
-    return losses, pooled
-
-
-def _mean_over_prompt(hidden: torch.Tensor, tokens: TokenizedSet, positions: np.ndarray) -> np.ndarray:
-    """Mean of ``hidden`` [b, T, H] over each row's prompt tokens (all its tokens if it has no prompt)."""
-    prompt_lengths = tokens.prompt_lengths[positions]
-    pooled_lengths = np.where(prompt_lengths > 0, prompt_lengths, tokens.lengths[positions])
-    lengths = torch.as_tensor(pooled_lengths, device=hidden.device)
-    mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).unsqueeze(-1)
-    summed = (hidden.float() * mask).sum(dim=1)
-    return (summed / lengths[:, None].float()).cpu().numpy()
+        hook.remove()
+    hidden = captured["hidden"].float()
+    attended = torch.as_tensor(batch["attention_mask"], device=hidden.device).bool()
+    prompt = attended & (torch.as_tensor(batch["labels"], device=hidden.device) == IGNORE_INDEX)
+    mask = torch.where(prompt.any(dim=1, keepdim=True), prompt, attended).unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    return torch.cat([losses.float().unsqueeze(1), pooled], dim=1)
 
 
 def _fit_pca(hidden: np.ndarray, pca_dim: int) -> tuple[np.ndarray, np.ndarray]:
