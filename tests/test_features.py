@@ -206,3 +206,17 @@ def test_corrupt_cache_is_recomputed_with_a_warning(lm, computed, cache_dir, mon
     np.testing.assert_allclose(again.values, first.values, rtol=1e-6)
     monkeypatch.setattr(features_module, "_forward_pass", None)  # the rewritten file is a valid cache hit
     compute(lm, cache_dir, pca_dim=4)
+
+
+def test_target_similarity_is_the_cosine_to_the_target_mean():
+    from raise_select.features import with_target_similarity
+
+    base = features_module.StaticFeatures(
+        names=features_module.STATIC_FEATURE_NAMES, values=np.zeros((3, 4), dtype=np.float32),
+        embedding=np.array([[1, 0], [0, 2], [-3, 0]], dtype=np.float32), pca_mean=np.zeros(2, dtype=np.float32),
+        pca_components=np.eye(2, dtype=np.float32), key="k", aux_model="m")
+    target = np.array([[2, 0], [4, 0]], dtype=np.float32)  # mean points along the first axis
+    extended = with_target_similarity(base, target)
+    assert extended.names[-1] == "target_similarity" and extended.values.shape == (3, 5)
+    np.testing.assert_allclose(extended.column("target_similarity"), [1.0, 0.0, -1.0], atol=1e-6)
+    assert base.values.shape == (3, 4)  # the cached features are not modified

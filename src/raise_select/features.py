@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -223,3 +223,18 @@ def _load_cached(path: Path, key: str, n_examples: int) -> StaticFeatures | None
         logger.warning("feature cache %s is unreadable (%s); recomputing", path, exc)
         return None
     return features
+
+
+def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarray) -> StaticFeatures:
+    """Add the column ``target_similarity``: cosine of each example's embedding to the target's mean embedding.
+
+    [ours] RAISE scores candidates by their expected effect on *this* target; the paper's features
+    carry no information about the target itself, so the policy could only learn it from rewards.
+    This one column (also what the ``targeted`` baseline ranks by) lets it learn how much
+    target-likeness is worth at each stage, next to difficulty and quality.
+    """
+    centre = target_embedding.mean(axis=0)
+    norms = np.linalg.norm(features.embedding, axis=1) * (np.linalg.norm(centre) or 1.0)
+    similarity = (features.embedding @ centre) / np.where(norms > 0, norms, 1.0)
+    return replace(features, names=tuple(features.names) + ("target_similarity",),
+                   values=np.column_stack([features.values, similarity]).astype(np.float32))

@@ -35,7 +35,7 @@ from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
 from .environment import FineTuneEnv, full_data_steps, resolve_budget
 from .evaluation import evaluate_test
-from .features import StaticFeatures, compute_static_features, embed_examples
+from .features import StaticFeatures, compute_static_features, embed_examples, with_target_similarity
 from .io_utils import append_jsonl, atomic_write, write_json, write_text
 from .model import LoadedModel, load_model, seed_everything
 from .selectors.base import SelectionContext, Selector
@@ -137,21 +137,6 @@ class Workbench:
             "steps": full_data_steps(len(self.pool), self.config.train),
             "tokens": int(self.config.train.full_data_epochs * self.pool_tokens.num_tokens(all_indices)),
         }
-
-
-def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarray) -> StaticFeatures:
-    """Add the column ``target_similarity``: cosine of each example's embedding to the target's mean embedding.
-
-    [ours] RAISE scores candidates by their expected effect on *this* target; the paper's features
-    carry no information about the target itself, so the policy could only learn it from rewards.
-    This one column (also what the ``targeted`` baseline ranks by) lets it learn how much
-    target-likeness is worth at each stage, next to difficulty and quality.
-    """
-    centre = target_embedding.mean(axis=0)
-    norms = np.linalg.norm(features.embedding, axis=1) * (np.linalg.norm(centre) or 1.0)
-    similarity = (features.embedding @ centre) / np.where(norms > 0, norms, 1.0)
-    return replace(features, names=tuple(features.names) + ("target_similarity",),
-                   values=np.column_stack([features.values, similarity]).astype(np.float32))
 
 
 def ledger(phi: dict, phases: dict[str, PhaseCost], seconds_per_token: float | None) -> dict:
