@@ -1,6 +1,6 @@
 """The RAISE selector: a learned, stage-aware acquisition function with per-cluster top-b selection.
 
-Fused feature vector ``d' = H(d, M_{t-1}, t)`` of one candidate (``P`` = ``pca_dim``; 40 columns at
+Fused feature vector ``d' = H(d, M_{t-1}, t)`` of one candidate (``P`` = ``pca_dim``; 41 columns at
 the default P = 32, the paper's has 39). This table is the one place the layout is defined;
 :func:`fused_feature_layout` returns it as data and it is saved in every selector folder.
 
@@ -11,12 +11,16 @@ columns        name                   block      value
 1              ifd                    static     IFD ratio loss(y|x)/loss(y), z-scored
 2              prompt_tokens          static     log1p(prompt tokens), z-scored
 3              response_tokens        static     log1p(response tokens), z-scored
-4 .. 3+P       emb_0 .. emb_{P-1}     static     PCA semantic embedding, z-scored per dimension
-4+P            progress               stage      t / T (shared by all candidates)
-5+P            validation_ratio       stage      current validation loss / the episode's initial one
-6+P            validation_change      stage      (latest - previous validation loss) / initial (0 at t=0)
-7+P            availability           dynamic    log1p(times this example was selected this episode)
+4              target_similarity      static     cosine to the target's mean embedding, z-scored [ours]
+5 .. 4+P       emb_0 .. emb_{P-1}     static     PCA semantic embedding, z-scored per dimension
+5+P            progress               stage      t / T (shared by all candidates)
+6+P            validation_ratio       stage      current validation loss / the episode's initial one
+7+P            validation_change      stage      (latest - previous validation loss) / initial (0 at t=0)
+8+P            availability           dynamic    log1p(times this example was selected this episode)
 =============  =====================  =========  ====================================================
+
+Columns 0-4 are ``StaticFeatures.names`` in order: ``features.py`` computes the first four and the
+runner appends ``target_similarity`` (:func:`raise_select.features.with_target_similarity`).
 
 Standardization statistics (mean/std of the static block) are fitted on the training pool and
 saved with the selector. Deployed with features from a different auxiliary model they are re-fitted
