@@ -22,11 +22,16 @@ from raise_select.selectors.baselines import (
     static_subset_size,
     top_k,
 )
-from raise_select.selectors.simple import EpochSampler, FullDataSelector, RandomSelector
+from raise_select.selectors.simple import EpochSampler, FullDataSelector, OracleSelector, RandomSelector
 
 
 def make_pool(n: int) -> Pool:
-    return Pool([Example(id=f"toy/{i}", source="toy", messages=({"role": "user", "content": f"q{i}"},), response=f"a{i}") for i in range(n)])
+    """Toy examples labelled like the synthetic testbed: every third is helpful, every fifth of those corrupted."""
+    return Pool([
+        Example(id=f"toy/{i}", source="toy", messages=({"role": "user", "content": f"q{i}"},), response=f"a{i}",
+                meta={"helpful": i % 3 == 0, "corrupted": i % 15 == 0})
+        for i in range(n)
+    ])
 
 
 def make_features(n: int, *, response_loss=None, ifd=None, response_tokens=None, embedding=None) -> StaticFeatures:
@@ -296,3 +301,16 @@ def test_raise_loads_the_policy_lazily(monkeypatch):
     config = Config()
     config.raise_.policy = "runs/selector"
     assert isinstance(build_selector("raise", config), FakeRaiseSelector) and loaded == ["runs/selector"]
+
+
+def test_oracle_trains_only_on_helpful_clean_examples_and_needs_labels():
+    n = 30
+    context = make_context(n, None, budget_steps=6, batch_size=4)
+    oracle = OracleSelector()
+    oracle.setup(context)
+    chosen = np.concatenate(run_episode(oracle, context))
+    assert set(chosen.tolist()) == {i for i in range(n) if i % 3 == 0 and i % 15 != 0}  # 8 examples, 3 epochs
+    unlabelled = make_context(n, None, budget_steps=6, batch_size=4)
+    unlabelled.pool.examples[4] = Example(id="toy/x", source="toy", messages=({"role": "user", "content": "q"},), response="a")
+    with pytest.raises(UserError, match="needs 'helpful' and 'corrupted' labels on every pool example \\(1 of 30 have none\\)"):
+        OracleSelector().setup(unlabelled)

@@ -19,7 +19,7 @@ from .baselines import (
     SelfPacedSelector,
     TargetedSelector,
 )
-from .simple import FullDataSelector, RandomSelector
+from .simple import FullDataSelector, OracleSelector, RandomSelector
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -34,6 +34,7 @@ _BASELINE_CLASSES = (
     TargetedSelector,
     SelfPacedSelector,
     HighLossSelector,
+    OracleSelector,
 )
 
 SELECTORS: dict[str, str] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from .base import EnvState, SelectionContext
 
 
@@ -95,3 +96,45 @@ class FullDataSelector:
         if self.sampler is None:
             raise RuntimeError("call reset(seed) before select()")
         return self.sampler.draw(state.decision_size)
+
+
+class OracleSelector:
+    """Oracle ceiling on labelled pools: shuffled epochs over the examples labelled helpful and not corrupted.
+
+    Needs pool labels (``meta["helpful"]`` / ``meta["corrupted"]``, as the synthetic testbed has);
+    it is the reference RAISE's "gap closed" is measured against, not a method a user can run on
+    unlabelled data.
+    """
+
+    name = "oracle"
+    requires_features = False
+
+    def __init__(self) -> None:
+        self.helpful: np.ndarray | None = None
+        self.sampler: EpochSampler | None = None
+
+    def setup(self, context: SelectionContext) -> None:
+        self.helpful = oracle_indices(context.pool)
+
+    def reset(self, seed: int) -> None:
+        self.sampler = EpochSampler(self.helpful, np.random.default_rng(seed))
+
+    def select(self, state: EnvState) -> np.ndarray:
+        if self.sampler is None:
+            raise RuntimeError("call reset(seed) before select()")
+        return self.sampler.draw(state.decision_size)
+
+
+def oracle_indices(pool) -> np.ndarray:
+    """Pool indices labelled helpful and not corrupted; a one-line error for a pool without labels."""
+    labelled = [e for e in pool.examples if "helpful" in e.meta and "corrupted" in e.meta]
+    if len(labelled) < len(pool.examples):
+        raise UserError(
+            f"the oracle selector needs 'helpful' and 'corrupted' labels on every pool example "
+            f"({len(pool.examples) - len(labelled)} of {len(pool.examples)} have none); use it on a labelled pool "
+            "such as the synthetic testbed, or drop it from compare.methods"
+        )
+    indices = np.array([i for i, e in enumerate(pool.examples) if e.meta["helpful"] and not e.meta["corrupted"]], dtype=np.int64)
+    if indices.size == 0:
+        raise UserError("the oracle selector found no example labelled helpful and not corrupted in the pool; drop it from compare.methods")
+    return indices
