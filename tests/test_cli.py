@@ -186,14 +186,14 @@ def trained_selector(workspace):
     """A RAISE selector trained through the CLI on the user file (one 2-step episode)."""
     output = workspace / "selector-training"
     status = main(["train-selector", "--config", str(workspace / "config.yaml"), "--output", str(output), "--no-progress",
-                   f"pool.sources=[{{name: {workspace / 'mydata.jsonl'}}}]", "raise.episodes=1", "raise.episode_steps=2"])
+                   f"pool.sources=[{{name: {workspace / 'mydata.jsonl'}}}]", "raise.episodes=2", "raise.episodes_per_update=2", "raise.episode_steps=2"])
     assert status == 0
     return output / "selector"
 
 
 def test_trained_selector_drives_a_finetune(trained_selector, workspace, capsys):
     assert (trained_selector / "selector.json").is_file()
-    assert len(read_jsonl(trained_selector.parent / "episodes.jsonl")) == 1
+    assert len(read_jsonl(trained_selector.parent / "episodes.jsonl")) == 2
     output = workspace / "raise-run"
     status = main(_finetune(workspace, output, "--pool", str(workspace / "mydata.jsonl"), "--selector", "raise",
                             "--policy", str(trained_selector), "--no-test", "train.budget_steps=2"))

@@ -16,8 +16,12 @@ from raise_select.ppo import (
     EPISODES_FILE,
     SELECTOR_DIR,
     Callback,
+    batch_advantages,
     clipped_surrogate_loss,
+    collect_rollouts,
     compute_gae,
+    episode_seed,
+    group_baselines,
     ppo_update,
     run_episode,
     train_selector,
@@ -90,7 +94,8 @@ def one_torch_thread():
 
 
 def fast_config(**overrides) -> RaiseConfig:
-    settings = dict(clusters=2, hidden_size=16, episodes=4, update_epochs=2, minibatch_size=2, learning_rate=3e-3)
+    settings = dict(clusters=2, hidden_size=16, episodes=4, episodes_per_update=2, update_epochs=2, minibatch_size=2,
+                    learning_rate=3e-3, target_kl=None)
     settings.update(overrides)
     return RaiseConfig(**settings)
 
@@ -130,7 +135,7 @@ def test_rollout_buffer_stores_no_pool_sized_arrays():
     selector = RaiseSelector(fast_config())
     selector.setup(make_context(features))
     env = BanditEnv(features, decision_interval=2)
-    buffer, summary = run_episode(env, selector, torch.Generator().manual_seed(0), 0, 100.0)
+    buffer, summary = run_episode(env, selector, 0, 100.0)
     assert len(buffer) == 4 and summary["updates"] == BUDGET  # decisions of 2, 2, 2 and 1 updates
     for decision in buffer.decisions:
         for name, value in vars(decision).items():
@@ -145,10 +150,11 @@ def test_first_update_recomputes_the_rollout_log_probs_exactly():
     config = fast_config(update_epochs=1, minibatch_size=100)
     selector = RaiseSelector(config)
     selector.setup(make_context(features))
-    buffer, _ = run_episode(BanditEnv(features, decision_interval=2), selector, torch.Generator().manual_seed(0), 0, 100.0)
+    env = BanditEnv(features, decision_interval=2)
+    buffers = [run_episode(env, selector, seed, 100.0)[0] for seed in (0, 1)]
     optimizer = torch.optim.Adam(list(selector.policy.parameters()) + list(selector.critic.parameters()), lr=1e-2)
     # one minibatch holding every decision: all ratios are computed before the only optimizer step
-    stats = ppo_update(selector, optimizer, buffer, config, np.random.default_rng(0))
+    stats = ppo_update(selector, optimizer, buffers, config, np.random.default_rng(0))
     assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-7) and stats["clip_fraction"] == 0.0
     assert np.isfinite(list(stats.values())).all()
 
@@ -163,7 +169,7 @@ def test_policy_learns_to_pick_the_good_examples(tmp_path):
     features = make_features()
     env = BanditEnv(features)
     # A bandit: each reward depends only on its own decision, so gamma = 0 is the right discount.
-    config = fast_config(episodes=20, update_epochs=8, learning_rate=1e-2, gamma=0.0)
+    config = fast_config(episodes=20, episodes_per_update=4, update_epochs=8, learning_rate=1e-2, gamma=0.0)
     artifact = train_selector(env, make_context(features), config, tmp_path, seed=0, progress=False)
     selector = RaiseSelector(config, artifact)
     selector.setup(make_context(features))
@@ -188,7 +194,7 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path):
                                    progress=False)
     first, second = Recorder(), Recorder()
     train_selector(BanditEnv(features), make_context(features), config, tmp_path / "b", seed=3, progress=False,
-                   max_episodes=2, callbacks=[first])
+                   max_updates=1, callbacks=[first])
     torch.manual_seed(1234)  # global RNG state of the "new process" must not matter
     np.random.seed(1234)
     resumed = train_selector(BanditEnv(features), make_context(features), config, tmp_path / "b", seed=3,
@@ -198,7 +204,7 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path):
         torch.testing.assert_close(resumed.tensors[name], tensor, rtol=0, atol=0)
 
     def without_timing(rows):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+        return [{k: v for k, v in row.items() if k not in ("seconds", "update_seconds")} for row in rows]
 
     assert without_timing(read_jsonl(tmp_path / "a" / EPISODES_FILE)) == without_timing(read_jsonl(tmp_path / "b" / EPISODES_FILE))
     assert len(read_jsonl(tmp_path / "b" / EPISODES_FILE)) == 4
@@ -208,7 +214,7 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path):
 
 def test_resume_errors_and_early_stop(tmp_path):
     features = make_features()
-    config = fast_config(episodes=3)
+    config = fast_config(episodes=4)
     with pytest.raises(UserError, match="no checkpoint"):
         train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, resume=True, progress=False)
 
@@ -218,10 +224,80 @@ def test_resume_errors_and_early_stop(tmp_path):
 
     train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, progress=False,
                    callbacks=[StopAfterFirst()])
-    assert len(read_jsonl(tmp_path / EPISODES_FILE)) == 1
+    assert len(read_jsonl(tmp_path / EPISODES_FILE)) == config.episodes_per_update  # stops after the first update
     with pytest.raises(UserError, match="raise.hidden_size"):
-        train_selector(BanditEnv(features), make_context(features), fast_config(episodes=3, hidden_size=8), tmp_path,
+        train_selector(BanditEnv(features), make_context(features), fast_config(episodes=4, hidden_size=8), tmp_path,
                        seed=0, resume=True, progress=False)
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable raise-select checkpoint"):
         train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, resume=True, progress=False)
+
+
+def test_group_baseline_is_the_leave_one_out_mean_return_by_hand():
+    returns = np.array([[3.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    # episode 0, step 0: mean of 1 and 2 = 1.5; episode 2, step 1: mean of 1 and 0 = 0.5
+    np.testing.assert_allclose(group_baselines(returns), [[1.5, 1.0], [2.5, 1.5], [2.0, 0.5]])
+    with pytest.raises(ValueError):
+        group_baselines(returns[:1])
+
+
+def test_group_advantage_credits_each_step_against_the_other_episodes_at_that_step():
+    @dataclass
+    class Decision:
+        reward: float
+        done: bool
+        value: float = 0.0
+
+    @dataclass
+    class Episode:
+        decisions: list
+
+    rewards = [[1.0, 0.0], [0.0, 2.0], [2.0, 1.0]]
+    episodes = [Episode([Decision(r, t == 1) for t, r in enumerate(row)]) for row in rewards]
+    # lambda = 0: A_t = r_t - mean of the other episodes' r_t (gamma = 1)
+    advantages, returns = batch_advantages(episodes, fast_config(baseline="group", gae_lambda=0.0, gamma=1.0))
+    np.testing.assert_allclose(advantages, [[0.0, -1.5], [-1.5, 1.5], [1.5, 0.0]])
+    np.testing.assert_allclose(returns, [[1.0, 0.0], [2.0, 2.0], [3.0, 1.0]])
+    # lambda = 1: A_t = G_t - mean of the other episodes' G_t
+    advantages, _ = batch_advantages(episodes, fast_config(baseline="group", gae_lambda=1.0, gamma=1.0))
+    np.testing.assert_allclose(advantages, [[-1.5, -1.5], [0.0, 1.5], [1.5, 0.0]])
+
+
+def test_an_episode_depends_only_on_the_weights_and_its_seed():
+    features = make_features()
+    selector = RaiseSelector(fast_config())
+    selector.setup(make_context(features))
+    seeds = [episode_seed(7, k) for k in range(3)]
+    forward = collect_rollouts(BanditEnv(features), selector, seeds, 1.0)
+    backward = collect_rollouts(BanditEnv(features), selector, seeds[::-1], 1.0)[::-1]
+    for (a, _), (b, _) in zip(forward, backward):
+        for x, y in zip(a.decisions, b.decisions):
+            np.testing.assert_array_equal(x.chosen, y.chosen)
+            np.testing.assert_array_equal(x.old_log_probs, y.old_log_probs)
+            assert x.reward == y.reward
+    assert len({episode_seed(7, k) for k in range(100)} | {episode_seed(8, k) for k in range(100)}) == 200
+
+
+def test_update_stops_early_when_the_policy_leaves_the_trust_region():
+    features = make_features()
+    config = fast_config(update_epochs=50, minibatch_size=2, learning_rate=5e-2, target_kl=0.01)
+    selector = RaiseSelector(config)
+    selector.setup(make_context(features))
+    env = BanditEnv(features)
+    buffers = [run_episode(env, selector, seed, 100.0)[0] for seed in (0, 1)]
+    optimizer = torch.optim.Adam(list(selector.policy.parameters()) + list(selector.critic.parameters()), lr=5e-2)
+    stats = ppo_update(selector, optimizer, buffers, config, np.random.default_rng(0))
+    assert stats["early_stopped"] == 1
+    assert 1 <= stats["optimizer_steps"] < 50 * 7  # 7 decisions per episode, 2 per minibatch
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(episodes=5, episodes_per_update=2), "multiple of raise.episodes_per_update"),
+    (dict(episodes=0, episodes_per_update=2), "multiple of raise.episodes_per_update"),
+    (dict(episodes=4, episodes_per_update=1, baseline="group"), "episodes_per_update >= 2"),
+])
+def test_batching_errors_are_one_line(tmp_path, overrides, fragment):
+    features = make_features()
+    with pytest.raises(UserError, match=fragment):
+        train_selector(BanditEnv(features), make_context(features), fast_config(**overrides), tmp_path, seed=0,
+                       progress=False)

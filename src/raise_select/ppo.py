@@ -1,7 +1,26 @@
 """PPO + GAE for the RAISE acquisition function, in one file (CleanRL style).
 
-One PPO iteration = one fine-tuning episode: reset the env to the base weights, let the stochastic
-policy (per-cluster Plackett-Luce draws) choose every decision, then update policy and critic.
+One PPO iteration = a batch of ``episodes_per_update`` fine-tuning episodes (CleanRL's parallel
+environments, here played one after another or on Ray workers): each resets the env to the base
+weights and lets the stochastic policy (per-cluster Plackett-Luce draws) choose every decision; then
+policy and critic are updated on all the batch's decisions.
+
+An episode depends only on (policy weights, episode seed): its sampler and the env's reset are
+seeded from ``(seed, episode number)``, so a batch can be played in any order or place.
+
+Advantages (``raise.baseline``):
+
+* ``group`` [ours, default]: a per-step baseline from the batch. Episodes of one update share the
+  same budget, so decision t of every episode is taken at the same training stage; the baseline of
+  episode e at step t is the mean return-to-go of the OTHER episodes at t (leave-one-out). Plugged
+  into GAE as the value, ``delta_t = r_t - mean_{e' != e} r_t(e')``: a decision is credited with how
+  much more its loss drop was than the batch's at the same step (and, with lambda > 0, the next
+  steps'). No critic needs to learn the strong dependence of loss drops on the stage first.
+* ``critic``: classic GAE with the learned critic V(s).
+
+The critic is trained in both cases (its value loss is logged); advantages are normalized over
+the whole batch. Ratios are clipped per pick (see ``RaiseSelector.pick_log_probs``), and an update
+stops early once the approximate KL to the rollout policy exceeds ``target_kl``.
 
 Memory design (what lifts the paper's ~200K-instruction limit): the rollout buffer stores, per
 decision, ONLY the chosen indices (per group), the 3 stage features, old log-probs, value, reward
@@ -15,8 +34,9 @@ are rebuilt from the episode's earlier choices and the scores are recomputed chu
 
 which is the exact gradient (the loss depends on theta only through s) with memory O(N + chunk x hidden).
 
-Outputs in ``output_dir``: ``episodes.jsonl`` (one row per episode), ``checkpoint.pt`` (atomic,
-after every episode; ``resume=True`` continues bit-for-bit) and ``selector/`` (the artifact).
+Outputs in ``output_dir``: ``episodes.jsonl`` (one row per episode, with its update's statistics),
+``checkpoint.pt`` (atomic, after every update; ``resume=True`` continues bit-for-bit) and
+``selector/`` (the artifact).
 """
 
 from __future__ import annotations
@@ -51,7 +71,7 @@ if TYPE_CHECKING:
     from .environment import FineTuneEnv
 
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint"
+CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per update of several episodes
 EPISODES_FILE = "episodes.jsonl"
 SELECTOR_DIR = "selector"
 RESUMABLE_CONFIG_CHANGES = ("episodes", "policy")  # a resumed run may extend the episode count
@@ -81,11 +101,47 @@ def compute_gae(
     return advantages, advantages + values
 
 
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """Return-to-go G_t = r_t + gamma * G_{t+1} of one whole episode."""
+    returns = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        running = float(rewards[t]) + gamma * running
+        returns[t] = running
+    return returns
+
+
+def group_baselines(returns: np.ndarray) -> np.ndarray:
+    """[E, T] leave-one-out baselines: for episode e at step t, the mean of the other episodes' G_t."""
+    returns = np.asarray(returns, dtype=np.float64)
+    count = returns.shape[0]
+    if count < 2:
+        raise ValueError("a group baseline needs at least two episodes per update")
+    return (returns.sum(axis=0, keepdims=True) - returns) / (count - 1)
+
+
+def batch_advantages(episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per episode: (advantages, critic targets), before normalization; see the module docstring."""
+    rewards = [np.array([d.reward for d in buffer.decisions]) for buffer in episodes]
+    dones = [np.array([d.done for d in buffer.decisions], dtype=np.float64) for buffer in episodes]
+    returns = [discounted_returns(r, config.gamma) for r in rewards]
+    if config.baseline == "group":
+        lengths = {len(r) for r in rewards}
+        if len(lengths) != 1:
+            raise ValueError("a group baseline needs episodes of equal length (the same budget)")
+        values = list(group_baselines(np.stack(returns)))
+    else:
+        values = [np.array([d.value for d in buffer.decisions]) for buffer in episodes]
+    # Every rollout is one whole episode, so the last decision is terminal and last_value is never used.
+    advantages = [compute_gae(r, v, d, 0.0, config.gamma, config.gae_lambda)[0] for r, v, d in zip(rewards, values, dones)]
+    return advantages, returns
+
+
 def clipped_surrogate_loss(ratio: torch.Tensor, advantage: torch.Tensor | float, clip_coef: float) -> torch.Tensor:
     """PPO's clipped objective as a loss: -mean( min(r A, clip(r, 1 - eps, 1 + eps) A) ).
 
-    For RAISE, ``ratio`` holds one entry per cluster group of a decision (each group's draw is one
-    factor of the action): every factor is clipped on its own, then they are averaged.
+    For RAISE, ``ratio`` holds one entry per pick of a decision (each pick is one factor of the
+    action): every factor is clipped on its own, then they are averaged.
     """
     unclipped = -advantage * ratio
     clipped = -advantage * torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
@@ -100,7 +156,7 @@ class StoredDecision:
     chosen: np.ndarray  # [decision_size] int64 pool indices: the groups concatenated, each in draw order
     group_sizes: np.ndarray  # [C + 1] int64 (the last group fills clusters smaller than their quota)
     stage: np.ndarray  # [3] float32 stage features at decision time
-    old_log_probs: np.ndarray  # [C + 1] float32 per-group Plackett-Luce log-prob under the rollout policy
+    old_log_probs: np.ndarray  # [decision_size] float32 per-pick Plackett-Luce log-prob under the rollout policy
     value: float  # V(s_t) under the rollout critic
     reward: float  # scaled reward of the decision
     done: bool  # the episode ended after this decision
@@ -137,11 +193,19 @@ class RolloutBuffer:
         return np.bincount(np.concatenate([d.chosen for d in self.decisions[:t]]), minlength=pool_size)
 
 
-def run_episode(env: "FineTuneEnv", selector: RaiseSelector, generator: torch.Generator, episode_seed: int,
-                reward_scale: float) -> tuple[RolloutBuffer, dict]:
-    """Play one fine-tuning episode with the stochastic policy; returns the buffer and the episode's numbers."""
-    env.reset(episode_seed)
-    selector.reset(episode_seed)
+def episode_seed(seed: int, episode: int) -> int:
+    """The seed of episode ``episode`` of a training seeded ``seed`` (env reset and sampler)."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+
+
+def run_episode(env: "FineTuneEnv", selector: RaiseSelector, seed: int, reward_scale: float) -> tuple[RolloutBuffer, dict]:
+    """Play one fine-tuning episode with the stochastic policy; returns the buffer and the episode's numbers.
+
+    The result depends only on the selector's weights and ``seed`` (env reset and Plackett-Luce sampler).
+    """
+    env.reset(seed)
+    selector.reset(seed)
+    generator = torch.Generator().manual_seed(seed)
     buffer = RolloutBuffer()
     episode_return, updates, tokens = 0.0, 0, 0
     while not env.done:
@@ -159,6 +223,17 @@ def run_episode(env: "FineTuneEnv", selector: RaiseSelector, generator: torch.Ge
     return buffer, summary
 
 
+def collect_rollouts(env: "FineTuneEnv", selector: RaiseSelector, seeds: Sequence[int],
+                     reward_scale: float) -> list[tuple[RolloutBuffer, dict]]:
+    """One PPO update's batch of episodes, played in-process one after another (the unit of work)."""
+    rollouts = []
+    for seed in seeds:
+        started = time.perf_counter()
+        buffer, summary = run_episode(env, selector, seed, reward_scale)
+        rollouts.append((buffer, {**summary, "seconds": time.perf_counter() - started}))
+    return rollouts
+
+
 # -- the update -----------------------------------------------------------------------------
 def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, advantage: float, target_return: float,
                        config: RaiseConfig, weight: float) -> dict[str, float]:
@@ -172,10 +247,9 @@ def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, a
     scores.requires_grad_(True)
     logits = selector.logits(scores, counts)
 
-    nonempty = torch.from_numpy(stored.group_sizes > 0)
-    new_log_probs = selector.group_log_probs(logits, buffer.groups(t))[nonempty]
-    log_ratio = new_log_probs - torch.from_numpy(stored.old_log_probs)[nonempty]
-    ratio = log_ratio.exp()  # one importance ratio per cluster group
+    new_log_probs = selector.pick_log_probs(logits, buffer.groups(t))
+    log_ratio = new_log_probs - torch.from_numpy(stored.old_log_probs)
+    ratio = log_ratio.exp()  # one importance ratio per pick
     policy_loss = clipped_surrogate_loss(ratio, advantage, config.clip_coef)
     entropy = selector.entropy(logits)
     value = critic(critic_summary(stage, availability, scores))
@@ -192,40 +266,54 @@ def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, a
             "policy_loss": float(policy_loss),
             "value_loss": float(value_loss),
             "entropy": float(entropy),
-            "approx_kl": float(((ratio - 1) - log_ratio).mean()),  # k3 estimator of KL(old || new)
+            "approx_kl": float(((ratio - 1) - log_ratio).mean()),  # k3 estimator of KL(old || new) per pick
             "clip_fraction": float(((ratio - 1).abs() > config.clip_coef).float().mean()),
         }
 
 
-def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, config: RaiseConfig,
-               rng: np.random.Generator) -> dict[str, float]:
-    """update_epochs passes over the episode's decisions in shuffled minibatches; returns mean statistics."""
-    rewards = np.array([d.reward for d in buffer.decisions])
-    values = np.array([d.value for d in buffer.decisions])
-    dones = np.array([d.done for d in buffer.decisions], dtype=np.float64)
-    # Every rollout is one whole episode, so the last decision is terminal and last_value is never used.
-    advantages, returns = compute_gae(rewards, values, dones, 0.0, config.gamma, config.gae_lambda)
-    if config.normalize_advantages and len(advantages) > 1:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, episodes: Sequence[RolloutBuffer],
+               config: RaiseConfig, rng: np.random.Generator) -> dict[str, float]:
+    """update_epochs passes over the batch's decisions in shuffled minibatches; returns mean statistics.
+
+    Stops early (``early_stopped`` = 1) once a minibatch's mean approximate KL exceeds ``target_kl``.
+    """
+    advantages, returns = batch_advantages(episodes, config)
+    flat = np.concatenate(advantages)
+    if config.normalize_advantages and flat.size > 1:
+        mean, std = flat.mean(), flat.std()
+        advantages = [(a - mean) / (std + 1e-8) for a in advantages]
+    decisions = [(e, t) for e, buffer in enumerate(episodes) for t in range(len(buffer))]
 
     stats = defaultdict(list)
+    early_stopped = False
+    minibatches = 0
     for _ in range(config.update_epochs):
-        order = rng.permutation(len(buffer))
+        order = rng.permutation(len(decisions))
         for start in range(0, len(order), config.minibatch_size):
-            minibatch = order[start:start + config.minibatch_size]
+            minibatch = [decisions[i] for i in order[start:start + config.minibatch_size]]
             optimizer.zero_grad(set_to_none=True)
             selector.refresh_projection()  # weights are fixed within a minibatch
-            for t in minibatch:  # one decision at a time: only one pool-sized graph alive
-                decision_stats = _decision_backward(selector, buffer, int(t), float(advantages[t]), float(returns[t]),
-                                                    config, weight=1.0 / len(minibatch))
+            kls = []
+            for e, t in minibatch:  # one decision at a time: only one pool-sized graph alive
+                decision_stats = _decision_backward(selector, episodes[e], t, float(advantages[e][t]),
+                                                    float(returns[e][t]), config, weight=1.0 / len(minibatch))
                 for key, number in decision_stats.items():
                     stats[key].append(number)
+                kls.append(decision_stats["approx_kl"])
+            if config.target_kl is not None and np.mean(kls) > config.target_kl:
+                early_stopped = True  # this minibatch's gradient is dropped: the policy left the trust region
+                break
             # Clipped separately: early on the critic's value errors are large and would shrink the policy's step.
             torch.nn.utils.clip_grad_norm_(selector.policy.parameters(), config.max_grad_norm)
             torch.nn.utils.clip_grad_norm_(selector.critic.parameters(), config.max_grad_norm)
             optimizer.step()
+            minibatches += 1
+        if early_stopped:
+            break
     selector.refresh_projection()  # the next rollout scores with the updated weights
-    return {key: float(np.mean(numbers)) for key, numbers in stats.items()}
+    summary = {key: float(np.mean(numbers)) for key, numbers in stats.items()}
+    summary.update(optimizer_steps=minibatches, early_stopped=int(early_stopped))
+    return summary
 
 
 # -- callbacks ------------------------------------------------------------------------------
@@ -236,14 +324,15 @@ class Callback:
         """Before the first episode of this call (start_episode > 0 when resuming)."""
 
     def on_episode_end(self, episode: int, summary: dict) -> bool | None:
-        """After each episode's update and checkpoint, with its episodes.jsonl row; return False to stop."""
+        """After each episode's update and checkpoint, with its episodes.jsonl row; return False to stop
+        (training stops after the current update)."""
 
     def on_train_end(self, artifact: RaiseArtifact) -> None:
         """After the selector folder is written."""
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def _rng_states(sampling: torch.Generator, minibatch_rng: np.random.Generator) -> dict:
+def _rng_states(minibatch_rng: np.random.Generator) -> dict:
     # JSON strings for Python/NumPy states keep the checkpoint loadable with torch.load(weights_only=True).
     numpy_global = np.random.get_state(legacy=False)
     numpy_global["state"]["key"] = numpy_global["state"]["key"].tolist()
@@ -251,19 +340,17 @@ def _rng_states(sampling: torch.Generator, minibatch_rng: np.random.Generator) -
         "python": json.dumps(random.getstate()),
         "numpy": json.dumps(numpy_global),
         "torch": torch.get_rng_state(),
-        "sampling": sampling.get_state(),
         "minibatch": json.dumps(minibatch_rng.bit_generator.state),
     }
 
 
-def _restore_rng_states(states: dict, sampling: torch.Generator, minibatch_rng: np.random.Generator) -> None:
+def _restore_rng_states(states: dict, minibatch_rng: np.random.Generator) -> None:
     version, internal, gauss = json.loads(states["python"])
     random.setstate((version, tuple(internal), gauss))
     numpy_global = json.loads(states["numpy"])
     numpy_global["state"]["key"] = np.array(numpy_global["state"]["key"], dtype=np.uint32)
     np.random.set_state(numpy_global)
     torch.set_rng_state(states["torch"])
-    sampling.set_state(states["sampling"])
     minibatch_rng.bit_generator.state = json.loads(states["minibatch"])
 
 
@@ -306,6 +393,20 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
 
 
 # -- entry point ----------------------------------------------------------------------------
+def check_batching(config: RaiseConfig) -> None:
+    """One-line errors for an episode count the update batches cannot split, or a group baseline without a group."""
+    if config.episodes_per_update < 1:
+        raise UserError(f"raise.episodes_per_update={config.episodes_per_update} must be at least 1")
+    if config.episodes < 1 or config.episodes % config.episodes_per_update:
+        raise UserError(
+            f"raise.episodes={config.episodes} must be a positive multiple of raise.episodes_per_update="
+            f"{config.episodes_per_update} (each PPO update plays that many episodes)"
+        )
+    if config.baseline == "group" and config.episodes_per_update < 2:
+        raise UserError("raise.baseline=group compares the episodes of one update: set raise.episodes_per_update >= 2 "
+                        "or raise.baseline=critic")
+
+
 def train_selector(
     env: "FineTuneEnv",
     context: SelectionContext,
@@ -314,17 +415,19 @@ def train_selector(
     seed: int,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
-    max_episodes: int | None = None,
+    max_updates: int | None = None,
     progress: bool = True,
     provenance: dict | None = None,
 ) -> RaiseArtifact:
     """Train the RAISE selector with PPO for ``config.episodes`` episodes and write ``output_dir/selector/``.
 
-    ``seed`` seeds the policy init, k-means, the Plackett-Luce sampler, minibatch order, and episode k's
-    ``env.reset(seed + k)``. ``max_episodes`` stops after that many completed episodes (as if killed;
+    Episodes are played in batches of ``config.episodes_per_update``, one PPO update per batch.
+    ``seed`` seeds the policy init, k-means, minibatch order, and episode k's env reset and sampler
+    (:func:`episode_seed`). ``max_updates`` stops after that many completed updates (as if killed;
     the checkpoint allows ``resume=True`` later). ``provenance`` adds entries (e.g. the model name)
     to the saved selector's provenance. Returns the artifact that was saved.
     """
+    check_batching(config)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = output_dir / CHECKPOINT_FILE
@@ -338,33 +441,39 @@ def train_selector(
     selector.setup(dataclasses.replace(context, seed=seed))
     parameters = list(selector.policy.parameters()) + list(selector.critic.parameters())
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=1e-5)
-    sampling = torch.Generator().manual_seed(seed)
     minibatch_rng = np.random.default_rng(seed)
     rows: list[dict] = []
     start = 0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        _restore_rng_states(checkpoint["rng"], sampling, minibatch_rng)
+        _restore_rng_states(checkpoint["rng"], minibatch_rng)
         rows, start = list(checkpoint["rows"]), int(checkpoint["episode"])
 
-    stop = config.episodes if max_episodes is None else min(config.episodes, max_episodes)
+    per_update = config.episodes_per_update
+    total_updates = config.episodes // per_update
+    stop = total_updates if max_updates is None else min(total_updates, start // per_update + max_updates)
     for callback in callbacks:
         callback.on_train_start(start, config.episodes)
     bar = tqdm(total=config.episodes, initial=start, desc="train-selector", unit="episode", disable=not progress)
-    for episode in range(start, stop):
+    for update in range(start // per_update, stop):
+        episodes = range(update * per_update, (update + 1) * per_update)
+        rollouts = collect_rollouts(env, selector, [episode_seed(seed, k) for k in episodes], config.reward_scale)
         started = time.perf_counter()
-        buffer, summary = run_episode(env, selector, sampling, seed + episode, config.reward_scale)
-        update_stats = ppo_update(selector, optimizer, buffer, config, minibatch_rng)
-        row = {"episode": episode, **summary, "seconds": time.perf_counter() - started, **update_stats}
-        rows.append(row)
+        update_stats = ppo_update(selector, optimizer, [buffer for buffer, _ in rollouts], config, minibatch_rng)
+        update_seconds = time.perf_counter() - started
+        new_rows = [
+            {"episode": k, "update": update, **summary, "update_seconds": update_seconds / per_update, **update_stats}
+            for k, (_, summary) in zip(episodes, rollouts)
+        ]
+        rows.extend(new_rows)
         write_jsonl(output_dir / EPISODES_FILE, rows)
-        save_checkpoint(checkpoint_path, selector, optimizer, episode + 1, rows, seed,
-                        _rng_states(sampling, minibatch_rng))
-        bar.set_postfix({"return": f"{row['return']:.4f}", "val": f"{row['validation_loss_final']:.4f}",
-                         "s/ep": f"{row['seconds']:.1f}"})
-        bar.update(1)
-        if any([callback.on_episode_end(episode, row) is False for callback in callbacks]):  # every hook runs
-            break
+        save_checkpoint(checkpoint_path, selector, optimizer, episodes.stop, rows, seed, _rng_states(minibatch_rng))
+        returns = [row["return"] for row in new_rows]
+        bar.set_postfix({"return": f"{np.mean(returns):.4f}", "kl": f"{update_stats.get('approx_kl', 0.0):.3f}",
+                         "s/ep": f"{np.mean([row['seconds'] for row in new_rows]):.1f}"})
+        bar.update(per_update)
+        if any([callback.on_episode_end(row["episode"], row) is False for row in new_rows for callback in callbacks]):
+            break  # every hook runs
     bar.close()
 
     artifact = selector.to_artifact({"episodes": len(rows), **(provenance or {})})

@@ -38,8 +38,8 @@ the shortfall is a last "fill" group taken from all remaining candidates by scor
 appears twice within one decision.
 
 Policy: training samples, per cluster, ``b`` items without replacement from ``softmax(F / tau)``
-(Plackett-Luce, drawn with Gumbel-top-k) and records the exact log-probability of the ordered
-subset; deployment takes the greedy top-b. The entropy bonus uses a cheap estimate: the entropy of
+(Plackett-Luce, drawn with Gumbel-top-k) and records the exact log-probability of every pick
+(their sum is the ordered subset's); deployment takes the greedy top-b. The entropy bonus uses a cheap estimate: the entropy of
 each cluster's first-pick softmax, averaged over clusters.
 
 Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
@@ -257,11 +257,12 @@ def choose_groups(keys: torch.Tensor, members: list[torch.Tensor], quotas: list[
     return groups
 
 
-def plackett_luce_log_prob(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Exact log-probability of drawing ``chosen`` (positions into ``logits``) in this order, without replacement.
+def plackett_luce_pick_log_probs(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """[k] log-probability of each draw of ``chosen`` (positions into ``logits``), in order, without replacement.
 
-    log p = sum_k [ z_k - logsumexp(z over items not yet drawn before pick k) ]; the set still
-    available at pick k is (never drawn) + (chosen_k .. chosen_last), summed without subtraction.
+    log p_k = z_k - logsumexp(z over items not yet drawn before pick k); the set still available at
+    pick k is (never drawn) + (chosen_k .. chosen_last), summed without subtraction. Their sum is the
+    exact log-probability of the ordered draw.
     """
     chosen_logits = logits[chosen]
     # logsumexp of chosen_k .. chosen_last for every k (reverse cumulative)
@@ -270,7 +271,12 @@ def plackett_luce_log_prob(logits: torch.Tensor, chosen: torch.Tensor) -> torch.
     never_drawn[chosen] = False
     if never_drawn.any():  # logsumexp of an empty set would give a NaN gradient
         tail = torch.logaddexp(tail, torch.logsumexp(logits[never_drawn], dim=0))
-    return (chosen_logits - tail).sum()
+    return chosen_logits - tail
+
+
+def plackett_luce_log_prob(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Exact log-probability of drawing ``chosen`` in this order without replacement (sum of the picks')."""
+    return plackett_luce_pick_log_probs(logits, chosen).sum()
 
 
 def first_pick_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -285,7 +291,7 @@ class SampledDecision:
 
     indices: np.ndarray  # [decision_size] for env.step, groups interleaved round-robin
     groups: list[np.ndarray]  # C + 1 groups of pool indices in draw order (last = fill group)
-    log_probs: torch.Tensor  # [C + 1] log-probability per group (0 for an empty group)
+    log_probs: torch.Tensor  # [decision_size] log-probability of every pick, groups concatenated in draw order
     value: float  # critic's estimate at this state
     stage: np.ndarray  # [3] stage features the decision was made with
 
@@ -416,10 +422,15 @@ class RaiseSelector:
                 for projection, avail in zip(self._projection.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS))
             ])
 
-    def group_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
-        """[C + 1] Plackett-Luce log-probability of each group's ordered draw (0 for an empty group)."""
+    def pick_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[decision_size] Plackett-Luce log-probability of every pick, groups concatenated in draw order.
+
+        Each cluster group is one draw over its members; the fill group draws from all candidates the
+        cluster groups left. PPO clips a ratio per pick (as token-level PPO does per token): the ratio
+        of a whole b-item draw is a product of b factors and leaves any trust region after tiny steps.
+        """
         log_probs = [
-            plackett_luce_log_prob(logits[cluster_members], self.local_position[group])
+            plackett_luce_pick_log_probs(logits[cluster_members], self.local_position[group])
             for cluster_members, group in zip(self.members, groups[:-1])
         ]
         fill = groups[-1]
@@ -427,10 +438,8 @@ class RaiseSelector:
             taken = torch.zeros(logits.shape[0], dtype=torch.bool)
             taken[torch.cat(list(groups[:-1]))] = True
             remaining = (~taken).nonzero().squeeze(1)  # sorted, so positions are found by binary search
-            log_probs.append(plackett_luce_log_prob(logits[remaining], torch.searchsorted(remaining, fill)))
-        else:
-            log_probs.append(logits.new_zeros(()))
-        return torch.stack(log_probs)
+            log_probs.append(plackett_luce_pick_log_probs(logits[remaining], torch.searchsorted(remaining, fill)))
+        return torch.cat(log_probs)
 
     def entropy(self, logits: torch.Tensor) -> torch.Tensor:
         """Mean first-pick entropy over clusters."""
@@ -467,7 +476,7 @@ class RaiseSelector:
         gumbel_keys = logits - torch.log(-torch.log(uniform))
         groups = choose_groups(gumbel_keys, self.members, cluster_quotas(state.decision_size, self.config.clusters))
         with torch.no_grad():
-            log_probs = self.group_log_probs(logits, groups)
+            log_probs = self.pick_log_probs(logits, groups)
             value = self.critic(critic_summary(torch.from_numpy(stage), availability_feature(state.selection_counts), scores))
         arrays = [g.numpy() for g in groups]
         return SampledDecision(interleave(arrays), arrays, log_probs, float(value), stage)
