@@ -1,7 +1,8 @@
 """The fine-tuning environment: one budgeted fine-tuning run as an RL episode.
 
-``reset()`` puts the model back to its base weights with a fresh optimizer; ``step(indices)`` does
-one optimizer update per ``batch_size`` indices (``decision_interval`` updates per decision), then
+``reset()`` puts the model back to its base weights with a fresh optimizer (AdamW, constant learning
+rate after ``warmup_steps`` of linear warmup, as transformers' ``constant_with_warmup``);
+``step(indices)`` does one optimizer update per ``batch_size`` indices (``decision_interval`` updates per decision), then
 evaluates the target's validation loss and returns the reward = the loss decrease. The selector
 only sees :class:`~raise_select.selectors.base.EnvState`; the environment never knows which
 selector it serves.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import get_constant_schedule_with_warmup
 
 from .config import TrainConfig
 from .data.tokenize import TokenizedSet
@@ -90,6 +92,7 @@ class FineTuneEnv:
         self._base_weights = base_weights if base_weights is not None else lm.snapshot()
         self._pad_id = lm.tokenizer.pad_token_id
         self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._state: EnvState | None = None
         self._decisions = 0
         self._initial_validation_loss: float | None = None
@@ -102,6 +105,8 @@ class FineTuneEnv:
         self._optimizer = torch.optim.AdamW(
             self.lm.trainable_parameters(), lr=self.train.learning_rate, weight_decay=self.train.weight_decay
         )
+        # transformers' "constant_with_warmup": lr x step / warmup_steps for the first steps, then constant.
+        self._scheduler = get_constant_schedule_with_warmup(self._optimizer, self.train.warmup_steps)
         if self._initial_validation_loss is None:  # base weights are the same every episode
             self._initial_validation_loss = self.evaluate()
         self._decisions = 0
@@ -149,6 +154,7 @@ class FineTuneEnv:
             if self.train.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.lm.trainable_parameters(), self.train.max_grad_norm)
             self._optimizer.step()
+            self._scheduler.step()
             self._optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
             tokens += self.pool_tokens.num_tokens(batch_indices)
