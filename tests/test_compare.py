@@ -31,8 +31,10 @@ COMPARE_OVERRIDES = [
     f"compare.seeds=[{', '.join(map(str, SEEDS))}]",
     "compare.test_metric=true",
     "raise.episodes=2",
+    "raise.episodes_per_update=2",
 ]
-RUN_NAMES = [f"{method}-{BUDGET_STEPS}steps-s{seed}" for method, seed in itertools.product(METHODS, SEEDS)]
+RUN_NAMES = [f"{'raise-sel0' if method == 'raise' else method}-{BUDGET_STEPS}steps-s{seed}"
+             for method, seed in itertools.product(METHODS, SEEDS)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -94,7 +96,7 @@ def test_ledger_covers_features_selector_training_and_finetune(comparison):
         assert phases[name]["tokens"] > 0, name
         assert phases[name]["phi"] == pytest.approx(phases[name]["tokens"] / ledger["phi"]["tokens"])
         assert phases[name]["phi_seconds"] is not None and phases[name]["phi_seconds"] > 0
-    episodes = read_jsonl(output / "selector" / "episodes.jsonl")
+    episodes = read_jsonl(output / "selector-s0" / "episodes.jsonl")
     assert len(episodes) == 2
     assert phases["selector_training"]["tokens"] == sum(e["tokens"] for e in episodes)
     raise_seed0 = comparison.results["rows"][0]
@@ -165,11 +167,11 @@ def test_interrupted_comparison_resumes_without_redoing_finished_runs(comparison
 
 
 def test_pretrained_policy_skips_selector_training(comparison, tmp_path, monkeypatch):
-    policy = comparison.output / "selector" / "selector"
+    policy = comparison.output / "selector-s0" / "selector"
     monkeypatch.setattr(experiments, "train_raise_selector", _must_not_run)
     config = _config("compare.methods=[raise]", "compare.seeds=[0]", f"raise.policy={policy}")
     results = run_comparison(config, tmp_path, progress=False, bench=comparison.bench)
-    assert not (tmp_path / "selector").exists()
+    assert not list(tmp_path.glob("selector*"))
     assert [(r["method"], r["seed"]) for r in results["rows"]] == [("raise", 0)]
     assert results["rows"][0]["validation_loss"] == _losses(comparison.results)[("raise", 0)]
     assert results["ledger"]["phases"]["selector_training"]["tokens"] == 0

@@ -132,7 +132,7 @@ def make_compare(folder: Path, with_selector: bool = True) -> Path:
     ]
     _write_json(folder / "results.json", {"rows": rows, "summary": summary, "ledger": LEDGER})
     if with_selector:
-        make_episodes(folder / "selector")
+        make_episodes(folder / "selector-s0")
     return folder
 
 
@@ -227,7 +227,7 @@ def test_partial_folders_still_report(tmp_path):
     # A comparison whose selector folder is absent.
     compare = make_compare(tmp_path / "cmp", with_selector=False)
     text = write_report(compare).read_text(encoding="utf-8")
-    assert "no selector/episodes.jsonl" in text and "| raise | 1% | 2 |" in text
+    assert "no selector-s*/episodes.jsonl" in text and "| raise | 1% | 2 |" in text
 
 
 def test_selector_training_report(tmp_path):

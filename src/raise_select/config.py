@@ -73,6 +73,7 @@ class TrainConfig:
     learning_rate: float = 2e-4  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    warmup_steps: int = 0  # linear learning-rate warmup over the first N updates of every run (transformers' constant_with_warmup: the first update has lr 0)
     budget_steps: int | None = None  # optimizer updates per run; overrides budget_fraction
     budget_fraction: float | None = 0.01  # budget as a fraction of full-data steps
     full_data_epochs: int = 3  # E in "full data = E epochs over the pool at batch size B"
@@ -99,7 +100,9 @@ class RaiseConfig:
     hidden_size: int = 64  # acquisition MLP width
     temperature: float = 1.0  # tau in softmax(F / tau) of the Plackett-Luce sampler
     fresh_first: bool = True  # prefer examples not yet selected this episode (sampling and greedy) [ours]
-    episodes: int = 20  # K: PPO iterations, one fine-tuning episode each
+    episodes: int = 32  # K: fine-tuning episodes in all (a multiple of episodes_per_update)
+    episodes_per_update: int = 8  # E: episodes played with one policy before each PPO update [ours]
+    baseline: str = "group"  # group: per-step leave-one-out baseline over the update's episodes [ours] | critic: GAE with V(s)
     episode_steps: int | None = None  # optimizer updates per training episode (default: the finetune budget)
     gamma: float = 1.0  # discount (1: the return telescopes to the total validation-loss drop)
     gae_lambda: float = 0.5  # GAE lambda (low: credit each decision mostly by its own loss drop; measured better on the testbed than 0.95)
@@ -109,6 +112,7 @@ class RaiseConfig:
     learning_rate: float = 3e-4  # policy and critic Adam learning rate
     update_epochs: int = 4  # epochs over the stored decisions per PPO update
     minibatch_size: int = 8  # decisions per minibatch
+    target_kl: float | None = 0.02  # stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables
     max_grad_norm: float = 0.5  # policy gradient clipping
     normalize_advantages: bool = True  # standardize advantages per update
     reward_scale: float = 10.0  # rewards (loss drops) are multiplied by this before GAE (keeps critic targets O(1))
@@ -120,7 +124,8 @@ class CompareConfig:
     """Equal-budget comparisons (raise-select compare)."""
 
     methods: list[str] = field(default_factory=lambda: ["raise", "random", "longest", "ifd"])  # selectors to compare ("full" runs once at 100 %)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds per method
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds per method
+    selector_seeds: list[int] = field(default_factory=lambda: [0])  # RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over `seeds`
     budgets: list[float] = field(default_factory=lambda: [0.01])  # budgets as fractions of full-data steps
     budget_steps: list[int] = field(default_factory=list)  # budgets in optimizer updates (used instead of `budgets` when given)
     test_metric: bool = True  # compute the test metric for every run (generation can be slow)
@@ -256,6 +261,7 @@ def validate(config: Config) -> None:
         "model.precision": (config.model.precision, {"fp32", "bf16"}),
         "pool.on_error": (config.pool.on_error, {"raise", "skip"}),
         "target.metric": (config.target.metric, {"auto", "exact_match", "multiple_choice", "none"}),
+        "raise.baseline": (config.raise_.baseline, {"group", "critic"}),
     }
     for name, (value, allowed) in choice_fields.items():
         if value not in allowed:

@@ -1,8 +1,9 @@
 """Selector training, equal-budget comparisons with a compute ledger, and the demo.
 
-A comparison folder holds ``config.yaml``, ``selector/`` (the RAISE selector it trained or was given),
-``runs/<method>-<steps>steps-s<seed>/`` (one fine-tuning run folder each, see :mod:`pipeline`), and
-``results.json`` / ``results.csv`` / ``results.md``. Finished runs (their ``evaluation.json``
+A comparison folder holds ``config.yaml``, ``selector-s<S>/`` (one RAISE selector training per
+selector seed S in ``compare.selector_seeds``), ``runs/<method>-<steps>steps-s<seed>/`` (one
+fine-tuning run folder each, see :mod:`pipeline`; RAISE's are ``raise-sel<S>-<steps>steps-s<seed>``),
+and ``results.json`` / ``results.csv`` / ``results.md``. Finished runs (their ``evaluation.json``
 exists) are not redone, so an interrupted comparison resumes by running the same command again.
 """
 
@@ -23,6 +24,11 @@ from .pipeline import PhaseCost, Workbench, ledger, read_json, run_finetune
 from .selectors import build_selector
 
 SELECTOR_DIR = "selector"
+
+
+def selector_training_dir(output: Path, selector_seed: int) -> Path:
+    """Where a comparison trains (or finds) its RAISE selector for one selector seed."""
+    return Path(output) / f"selector-s{selector_seed}"
 
 
 def selector_training_cost(train_dir: Path) -> PhaseCost:
@@ -72,7 +78,7 @@ def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
 
 def run_comparison(config: Config, output: Path, progress: bool = True, bench: Workbench | None = None) -> dict:
     """Every method x budget x seed at equal step budgets on one model, pool and target."""
-    from .report import format_results_table, summarize
+    from .report import format_results_table, format_selector_seed_table, gap_sentence, oracle_gaps, selector_seed_breakdown, summarize
 
     if not config.compare.methods:
         raise UserError("compare.methods is empty; list selectors to compare (e.g. [raise, random, longest])")
@@ -88,44 +94,58 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     budgets = _budget_list(config, len(bench.pool))
     full_steps = full_data_steps(len(bench.pool), config.train)
 
-    selector_phase = PhaseCost()
+    # RAISE: one selector per selector seed (trained here unless raise.policy gives one).
+    policies: dict[int | None, str] = {}
+    selector_phases: dict[int | None, PhaseCost] = {}
     if "raise" in methods:
-        policy = config.raise_.policy
-        if policy is None:
-            train_dir = output / SELECTOR_DIR
+        if config.raise_.policy is not None:
+            policies[None], selector_phases[None] = config.raise_.policy, PhaseCost()
+        for selector_seed in ([] if config.raise_.policy is not None else config.compare.selector_seeds):
+            train_dir = selector_training_dir(output, selector_seed)
             if not (train_dir / SELECTOR_DIR / "selector.json").is_file():
                 train_config = copy.deepcopy(config)
+                train_config.seed = selector_seed  # policy init, k-means, episode sampling
                 train_config.raise_.episode_steps = config.raise_.episode_steps or budgets[0][1]
                 trainer_bench = replace(bench, config=train_config)
                 train_raise_selector(trainer_bench, train_dir, resume=(train_dir / "checkpoint.pt").is_file(),
                                      progress=progress)
                 bench.feature_cost = trainer_bench.feature_cost
                 bench.features, bench.target_embedding = trainer_bench.features, trainer_bench.target_embedding
-            policy = str(train_dir / SELECTOR_DIR)
-            selector_phase = selector_training_cost(train_dir)
-        config = copy.deepcopy(config)
-        config.raise_.policy = policy
+            policies[selector_seed] = str(train_dir / SELECTOR_DIR)
+            selector_phases[selector_seed] = selector_training_cost(train_dir)
 
     rows = []
     for method in methods:
         method_budgets = [(1.0, full_steps)] if method == "full" else budgets
-        for fraction, steps in method_budgets:
-            for seed in config.compare.seeds:
-                run_dir = output / "runs" / f"{method}-{steps}steps-s{seed}"
-                if (run_dir / "evaluation.json").is_file():
-                    rows.append(_row_from_folder(run_dir, output, method, fraction, steps, seed))
-                    continue
-                selector = build_selector(method, config)
-                extra = {"selector_training": selector_phase} if method == "raise" else None
-                run_finetune(bench, selector, run_dir, steps, seed, test_metric=config.compare.test_metric,
-                             extra_phases=extra, progress=progress)
-                rows.append(_row_from_folder(run_dir, output, method, fraction, steps, seed))
+        for selector_seed, policy in (policies.items() if method == "raise" else [(None, None)]):
+            method_config = copy.deepcopy(config)
+            method_config.raise_.policy = policy
+            for fraction, steps in method_budgets:
+                for seed in config.compare.seeds:
+                    name = method if selector_seed is None else f"{method}-sel{selector_seed}"
+                    run_dir = output / "runs" / f"{name}-{steps}steps-s{seed}"
+                    if not (run_dir / "evaluation.json").is_file():
+                        selector = build_selector(method, method_config)
+                        extra = {"selector_training": selector_phases[selector_seed]} if method == "raise" else None
+                        run_finetune(bench, selector, run_dir, steps, seed, test_metric=config.compare.test_metric,
+                                     extra_phases=extra, progress=progress)
+                    row = _row_from_folder(run_dir, output, method, fraction, steps, seed)
+                    rows.append({**row, "selector_seed": selector_seed})
 
+    selector_phase = PhaseCost()  # one selector training: what a user pays once per selector
+    if selector_phases:
+        phases = list(selector_phases.values())
+        selector_phase.add(sum(p.seconds for p in phases) / len(phases), round(sum(p.tokens for p in phases) / len(phases)))
     summary = summarize(rows)
-    results = {"rows": rows, "summary": summary, "ledger": _comparison_ledger(bench, rows, selector_phase)}
+    by_selector_seed = selector_seed_breakdown(rows)
+    gaps = oracle_gaps(summary)
+    results = {"rows": rows, "summary": summary, "selector_seeds": by_selector_seed, "oracle_gap": gaps,
+               "ledger": _comparison_ledger(bench, rows, selector_phase)}
     write_json(output / "results.json", results)
     _write_csv(output / "results.csv", rows)
-    write_text(output / "results.md", format_results_table(summary) + "\n")
+    write_text(output / "results.md", "\n\n".join(
+        [format_results_table(summary)] + ([format_selector_seed_table(by_selector_seed)] if by_selector_seed else [])
+        + [gap_sentence(g) for g in gaps]) + "\n")
     return results
 
 

@@ -132,6 +132,76 @@ def format_results_table(summary_rows: list[dict], test_metric: str | None = Non
     return _markdown_table(headers, body)
 
 
+def selector_seed_breakdown(rows: list[dict]) -> list[dict]:
+    """RAISE per selector seed and budget: mean validation loss over fine-tuning seeds, next to random's.
+
+    One dict per (budget, selector seed) of the RAISE rows that carry a ``selector_seed``:
+    {budget, steps, selector_seed, raise_mean, raise_values, random_mean, beats_random}.
+    """
+    random_by_budget: dict[Any, list[float]] = defaultdict(list)
+    raise_groups: dict[tuple, list[float]] = defaultdict(list)
+    steps_of: dict[Any, Any] = {}
+    for row in rows:
+        if row.get("validation_loss") is None:
+            continue
+        if row["method"] == "random":
+            random_by_budget[row.get("budget")].append(row["validation_loss"])
+        elif row["method"] == "raise" and row.get("selector_seed") is not None:
+            raise_groups[(row.get("budget"), row["selector_seed"])].append(row["validation_loss"])
+            steps_of[row.get("budget")] = row.get("steps")
+    breakdown = []
+    for (budget, selector_seed), values in raise_groups.items():
+        random_mean = _mean_std(random_by_budget.get(budget, []))[0]
+        raise_mean = float(np.mean(values))
+        breakdown.append({
+            "budget": budget, "steps": steps_of.get(budget), "selector_seed": selector_seed, "raise_mean": raise_mean,
+            "raise_values": values, "random_mean": random_mean,
+            "beats_random": None if random_mean is None else bool(raise_mean < random_mean),
+        })
+    return breakdown
+
+
+def format_selector_seed_table(breakdown: list[dict]) -> str:
+    """Markdown: RAISE's validation loss per selector seed (mean over fine-tuning seeds) against random."""
+    body = [[
+        _format_budget(row["budget"], row.get("steps")), str(row["selector_seed"]), f"{row['raise_mean']:.4f}",
+        ", ".join(f"{v:.4f}" for v in row["raise_values"]), _format_number(row.get("random_mean"), 4),
+        {True: "yes", False: "no", None: "–"}[row.get("beats_random")],
+    ] for row in breakdown]
+    return _markdown_table(["budget", "selector seed", "raise (mean)", "raise per fine-tuning seed", "random (mean)",
+                            "raise below random"], body)
+
+
+def oracle_gaps(summary: list[dict]) -> list[dict]:
+    """Per budget with raise, random and oracle rows: the share of the random -> oracle gap RAISE closes.
+
+    closed = (random - raise) / (random - oracle), on mean validation loss; None when the oracle is not
+    below random (no gap to close).
+    """
+    by_budget: dict[Any, dict[str, dict]] = defaultdict(dict)
+    for row in summary:
+        by_budget[row.get("budget")][row["method"]] = row
+    gaps = []
+    for budget, methods in by_budget.items():
+        if not {"raise", "random", "oracle"} <= methods.keys():
+            continue
+        raise_loss, random_loss, oracle_loss = (methods[m]["validation_loss_mean"] for m in ("raise", "random", "oracle"))
+        if None in (raise_loss, random_loss, oracle_loss):
+            continue
+        gap = random_loss - oracle_loss
+        gaps.append({"budget": budget, "steps": methods["raise"].get("steps"), "raise": raise_loss, "random": random_loss,
+                     "oracle": oracle_loss, "closed": (random_loss - raise_loss) / gap if gap > 0 else None})
+    return gaps
+
+
+def gap_sentence(gap: dict) -> str:
+    budget = _format_budget(gap["budget"], gap.get("steps"))
+    if gap["closed"] is None:
+        return f"At budget {budget} the oracle ({gap['oracle']:.4f}) is not below random ({gap['random']:.4f}): no gap to close."
+    return (f"RAISE closes {100 * gap['closed']:.0f} % of the gap between random and the oracle at budget {budget} "
+            f"(validation loss: random {gap['random']:.4f}, raise {gap['raise']:.4f}, oracle {gap['oracle']:.4f}).")
+
+
 # ----------------------------------------------------------------------------- report assembly
 
 
@@ -194,6 +264,9 @@ def _compare_report(report: _Report) -> None:
     ]
 
     report.facts.extend(_ranking_facts(summary, test_metric))
+    gaps = results.get("oracle_gap")
+    report.facts.extend(gap_sentence(g) for g in (oracle_gaps(summary) if gaps is None else gaps))
+    by_selector_seed = results.get("selector_seeds") or selector_seed_breakdown(rows)
     curves = _mean_curves(
         [(row["method"], row.get("budget"), row.get("steps"), run["metrics"]) for row, run in runs], len(budgets) > 1
     )
@@ -204,6 +277,7 @@ def _compare_report(report: _Report) -> None:
     report.section(
         "Results",
         format_results_table(summary, test_metric),
+        ("RAISE per selector-training seed:\n\n" + format_selector_seed_table(by_selector_seed)) if by_selector_seed else "",
         report.image(curve_plot, "validation loss vs optimizer step"),
         report.image(score_plot, "test metric per method"),
     )
@@ -212,9 +286,7 @@ def _compare_report(report: _Report) -> None:
     raise_runs = [run for row, run in runs if row["method"] == "raise"]
     random_selections = [_selection_records(run) for row, run in runs if row["method"] == "random"]
     explain = next((run["explain"] for run in raise_runs if run["explain"]), None)
-    selector_dir = run_dir / "selector"
-    if explain is None and (selector_dir / "explain.csv").is_file():
-        explain = _read_explain(selector_dir / "explain.csv")
+    selector_dir = run_dir / "selector"  # folders written before selector seeds existed
     if raise_runs:
         records = [record for run in raise_runs for record in _selection_records(run)]
         reference = _pool_reference(explain, [r for records in random_selections for r in records])
@@ -222,10 +294,11 @@ def _compare_report(report: _Report) -> None:
     else:
         report.notes.append("no RAISE runs in this comparison: the selection analysis is skipped")
     _score_driver_section(report, explain)
-    if (selector_dir / "episodes.jsonl").is_file():
-        _ppo_section(report, _read_jsonl(selector_dir / "episodes.jsonl"))
+    training_dirs = [d for d in sorted(run_dir.glob("selector-s*")) + [selector_dir] if (d / "episodes.jsonl").is_file()]
+    if training_dirs:  # the first selector seed's training (every seed's folder holds its own episodes.jsonl)
+        _ppo_section(report, _read_jsonl(training_dirs[0] / "episodes.jsonl"))
     else:
-        report.notes.append("no selector/episodes.jsonl: the PPO learning curve is skipped")
+        report.notes.append("no selector-s*/episodes.jsonl: the PPO learning curve is skipped")
 
 
 def _finetune_report(report: _Report) -> None:
