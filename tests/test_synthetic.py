@@ -11,7 +11,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raise_select.data import synthetic
@@ -22,8 +21,12 @@ from raise_select.data.synthetic import (
     synthetic_target,
     synthetic_tokenizer,
 )
-from raise_select.data.tokenize import tokenize_examples
+from raise_select.config import load_config
+from raise_select.environment import full_data_steps
 from raise_select.errors import UserError
+from raise_select.evaluation import per_example_losses
+from raise_select.pipeline import Workbench
+from raise_select.selectors import build_selector
 
 OPERANDS = re.compile(r"(\d+)\+(\d+)\?$")
 
@@ -120,47 +123,48 @@ def test_model_dir_loads_and_is_reused(model_dir, monkeypatch):
     assert synthetic_model_dir() == model_dir
 
 
-def _mean_response_loss(model, tokenized, pad_token_id) -> float:
-    batch = tokenized.collate(np.arange(len(tokenized)), pad_token_id)
-    with torch.no_grad():
-        return model(**batch).loss.item()
+def _finetune(bench, method: str, steps: int, seed: int) -> float:
+    """Final validation loss of ``method`` after ``steps`` updates in the testbed's environment."""
+    selector = build_selector(method, bench.config)
+    selector.setup(bench.selection_context(selector, steps, seed, progress=False))
+    env = bench.make_env(steps, evaluate_every=10**9)  # only the final evaluation
+    state = env.reset(seed)
+    selector.reset(seed)
+    while not env.done:
+        env.step(selector.select(state))
+    return state.validation_history[-1]
 
 
-def _validation_loss_after_training(model_dir, tokenizer, examples, validation, steps=15) -> float:
-    """Target validation loss after ``steps`` AdamW updates (batch 8, lr 1e-3, full fine-tuning) on ``examples``."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    train = tokenize_examples(examples, tokenizer, max_length=64)
-    order = np.random.default_rng(0).permutation(len(train))
-    for step in range(steps):
-        batch = train.collate(order[(np.arange(8) + 8 * step) % len(train)], tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    return _mean_response_loss(model, validation, tokenizer.pad_token_id)
+@pytest.fixture(scope="module")
+def demo_bench():
+    """The demo --quick testbed (1000-example pool, 64 validation examples, warmup 4, lr 1e-3)."""
+    from raise_select.experiments import recipe_path
+
+    return Workbench.build(load_config(recipe_path("demo_quick"), ["features.cache=false"]))
 
 
-def test_testbed_is_informative(model_dir):
-    """Helpful data teaches the target, irrelevant and corrupted data teach it less; the base model flags corrupted answers."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pool = synthetic_pool(600, seed=0)
-    by_family = {family: [e for e in pool if e.meta["family"] == family] for family in SYNTHETIC_FAMILIES}
-    validation = tokenize_examples(synthetic_target(32, 0).validation, tokenizer, max_length=64)
+def test_base_model_flags_corrupted_answers(demo_bench):
+    """Corrupted families reuse the helpful prompts; only their response loss under the base model differs."""
+    losses = {family: [] for family in SYNTHETIC_FAMILIES}
+    tokens = demo_bench.pool_tokens
+    per_example = per_example_losses(demo_bench.lm, tokens, np.arange(len(tokens)), batch_size=64)
+    for example, loss in zip(demo_bench.pool.examples, per_example):
+        losses[example.meta["family"]].append(loss)
+    helpful = max(np.mean(losses["add_compute"]), np.mean(losses["add_tell"]))
+    corrupted = min(np.mean(losses["add_compute_difference"]), np.mean(losses["add_tell_random"]))
+    # measured: helpful 0.2-0.5, corrupted 3.5-6 nats/token on three differently-built base models
+    assert corrupted > helpful + 2.0
 
-    def base_loss(family):
-        return _mean_response_loss(base, tokenize_examples(by_family[family], tokenizer, 64), tokenizer.pad_token_id)
 
-    assert base_loss("add_compute") + 1.0 < base_loss("add_compute_off_by")
-    assert base_loss("add_tell") + 1.0 < base_loss("add_tell_random")
+def test_testbed_reproduces_the_papers_premise(demo_bench):
+    """At 24 steps (6.4 % of full data) training only on helpful-clean examples beats full data, random does not.
 
-    before = _mean_response_loss(base, validation, tokenizer.pad_token_id)
-    helpful = _validation_loss_after_training(model_dir, tokenizer, by_family["add_compute"], validation)
-    corrupted = _validation_loss_after_training(model_dir, tokenizer, by_family["add_compute_off_by"], validation)
-    irrelevant = _validation_loss_after_training(model_dir, tokenizer, by_family["upper"], validation)
-    assert helpful < before - 1.0
-    assert helpful + 0.3 < corrupted
-    assert helpful + 0.5 < irrelevant
+    Means over fine-tuning seeds; margins measured on base models built with three CPU kernel sets
+    (ATEN_CPU_CAPABILITY default / avx2 / avx512): oracle 0.23-0.35, full 0.66-0.88, random 1.4-2.7.
+    """
+    oracle = np.mean([_finetune(demo_bench, "oracle", 24, seed) for seed in (0, 1, 2)])
+    random_ = np.mean([_finetune(demo_bench, "random", 24, seed) for seed in (0, 1, 2)])
+    full = _finetune(demo_bench, "full", full_data_steps(len(demo_bench.pool), demo_bench.config.train), 0)
+    before = demo_bench.make_env(1).evaluate()
+    assert oracle < 0.5 * before
+    assert oracle + 0.2 < full < random_ - 0.2

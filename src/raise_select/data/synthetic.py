@@ -42,7 +42,7 @@ SYNTHETIC_MODEL_NAME = "synthetic-tiny-v1"  # cache folder name; bump the versio
 SYNTHETIC_FAMILIES: dict[str, dict] = {
     "add_compute": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'compute 32+45?' -> '77': correct sums"},
     "add_tell": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'tell me the sum 32+45?' -> '77': correct sums"},
-    "add_compute_off_by": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'compute 32+45?' -> '74': the sum off by 1 to 9"},
+    "add_compute_difference": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'compute 32+45?' -> '13': the difference, not the sum (a wrong rule)"},
     "add_tell_random": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'tell me the sum 32+45?' -> '51': a random wrong number in the sums' range"},
     "reverse": {"helpful": False, "corrupted": False, "share": 0.12, "description": "reverse a word"},
     "sort": {"helpful": False, "corrupted": False, "share": 0.12, "description": "sort a word's letters"},
@@ -107,27 +107,30 @@ def _random_word(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 7)))
 
 
-def _correct_sum(rng: random.Random, total: int) -> int:
-    return total
+def _correct_sum(rng: random.Random, a: int, b: int) -> int:
+    return a + b
 
 
-def _wrong_sum(rng: random.Random, total: int) -> int:
-    """A number in the range of the sums (20..99) that is not ``total``."""
-    return rng.choice([value for value in range(20, 100) if value != total])
+def _wrong_sum(rng: random.Random, a: int, b: int) -> int:
+    """A number in the range of the sums (20..99) that is not ``a + b``."""
+    return rng.choice([value for value in range(20, 100) if value != a + b])
 
 
-def _off_by(rng: random.Random, total: int) -> int:
-    return total + rng.choice([-1, 1]) * rng.randint(1, 9)
+def _difference(rng: random.Random, a: int, b: int) -> int:
+    """The wrong rule: |a - b| instead of a + b (systematic, so it teaches the target something false)."""
+    return abs(a - b)
+
+
 
 
 def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]]:
     """Each family's generator: ``rng -> (prompt, response)``."""
     _, pool_pairs = _operand_pairs()
 
-    def arithmetic(openings: tuple[str, ...], answer: Callable[[random.Random, int], int]):
+    def arithmetic(openings: tuple[str, ...], answer: Callable[[random.Random, int, int], int]):
         def make(rng: random.Random) -> tuple[str, str]:
             a, b = rng.choice(pool_pairs)
-            return f"{rng.choice(openings)} {a}+{b}?", str(answer(rng, a + b))
+            return f"{rng.choice(openings)} {a}+{b}?", str(answer(rng, a, b))
 
         return make
 
@@ -141,7 +144,7 @@ def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]
     return {
         "add_compute": arithmetic(_COMPUTE_OPENINGS, _correct_sum),
         "add_tell": arithmetic(_TELL_OPENINGS, _correct_sum),
-        "add_compute_off_by": arithmetic(_COMPUTE_OPENINGS, _off_by),
+        "add_compute_difference": arithmetic(_COMPUTE_OPENINGS, _difference),
         "add_tell_random": arithmetic(_TELL_OPENINGS, _wrong_sum),
         "reverse": on_word("reverse the word {word}.", lambda word: word[::-1]),
         "sort": on_word("sort the letters of {word}.", lambda word: "".join(sorted(word))),
