@@ -85,6 +85,7 @@ class SelectionSession:
         self.decisions = 0
         self.tokens = 0  # training tokens (prompt + response) of the decisions so far
         self.pending = np.empty((0, train.batch_size), dtype=np.int64)  # this decision's updates not yet trained
+        self.selections: list[dict] = []  # this process's selections.jsonl rows (every rank keeps them)
         self.output: Path | None = None  # where selections.jsonl / metrics.jsonl go (None: not written here)
         self.is_main = True  # decides and evaluates (rank 0 under DDP)
         self.broadcast: Callable = lambda value: value  # rank 0's value to every rank (identity in one process)
@@ -107,7 +108,8 @@ class SelectionSession:
 
         One AdamW update (torch's, betas 0.9/0.999, eps 1e-8) per ``train.batch_size`` examples at a
         constant learning rate, no warm-up, the same weight decay and gradient clipping, the budget
-        as ``max_steps``. ``per_device_train_batch_size`` is B / (world_size x accumulation).
+        as ``max_steps``. ``per_device_train_batch_size`` is B / (world_size x accumulation). On a
+        CPU model it sets ``use_cpu``, which makes ``torchrun`` on CPU real DDP (gloo).
         """
         batch_size = self.train.batch_size
         if batch_size % (world_size * gradient_accumulation_steps):
@@ -128,6 +130,7 @@ class SelectionSession:
             "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
             "average_tokens_across_devices": True,  # token-weighted mean over all ranks, as one process would
             "seed": self.seed,
+            "use_cpu": self.lm.device.type == "cpu",  # without it, torchrun on CPU silently trains one process per rank
         }
 
     def train_dataset(self) -> Dataset:
@@ -195,7 +198,8 @@ class SelectionSession:
         self.pending = indices.reshape(-1, state.batch_size)
         self.tokens += self.pool_tokens.num_tokens(indices)
         clusters = getattr(self.selector, "clusters", None)
-        self._append(SELECTIONS, _selection_record(self.pool, self.decisions, state.step, indices, clusters))
+        self.selections.append(_selection_record(self.pool, self.decisions, state.step, indices, clusters))
+        self._append(SELECTIONS, self.selections[-1])
 
     # -- measurements ----------------------------------------------------------------------------
     def evaluate(self) -> float:
