@@ -40,6 +40,7 @@ folder format of :mod:`raise_select.pipeline`) into ``output_dir``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -103,14 +104,17 @@ class SelectionSession:
         return cls(selector, bench.pool, bench.pool_tokens, bench.validation_tokens, bench.lm, config.train, budget, seed)
 
     # -- what the training loop must be configured with ----------------------------------------
-    def training_arguments(self, world_size: int = 1, gradient_accumulation_steps: int = 1) -> dict:
+    def training_arguments(self, world_size: int | None = None, gradient_accumulation_steps: int = 1) -> dict:
         """``TrainingArguments`` / ``SFTConfig`` keywords that reproduce our environment's update rule.
 
         One AdamW update (torch's, betas 0.9/0.999, eps 1e-8) per ``train.batch_size`` examples at a
         constant learning rate, no warm-up, the same weight decay and gradient clipping, the budget
         as ``max_steps``. ``per_device_train_batch_size`` is B / (world_size x accumulation). On a
         CPU model it sets ``use_cpu``, which makes ``torchrun`` on CPU real DDP (gloo).
+        ``world_size`` defaults to ``$WORLD_SIZE`` (set by ``torchrun``), else 1.
         """
+        if world_size is None:
+            world_size = int(os.environ.get("WORLD_SIZE", 1))
         batch_size = self.train.batch_size
         if batch_size % (world_size * gradient_accumulation_steps):
             raise UserError(
