@@ -10,28 +10,19 @@ trains B / world_size examples of each step and rank 0 writes OUTPUT/selections.
 
 from transformers import TrainingArguments
 
-from raise_select.errors import UserError
 from raise_select.integrations import RaiseTrainer
-from raise_select.integrations.scripts import script_arguments, session_from_arguments
+from raise_select.integrations.scripts import run_script
 
 
-def main() -> None:
-    args = script_arguments(__doc__.splitlines()[0]).parse_args()
-    bench, session = session_from_arguments(args)
+def train(args, bench, session):
     training = TrainingArguments(
         output_dir=args.output, report_to=args.report_to, logging_steps=1, save_strategy="no",
         **session.training_arguments(gradient_accumulation_steps=args.grad_accum),  # world size from torchrun
     )
     trainer = RaiseTrainer(model=bench.lm.model, args=training, selection=session, processing_class=bench.lm.tokenizer)
     trainer.train()
-    if trainer.is_world_process_zero():
-        history = session.state.validation_history
-        print(f"validation loss {history[0]:.4f} -> {history[-1]:.4f} after {session.state.step} steps; "
-              f"selections: {args.output}/selections.jsonl")
+    return trainer
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        raise SystemExit(f"error: {error}")
+    run_script(__doc__.splitlines()[0], train)

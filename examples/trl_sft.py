@@ -9,16 +9,13 @@ Defaults to the synthetic testbed (tiny model, under a minute on a CPU). SFTTrai
 pre-tokenized (session.sft_dataset(): row i = pool example i, loss on the response only).
 """
 
-from raise_select.errors import UserError
-from raise_select.integrations import RaiseSFTTrainer
-from raise_select.integrations.scripts import script_arguments, session_from_arguments
+from raise_select.integrations.scripts import run_script
 
 
-def main() -> None:
+def train(args, bench, session):
+    from raise_select.integrations import RaiseSFTTrainer  # without TRL: "error: ... pip install raise-select[trl]"
     from trl import SFTConfig
 
-    args = script_arguments(__doc__.splitlines()[0]).parse_args()
-    bench, session = session_from_arguments(args)
     training = SFTConfig(
         output_dir=args.output, report_to=args.report_to, logging_steps=1, save_strategy="no",
         bf16=bench.config.model.precision == "bf16", activation_checkpointing=False,  # TRL defaults both to True
@@ -26,14 +23,8 @@ def main() -> None:
     )
     trainer = RaiseSFTTrainer(model=bench.lm.model, args=training, selection=session, processing_class=bench.lm.tokenizer)
     trainer.train()
-    if trainer.is_world_process_zero():
-        history = session.state.validation_history
-        print(f"validation loss {history[0]:.4f} -> {history[-1]:.4f} after {session.state.step} steps; "
-              f"selections: {args.output}/selections.jsonl")
+    return trainer
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        raise SystemExit(f"error: {error}")
+    run_script(__doc__.splitlines()[0], train)

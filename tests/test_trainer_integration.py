@@ -99,7 +99,7 @@ def test_sft_trainer_reproduces_native_finetune(bench, tmp_path):
 
     native_selections, native_losses = _native(bench, "raise", tmp_path / "native")
     trainer = _trainer(bench, _session(bench), tmp_path / "sft", RaiseSFTTrainer, trl.SFTConfig, accumulation=2,
-                       bf16=False, gradient_checkpointing=False)
+                       bf16=False, activation_checkpointing=False)
     trainer.train()
     selections, losses = _logged(tmp_path / "sft")
     assert selections == native_selections
@@ -193,6 +193,19 @@ def test_sft_trainer_without_trl_names_the_extra(monkeypatch):
     with pytest.raises(UserError, match=r"pip install raise-select\[trl\]") as error:
         integrations.RaiseSFTTrainer
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("script", ["hf_trainer.py", "trl_sft.py"])
+def test_example_scripts_run_on_the_testbed(script, tmp_path):
+    if script == "trl_sft.py":
+        pytest.importorskip("trl")
+    path = Path(__file__).parents[1] / "examples" / script
+    command = [sys.executable, str(path), "--selector", "random", "--max-steps", "3", "--output", str(tmp_path)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "validation loss" in finished.stdout
+    assert [row["decision"] for row in read_jsonl(tmp_path / "selections.jsonl")] == [1, 2, 3]
 
 
 def _free_port() -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 from importlib import resources
+from typing import Callable
 
 from ..config import Config, SourceConfig, load_config
+from ..errors import UserError
 from ..pipeline import Workbench
 from ..selectors import build_selector
 from .hf_trainer import SelectionSession
@@ -57,3 +59,18 @@ def session_from_arguments(args: argparse.Namespace) -> tuple[Workbench, Selecti
     selector = build_selector(config.selector, config)
     bench = Workbench.build(config)
     return bench, SelectionSession.from_workbench(bench, selector)
+
+
+def run_script(description: str, train: Callable) -> None:
+    """Parse the options, build the session, call ``train(args, bench, session)`` (which returns the
+    trainer after training), and print the result on rank 0; a UserError is one line and exit status 2."""
+    try:
+        args = script_arguments(description).parse_args()
+        bench, session = session_from_arguments(args)
+        trainer = train(args, bench, session)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+    if trainer.is_world_process_zero():
+        history = session.state.validation_history
+        print(f"validation loss {history[0]:.4f} -> {history[-1]:.4f} after {session.state.step} steps; "
+              f"selections: {args.output}/selections.jsonl")
