@@ -1,14 +1,16 @@
 """Steps per second of plain ``transformers.Trainer`` vs Trainer + RAISE, same model, pool and batches.
 
-    python bench/trainer_overhead.py [--steps N] [--skip-smollm2] [--threads K]
+    python bench/trainer_overhead.py [--steps N] [--smollm2-steps N] [--skip-smollm2] [--threads K]
 
 Both trainers train ``train.batch_size`` = 8 pool examples (synthetic testbed pool, 256 examples,
 48 tokens max) per optimizer step with the same TrainingArguments. Plain Trainer draws them with its
 random sampler; RaiseTrainer lets an (untrained, same cost as trained) RAISE selector choose each
 step's batch from the current state. RAISE rows differ in how often the validation loss (the
 stage feature and reward, 32 target examples) is evaluated: every decision (our environment's
-default, ``train.eval_every=1``) or every 8th. Steps/s is timed from the end of the first
-``--warmup`` steps to the end of training. Prints a table; asserts nothing.
+default, ``train.eval_every=1``), every 4th, or only before and after training ("selection
+only": the cost of the hooks and of choosing). Steps/s is timed from the end of the first
+``--warmup`` steps to the end of the last step (its final evaluation excluded). Prints a table;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def measure(bench: Workbench, steps: int, warmup: int, eval_every: int | None, o
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per measurement (SmolLM2: a quarter)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per measurement, synthetic-tiny")
+    parser.add_argument("--smollm2-steps", type=int, default=12, help="optimizer steps per measurement, SmolLM2")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repetitions; the best of each is kept")
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a small shared CPU)")
@@ -83,8 +86,9 @@ def main() -> None:
         if args.skip_smollm2 and "SmolLM2" in label:
             continue
         bench = Workbench.build(load_config(None, [*TESTBED, *overrides]))
-        steps = args.steps if "tiny" in label else max(args.warmup + 4, args.steps // 4)
-        variants = {"plain Trainer": None, "+ RAISE, validate every decision": 1, "+ RAISE, validate every 8": 8}
+        steps = args.steps if "tiny" in label else args.smollm2_steps
+        variants = {"plain Trainer": None, "+ RAISE, validate every decision": 1, "+ RAISE, validate every 4": 4,
+                    "+ RAISE, selection only": steps}
         best = {name: 0.0 for name in variants}
         for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit every variant
             for name, eval_every in variants.items():
