@@ -228,9 +228,8 @@ def test_ddp_ranks_agree_and_together_train_the_single_process_examples(bench, o
     trainer.data_collator = recording_collate
     trainer.train()
 
-    torchrun = Path(sys.executable).with_name("torchrun")
     worker = Path(__file__).with_name("trainer_ddp_worker.py")
-    command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                str(worker), str(tmp_path / "ddp"), "raise", str(policy), *overrides]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
