@@ -1,0 +1,52 @@
+"""Run under ``torchrun --nproc_per_node 2`` by test_trainer_integration.py (not collected by pytest).
+
+    torchrun ... tests/trainer_ddp_worker.py OUTPUT SELECTOR POLICY_OR_- OVERRIDE...
+
+Trains with RaiseTrainer on the synthetic testbed and writes ``rank<r>.json``: the decisions this
+rank made, the pool indices of every micro-batch it trained (by update), and a digest of its final
+weights; ``output/weights-rank<r>.pt`` holds the weights themselves.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from raise_select.config import load_config
+from raise_select.integrations import RaiseTrainer, SelectionSession
+from raise_select.pipeline import Workbench
+from raise_select.selectors import build_selector
+
+
+def main() -> None:
+    output, selector_name, policy, *overrides = sys.argv[1:]
+    torch.set_num_threads(1)
+    if policy != "-":
+        overrides.append(f"raise.policy={policy}")
+    config = load_config(None, overrides)
+    bench = Workbench.build(config)
+    session = SelectionSession.from_workbench(bench, build_selector(selector_name, config))
+    trained: list[list[int]] = []
+
+    def recording_collate(indices):
+        trained.append([int(i) for i in indices])
+        return session.collate(indices)
+
+    args = TrainingArguments(output_dir=output, report_to="none", save_strategy="no", logging_steps=1,
+                             **session.training_arguments(world_size=2))
+    trainer = RaiseTrainer(model=bench.lm.model, args=args, selection=session, data_collator=recording_collate)
+    trainer.train()
+    rank = trainer.args.process_index
+    decisions = [row["indices"] for row in session.selections]
+    weights = {name: p.detach().clone() for name, p in bench.lm.model.named_parameters()}
+    torch.save(weights, Path(output) / f"weights-rank{rank}.pt")
+    (Path(output) / f"rank{rank}.json").write_text(json.dumps({
+        "world_size": trainer.args.world_size, "decisions": decisions, "trained": trained,
+        "validation_history": session.state.validation_history,
+    }))
+
+
+if __name__ == "__main__":
+    main()
