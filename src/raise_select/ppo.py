@@ -55,6 +55,11 @@ CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint"
 EPISODES_FILE = "episodes.jsonl"
 SELECTOR_DIR = "selector"
 RESUMABLE_CONFIG_CHANGES = ("episodes", "policy")  # a resumed run may extend the episode count
+# Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
+# shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
+RESUMABLE_RUN_CHANGES = ("output", "selector", "compare", "raise.episodes", "raise.policy", "features.cache",
+                         "train.eval_every", "train.max_budget_epochs", "target.metric", "target.max_new_tokens",
+                         "target.answer_pattern")
 
 
 # -- the maths ------------------------------------------------------------------------------
