@@ -28,7 +28,7 @@ from raise_select.config import SourceConfig
 from raise_select.errors import UserError
 from raise_select.selector_artifact import load_selector, save_selector
 
-from conftest import SYNTHETIC_OVERRIDES
+from conftest import SYNTHETIC_OVERRIDES, assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,11 @@ def snapshot(folder) -> dict[str, bytes]:
 
 def _run(ws, argv):
     return [argv[0], "--config", str(ws / "config.yaml"), "--no-progress", *argv[1:]]
+
+
+def _new(command: str, *extra):
+    """argv builder: ``command`` into a folder that does not exist yet."""
+    return lambda ws: _run(ws, [command, "--output", str(ws / "new"), *[e(ws) if callable(e) else e for e in extra]])
 
 
 def _write(path, data: bytes):
@@ -109,61 +114,52 @@ CASES = {
     "resume and overwrite together": (lambda ws: _run(ws, ["train-selector", "--resume", "--overwrite", "--output",
                                                            str(ws / "training")]), ["contradict"]),
     # garbage that used to be accepted
-    "zero temperature": (lambda ws: _run(ws, ["train-selector", "--output", str(ws / "new"), "raise.temperature=0"]),
-                         ["raise.temperature=0.0", "must be > 0"]),
-    "zero episodes": (lambda ws: _run(ws, ["train-selector", "--output", str(ws / "new"), "raise.episodes=0"]),
-                      ["raise.episodes=0", "must be >= 1"]),
-    "zero episode steps": (lambda ws: _run(ws, ["train-selector", "--output", str(ws / "new"), "raise.episode_steps=0"]),
-                           ["raise.episode_steps=0", "or null"]),
-    "selector with NaN weights": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "--selector", "raise",
-                                                       "--policy", str(_nan_selector(ws))]), ["non-finite", "policy."]),
+    "selector with NaN weights": (_new("finetune", "--selector", "raise", "--policy", lambda ws: str(_nan_selector(ws))),
+                                  ["non-finite", "policy."]),
     "test metric switched on a comparison re-run": (lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"),
                                                                          "compare.methods=[random]", "compare.seeds=[0]",
                                                                          "compare.budget_steps=[2]", "compare.test_metric=true"]),
                                                     ["compare.test_metric=false", "choose a new output folder"]),
-    "scalar seeds": (lambda ws: _run(ws, ["compare", "--output", str(ws / "new"), "compare.seeds=3"]),
+    "scalar seeds": (_new("compare", "compare.seeds=3"),
                      ["compare.seeds", "must be a list", "compare.seeds=[3]"]),
-    "architecture override with --policy": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "--selector", "raise",
-                                                                 "--policy", str(ws / "training" / "selector"), "raise.clusters=4"]),
+    "architecture override with --policy": (_new("finetune", "--selector", "raise", "--policy",
+                                                 lambda ws: str(ws / "training" / "selector"), "raise.clusters=4"),
                                             ["raise.clusters", "cannot change a trained selector"]),
     "empty config file": (lambda ws: ["finetune", "--config", str(_write(ws / "empty.yaml", b"")), "--output", str(ws / "new")],
                           ["empty.yaml is empty", "examples/configs"]),
-    "empty --pool": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "--pool", ""]), ["--pool is empty"]),
-    "budget of many epochs": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "train.budget_steps=100000"]),
+    "empty --pool": (_new("finetune", "--pool", ""), ["--pool is empty"]),
+    "budget of many epochs": (_new("finetune", "train.budget_steps=100000"),
                               ["train.budget_steps=100000", "passes over the 240-example pool", "train.max_budget_epochs=3334"]),
     # tracebacks that are now one line
-    "non-UTF-8 pool": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "--pool", str(_bad_utf8_pool(ws))]),
+    "non-UTF-8 pool": (_new("finetune", "--pool", lambda ws: str(_bad_utf8_pool(ws))),
                        ["latin1.jsonl:4", "not UTF-8", "pool.on_error=skip"]),
-    "non-UTF-8 target": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), f"target.name={_bad_utf8_pool(ws)}",
-                                              "target.n_validation=4", "target.n_test=2"]), ["latin1.jsonl:4", "not UTF-8"]),
+    "non-UTF-8 target": (_new("finetune", lambda ws: f"target.name={_bad_utf8_pool(ws)}", "target.n_validation=4",
+                              "target.n_test=2"), ["latin1.jsonl:4", "not UTF-8"]),
     "non-UTF-8 config": (lambda ws: ["finetune", "--config", str(_write(ws / "latin1.yaml", b"seed: 0 # caf\xe9\n")),
                                      "--output", str(ws / "new")], ["latin1.yaml is not UTF-8", "convert the file"]),
-    "malformed override value": (lambda ws: _run(ws, ["compare", "--output", str(ws / "new"), "compare.seeds=[0,1"]),
+    "malformed override value": (_new("compare", "compare.seeds=[0,1"),
                                  ["compare.seeds=[0,1", "not valid YAML"]),
-    "zero batch size": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "train.batch_size=0"]),
-                        ["train.batch_size=0", "must be >= 1"]),
-    "zero pca dim": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "features.pca_dim=0"]),
-                     ["features.pca_dim=0", "must be >= 1"]),
     "empty seed list": (lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"), "compare.seeds=[]"]),
                         ["compare.seeds is empty"]),
     "output is a file": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml")]), ["is a file"]),
     "output under a file": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml" / "run")]),
                             ["lies under the file", "config.yaml"]),
-    "unknown hub model": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "model.name=org/absent-model"]),
+    "unknown hub model": (_new("finetune", "model.name=org/absent-model"),
                           ["unknown model 'org/absent-model'", "huggingface-cli download"]),
-    "unknown option": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "new"), "--budget", "3"]),
+    "unknown option": (_new("finetune", "--budget", "3"),
                        ["unrecognized arguments: --budget", "--help"]),
 }
 
-
-def _assert_one_line_error(status, captured, expected):
-    assert status == 2, captured.err
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    assert captured.out == ""
+# Out of range (the issue's own examples): (command, override, what the rule says).
+OUT_OF_RANGE = {
+    "zero temperature": ("train-selector", "raise.temperature=0", "must be > 0"),
+    "zero episodes": ("train-selector", "raise.episodes=0", "must be >= 1"),
+    "zero episode steps": ("train-selector", "raise.episode_steps=0", "or null"),
+    "zero batch size": ("finetune", "train.batch_size=0", "must be >= 1"),
+    "zero pca dim": ("finetune", "features.pca_dim=0", "must be >= 1"),
+}
+CASES.update({name: (_new(command, override), [override.split("=")[0], rule])
+              for name, (command, override, rule) in OUT_OF_RANGE.items()})
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -174,7 +170,7 @@ def test_bad_input_is_one_line_and_keeps_every_file(case, ws, capsys):
     capsys.readouterr()
     started = time.perf_counter()
     status = main(argv)
-    _assert_one_line_error(status, capsys.readouterr(), expected)
+    assert_one_line_error(status, capsys.readouterr(), expected)
     assert time.perf_counter() - started < 20  # no network retries, no training before the check
     assert snapshot(ws) == before
 
@@ -247,7 +243,7 @@ def test_faults_are_one_line_and_keep_every_file(fault, ws, tmp_path, monkeypatc
     before = snapshot(ws)
     capsys.readouterr()
     status = main(_run(ws, argv))
-    _assert_one_line_error(status, capsys.readouterr(), expected)
+    assert_one_line_error(status, capsys.readouterr(), expected)
     assert snapshot(ws) == before
 
 
@@ -261,7 +257,7 @@ def test_failed_run_into_a_new_folder_leaves_nothing(ws, monkeypatch, capsys):
     monkeypatch.setattr(RandomSelector, "select", select)
     before = snapshot(ws)
     status = main(_run(ws, ["finetune", "--output", str(ws / "new"), "--selector", "random"]))
-    _assert_one_line_error(status, capsys.readouterr(), ["the selector failed"])
+    assert_one_line_error(status, capsys.readouterr(), ["the selector failed"])
     assert snapshot(ws) == before and not (ws / "new").exists()
 
 
@@ -303,7 +299,7 @@ def test_overwrite_keeps_the_old_training_until_the_first_new_episode(ws, tmp_pa
     with monkeypatch.context() as patch:
         patch.setattr(ppo, "run_episode", failing_episode)
         status = main(argv)
-    _assert_one_line_error(status, capsys.readouterr(), ["the episode failed"])
+    assert_one_line_error(status, capsys.readouterr(), ["the episode failed"])
     assert snapshot(folder) == before and sorted(os.listdir(tmp_path)) == ["training"]
 
     assert main(argv) == 0

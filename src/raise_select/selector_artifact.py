@@ -133,7 +133,9 @@ def load_selector(folder: str | os.PathLike) -> RaiseArtifact:
     if not folder.is_dir():
         raise _not_a_selector(folder, "no such folder")
     if not metadata_path.is_file():
-        raise _not_a_selector(folder, f"no {METADATA_FILE}")
+        inside = folder / "selector"
+        hint = f"; the selector of a train-selector folder is {inside}" if (inside / METADATA_FILE).is_file() else ""
+        raise _not_a_selector(folder, f"no {METADATA_FILE}{hint}")
     try:
         metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
