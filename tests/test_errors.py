@@ -340,3 +340,27 @@ def test_corrupt_cached_model_is_rebuilt(tmp_path, monkeypatch, caplog):
     assert len(builds) == 2 and "corrupt" in caplog.text and "model.safetensors" in caplog.text
     assert weights.read_bytes() == (built / "model.safetensors").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 2])
+def test_comparison_interrupted_while_training_its_selector_resumes(ws, tmp_path, monkeypatch, interrupt_at):
+    """Ctrl-C in the first selector episode (nothing kept) or the second (a checkpoint kept): the same command resumes."""
+    from raise_select import ppo
+
+    argv = _run(ws, ["compare", "--output", str(tmp_path / "comparison"), "compare.methods=[raise]", "compare.seeds=[0]",
+                     "compare.budget_steps=[2]", "compare.test_metric=false", "raise.episodes=2"])
+    real_episode, calls = ppo.run_episode, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real_episode(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ppo, "run_episode", interrupted)
+        assert main(argv) == 130
+    kept = sorted(os.listdir(tmp_path / "comparison"))
+    assert kept == (["config.yaml"] if interrupt_at == 1 else ["config.yaml", "selector"])
+    assert main(argv) == 0
+    assert len((tmp_path / "comparison" / "selector" / "episodes.jsonl").read_text().splitlines()) == 2

@@ -6,8 +6,9 @@ A folder's kind is read from the files the commands write (see :mod:`pipeline` a
 kind                   recognised by
 =====================  ==========================================================================
 ``finetune``           ``summary.json`` (a finished ``finetune`` run folder)
-``selector-training``  ``checkpoint.pt``, ``episodes.jsonl`` or ``selector/`` (``train-selector``)
-``comparison``         ``results.json`` or ``runs/`` (``compare``, ``demo``)
+``selector-training``  ``checkpoint.pt``, ``episodes.jsonl`` or ``selector/selector.json`` (``train-selector``)
+``comparison``         ``results.json``, ``runs/``, a ``selector/`` still in training, or only
+                       ``config.yaml`` (``compare``, ``demo``, maybe interrupted)
 ``selector``           ``selector.json`` (a trained selector itself)
 ``other``              anything else that is not empty
 =====================  ==========================================================================
@@ -48,8 +49,10 @@ def folder_kind(folder: Path) -> str | None:
         names = {entry.name for entry in folder.iterdir()}
     if not names:
         return None
-    if "results.json" in names or (folder / "runs").is_dir():
-        return COMPARISON
+    selector_dir = folder / "selector"
+    unfinished_training = selector_dir.is_dir() and not (selector_dir / "selector.json").is_file()
+    if "results.json" in names or (folder / "runs").is_dir() or unfinished_training or names == {"config.yaml"}:
+        return COMPARISON  # finished, or interrupted while training its selector or before its first run
     if names & {"checkpoint.pt", "episodes.jsonl"} or (folder / "selector" / "selector.json").is_file():
         return SELECTOR_TRAINING
     if "summary.json" in names:
