@@ -57,7 +57,7 @@ class TargetConfig:
 class ModelConfig:
     """The causal LM being fine-tuned."""
 
-    name: str = "smollm2"  # bundled (smollm2, synthetic-tiny), a local folder, or a hub name when online
+    name: str = "smollm2"  # bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging Face cache
     finetune: str = "lora"  # lora | full
     lora_r: int = 8  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator
