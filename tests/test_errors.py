@@ -285,6 +285,10 @@ def test_non_finite_selector_is_refused_at_save(ws, tmp_path):
     assert snapshot(target) == before and sorted(os.listdir(tmp_path)) == ["selector"]
 
 
+def _failing_episode(*args, **kwargs):
+    raise UserError("the episode failed")
+
+
 def test_overwrite_keeps_the_old_training_until_the_first_new_episode(ws, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "training"
     shutil.copytree(ws / "training", folder)
@@ -293,11 +297,8 @@ def test_overwrite_keeps_the_old_training_until_the_first_new_episode(ws, tmp_pa
 
     from raise_select import ppo
 
-    def failing_episode(*args, **kwargs):
-        raise UserError("the episode failed")
-
     with monkeypatch.context() as patch:
-        patch.setattr(ppo, "run_episode", failing_episode)
+        patch.setattr(ppo, "run_episode", _failing_episode)
         status = main(argv)
     assert_one_line_error(status, capsys.readouterr(), ["the episode failed"])
     assert snapshot(folder) == before and sorted(os.listdir(tmp_path)) == ["training"]
@@ -307,11 +308,18 @@ def test_overwrite_keeps_the_old_training_until_the_first_new_episode(ws, tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["training"]  # the old folder is gone, nothing else left
 
 
-def test_resume_that_only_extends_the_episodes_continues(ws, tmp_path):
+def test_resume_that_only_extends_the_episodes_continues(ws, tmp_path, monkeypatch, capsys):
+    from raise_select import ppo
+
     folder = tmp_path / "training"
     shutil.copytree(ws / "training", folder)
-    status = main(_run(ws, ["train-selector", "--resume", "--output", str(folder), "raise.episodes=2", "raise.episode_steps=2"]))
-    assert status == 0
+    before = snapshot(folder)
+    argv = _run(ws, ["train-selector", "--resume", "--output", str(folder), "raise.episodes=2", "raise.episode_steps=2"])
+    with monkeypatch.context() as patch:  # a resume that fails in its first new episode changes nothing
+        patch.setattr(ppo, "run_episode", _failing_episode)
+        assert_one_line_error(main(argv), capsys.readouterr(), ["the episode failed"])
+    assert snapshot(folder) == before
+    assert main(argv) == 0
     assert len((folder / "episodes.jsonl").read_text().splitlines()) == 2
     assert load_config(folder / "config.yaml").raise_.episodes == 2
 

@@ -57,16 +57,19 @@ def check_resume(output: Path, config: Config, pool_fingerprint: str | None = No
     return checkpoint
 
 
-class _KeepOldUntilFirstEpisode(Callback):
-    """Writes config.yaml and drops the replaced folder once the first new episode is checkpointed."""
+class _AfterFirstEpisode(Callback):
+    """Once the first new episode is checkpointed: write the run's config.yaml and drop the replaced
+    folder (if any). A run that fails before that has changed nothing."""
 
-    def __init__(self, swap: FolderSwap, output: Path, config: Config):
-        self.swap, self.output, self.config = swap, output, config
+    def __init__(self, output: Path, config: Config, swap: FolderSwap | None):
+        self.output, self.config, self.swap, self.done = output, config, swap, False
 
     def on_episode_end(self, episode: int, summary: dict) -> None:
-        if not self.swap.done:
+        if not self.done:
             write_text(self.output / "config.yaml", dump_config(self.config))
-            self.swap.commit()
+            if self.swap is not None:
+                self.swap.commit()
+            self.done = True
 
 
 def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, overwrite: bool = False,
@@ -85,26 +88,23 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
     check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
     episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
     check_budget_epochs(episode_steps, len(bench.pool), config.train, f"raise.episode_steps={episode_steps}")
-    callbacks, swap = [], None
     if resume:
         check_resume(output, config, bench.pool.fingerprint())
-        write_text(output / "config.yaml", dump_config(config))  # every check passed: record the longer run
-    else:
-        swap = FolderSwap(output)
-        callbacks.append(_KeepOldUntilFirstEpisode(swap, output, config))
+    swap = None if resume else FolderSwap(output)
+    first_episode = _AfterFirstEpisode(output, config, swap)
     try:
         selector = RaiseSelector(config.raise_)
         context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
         env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
         train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
-                       callbacks=callbacks, provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
-                                                        "target": bench.target.name, "episode_steps": episode_steps})
+                       callbacks=[first_episode],
+                       provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
+                                   "target": bench.target.name, "episode_steps": episode_steps})
     except BaseException:
         if swap is not None:
             swap.rollback()  # before the first episode: the old folder (or nothing) comes back
         raise
-    if swap is not None:
-        callbacks[0].on_episode_end(-1, {})  # no episode ran (max_episodes): still record the config
+    first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
     cost = selector_training_cost(output)
     write_json(output / "ledger.json", ledger(bench.phi(), {"features": bench.feature_cost,
                                                             "selector_training": cost}, None))

@@ -197,7 +197,11 @@ def run_finetune(
     extra_phases: dict[str, PhaseCost] | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder."""
+    """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder.
+
+    ``output`` must be missing, empty or an earlier finetune run folder, which is replaced whole once
+    this run has finished (see :mod:`run_folders`).
+    """
     config = replace(bench.config, seed=seed, selector=selector.name)
     # Everything that can fail on the user's input happens before the run folder is touched.
     selector.setup(bench.selection_context(selector, budget_steps, seed, progress=progress))
