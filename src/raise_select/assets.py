@@ -1,10 +1,11 @@
 """Cached assets (the converted SmolLM2, the pre-trained synthetic model): built once, verified on every use.
 
-A build runs into a temporary sibling folder that is renamed into place (:func:`io_utils.staged_folder`)
-together with ``manifest.json``: every file's size and SHA-256. A folder whose files do not match its
-manifest (truncated, altered, missing) is rebuilt with a warning instead of failing later inside
-``from_pretrained``. Folders cached before manifests existed are accepted once their safetensors
-files read completely, and get a manifest then.
+A build runs into a temporary sibling folder, gets ``manifest.json`` (every file's size and SHA-256)
+and is renamed into place (:func:`io_utils.replace_folder`); when another process finished the same
+build meanwhile, its folder is kept. A folder whose files do not match its manifest (truncated,
+altered, missing) is rebuilt with a warning instead of failing later inside ``from_pretrained``.
+Folders cached before manifests existed are accepted once their safetensors files read completely,
+and get a manifest then.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .io_utils import staged_folder, user_path, write_json
+from .io_utils import make_dirs, replace_folder, user_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +34,16 @@ def cached_folder(target: Path, build: Callable[[Path], None], what: str) -> Pat
         return target
     if target.exists():
         logger.warning("cached %s in %s is corrupt (%s); rebuilding it", what, target, problem)
-    with staged_folder(target) as staging:
-        build(staging)
-        write_json(staging / MANIFEST_FILE, _describe(staging))
+    make_dirs(target.parent)
+    with user_path(target.parent, "write into"):
+        building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        build(building)
+        write_json(building / MANIFEST_FILE, _describe(building))
+        if verify_folder(target) is not None:  # else another process finished the same build first: keep its folder
+            replace_folder(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return target
 
 

@@ -90,12 +90,12 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
     check_budget_epochs(episode_steps, len(bench.pool), config.train, f"raise.episode_steps={episode_steps}")
     if resume:
         check_resume(output, config, bench.pool.fingerprint())
-    swap = None if resume else FolderSwap(output)
+    selector = RaiseSelector(config.raise_)
+    context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
+    env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
+    swap = None if resume else FolderSwap(output)  # as late as possible: the old folder is aside only briefly
     first_episode = _AfterFirstEpisode(output, config, swap)
     try:
-        selector = RaiseSelector(config.raise_)
-        context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
-        env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
         train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
                        callbacks=[first_episode],
                        provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),

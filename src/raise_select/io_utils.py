@@ -94,7 +94,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
 @contextlib.contextmanager
 def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``folder``; when the block succeeds it replaces ``folder``
-    whole (old contents dropped only after the rename), when it fails it is removed.
+    whole (:func:`replace_folder`), when it fails it is removed.
 
     A reader therefore sees the old folder or the new one, never a mixture or a partial run.
     """
@@ -104,18 +104,23 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
         yield staging
-        with user_path(folder, "replace"):
-            # rename(2) cannot replace a non-empty folder: move the old one aside first, drop it after.
-            previous = None
-            if folder.exists():
-                previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, previous)
-            os.replace(staging, folder)
-            if previous is not None:
-                shutil.rmtree(previous, ignore_errors=True)
+        replace_folder(staging, folder)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Rename ``new`` to ``folder``; an old ``folder`` is moved aside first (rename(2) cannot replace a
+    non-empty folder) and deleted only after."""
+    with user_path(folder, "replace"):
+        previous = None
+        if folder.exists():
+            previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, previous)
+        os.replace(new, folder)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
