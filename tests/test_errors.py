@@ -21,10 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from raise_select import io_utils, run_folders
 from raise_select.cli import main, parse_args
-from raise_select.config import dump_config, load_config
+from raise_select.config import SourceConfig, dump_config, load_config
 from raise_select.data import synthetic
 from raise_select.data.formats import load_source_file
-from raise_select.config import SourceConfig
 from raise_select.errors import UserError
 from raise_select.selector_artifact import load_selector, save_selector
 
@@ -46,8 +45,10 @@ def ws(tmp_path_factory):
     return root
 
 
-def snapshot(folder) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+def snapshot(folder) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (None), hidden ones included, by relative path."""
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
 
 
 def _run(ws, argv):
