@@ -34,6 +34,7 @@ SYNTHETIC_OVERRIDES = [
     "train.budget_steps=4",
     "features.pca_dim=8",
     "raise.clusters=2",
+    "raise.episodes_per_update=2",
 ]
 
 
@@ -41,3 +42,14 @@ SYNTHETIC_OVERRIDES = [
 def synthetic_config():
     """A fresh Config for a small synthetic-testbed run (tests may mutate it)."""
     return load_config(None, list(SYNTHETIC_OVERRIDES))
+
+
+def assert_one_line_error(status: int, captured, expected: list[str]) -> None:
+    """The CLI's contract for a user error: status 2, one ``error: ...`` line holding every expected fragment, no stdout."""
+    assert status == 2, captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert captured.out == ""

@@ -12,7 +12,7 @@ from raise_select.cli import main
 from raise_select.config import dump_config, load_config
 from raise_select.io_utils import read_jsonl
 
-from conftest import SYNTHETIC_OVERRIDES
+from conftest import SYNTHETIC_OVERRIDES, assert_one_line_error
 
 POOL_SIZE = 12
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "selections.jsonl", "evaluation.json", "ledger.json")
@@ -161,14 +161,7 @@ def test_user_errors_are_one_line_and_keep_existing_files(case, workspace, finis
     argv, expected = ERROR_CASES[case](workspace, finished_run)
     capsys.readouterr()  # drop output of the set-up
     status = main(argv)
-    captured = capsys.readouterr()
-    assert status == 2
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    assert captured.out == ""
+    assert_one_line_error(status, capsys.readouterr(), expected)
     assert _snapshot(finished_run) == before
 
 

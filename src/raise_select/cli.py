@@ -7,17 +7,28 @@
     raise-select demo [--quick] [--output DIR]
     raise-select list
 
-Trailing ``field=value`` arguments override any config field (``train.learning_rate=1e-4``).
-Every user error is one line on stderr and exit status 2.
+``field=value`` arguments, anywhere among the options, override any config field
+(``train.learning_rate=1e-4``). Every user error is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
 from pathlib import Path
 
 from .errors import UserError
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line naming the problem and where to look."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
 def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -29,7 +40,7 @@ def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raise-select", description="RAISE: learned, stage-aware instruction selection.")
+    parser = _Parser(prog="raise-select", description="RAISE: learned, stage-aware instruction selection.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     finetune = commands.add_parser("finetune", help="fine-tune with a selector for a step budget and write a run folder")
@@ -42,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train-selector", help="train the RAISE selector with PPO")
     _common(train)
     train.add_argument("--resume", action="store_true", help="continue an interrupted training in --output")
+    train.add_argument("--overwrite", action="store_true", help="replace the selector training already in --output")
 
     compare = commands.add_parser("compare", help="equal-budget comparison of selectors over seeds and budgets")
     _common(compare)
@@ -59,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args) -> "Config":
-    from .config import SourceConfig, load_config
+    from .config import SourceConfig, load_config, validate
 
+    for option in ("config", "output", "pool", "selector", "policy"):
+        value = getattr(args, option, None)
+        if value is not None and not value.strip():
+            raise UserError(f"--{option} is empty; give a path or name, or leave the option out")
     config = load_config(args.config, args.overrides)
     if args.seed is not None:
         config.seed = args.seed
@@ -70,19 +86,29 @@ def _load(args) -> "Config":
         config.selector = args.selector
     if getattr(args, "policy", None):
         config.raise_.policy = args.policy
+    validate(config)  # the options above are settings too
     return config
+
+
+def _output(args, config, command: str) -> Path:
+    from .pipeline import default_output
+
+    return Path(args.output or config.output or default_output(command))
 
 
 def cmd_finetune(args) -> int:
     from .environment import resolve_budget
-    from .pipeline import Workbench, default_output, run_finetune
+    from .pipeline import Workbench, run_finetune
+    from .run_folders import FINETUNE, check_output
     from .selectors import build_selector
 
     config = _load(args)
+    output = _output(args, config, "finetune")
+    check_output(output, FINETUNE)
     selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
+    _record_policy_settings(args, config, selector)
     bench = Workbench.build(config)
     budget = resolve_budget(len(bench.pool), config.train)
-    output = Path(args.output or config.output or default_output("finetune"))
     result = run_finetune(bench, selector, output, budget, config.seed, test_metric=not args.no_test,
                           progress=not args.no_progress)
     print(f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
@@ -92,26 +118,44 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_train_selector(args) -> int:
-    from .experiments import train_raise_selector
-    from .pipeline import Workbench, default_output
+def _record_policy_settings(args, config, selector) -> None:
+    """With --policy the selector's own RaiseConfig runs: refuse raise.* overrides it would ignore,
+    and record its settings (not the config file's) in the run's config.yaml."""
+    trained = getattr(selector, "artifact", None)
+    if trained is None:
+        return
+    ignored = sorted({item.split("=", 1)[0] for item in args.overrides
+                      if item.startswith("raise.") and not item.startswith("raise.policy=")})
+    if ignored:
+        raise UserError(f"{', '.join(ignored)} cannot change a trained selector (--policy {config.raise_.policy} "
+                        "was trained with its own raise settings); drop the override or train a new selector")
+    config.raise_ = dataclasses.replace(trained.config, policy=config.raise_.policy)
 
+
+def cmd_train_selector(args) -> int:
+    from .experiments import check_resume, train_raise_selector
+    from .pipeline import Workbench
+    from .run_folders import SELECTOR_TRAINING, check_output
+
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = _load(args)
-    output = Path(args.output or config.output or default_output("train-selector"))
-    if args.resume and not (output / "checkpoint.pt").is_file():
-        raise UserError(f"--resume: no checkpoint in {output}; pass the --output folder of the interrupted run")
+    output = _output(args, config, "train-selector")
+    check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:
+        check_resume(output, config)  # the cheap checks, before the model loads
     bench = Workbench.build(config)
-    artifact_dir = train_raise_selector(bench, output, resume=args.resume, progress=not args.no_progress)
+    artifact_dir = train_raise_selector(bench, output, resume=args.resume, overwrite=args.overwrite,
+                                        progress=not args.no_progress)
     print(f"selector written to {artifact_dir}; use: raise-select finetune --selector raise --policy {artifact_dir}")
     return 0
 
 
 def cmd_compare(args) -> int:
     from .experiments import run_comparison
-    from .pipeline import default_output
 
     config = _load(args)
-    output = Path(args.output or config.output or default_output("compare"))
+    output = _output(args, config, "compare")
     run_comparison(config, output, progress=not args.no_progress)
     print(f"comparison written to {output} (results.md, results.csv, results.json)")
     return 0
@@ -156,16 +200,33 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "no_progress", False):
-        from transformers.utils import logging as transformers_logging
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options and ``field=value`` overrides in any order (argparse alone stops at the first option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if not _OVERRIDE.match(item)]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
-        transformers_logging.disable_progress_bar()  # its "Loading weights" bar, too
+
+def main(argv: list[str] | None = None) -> int:
     try:
+        args = parse_args(argv)
+        if getattr(args, "no_progress", False):
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()  # its "Loading weights" bar, too
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the last boundary: a file operation no command wrapped
+        from .io_utils import os_error_message
+
+        print(f"error: {os_error_message(error, 'use')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,15 +7,17 @@ only way configs enter the program, so validation and error messages live here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
 from .errors import UserError
+from .io_utils import user_path
 
 
 @dataclass
@@ -55,7 +57,7 @@ class TargetConfig:
 class ModelConfig:
     """The causal LM being fine-tuned."""
 
-    name: str = "smollm2"  # bundled (smollm2, synthetic-tiny), a local folder, or a hub name when online
+    name: str = "smollm2"  # bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging Face cache
     finetune: str = "lora"  # lora | full
     lora_r: int = 8  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator
@@ -80,6 +82,7 @@ class TrainConfig:
     eval_batch_size: int = 16  # batch size of validation/test evaluation
     eval_every: int = 1  # evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)
     decision_interval: int = 1  # M: optimizer updates per selection decision
+    max_budget_epochs: float = 20.0  # refuse budgets of more passes over the pool than this (raise it to confirm a long run)
 
 
 @dataclass
@@ -189,14 +192,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return from_dict(hint, value, where)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            value = [value]
+            raise UserError(f"'{where}' must be a list, got {value!r}; write it in brackets, e.g. {where.split('.', 1)[-1]}=[{value}]")
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"'{where}' must be a mapping, got {value!r}")
         return {str(k): v for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return float(value)  # finiteness and ranges: validate()
     if hint is float and isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
         try:
             return float(value)
@@ -219,9 +222,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise UserError(f"override '{item}' is not of the form field.path=value (e.g. train.learning_rate=1e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise UserError(f"override '{item}': the value is not valid YAML; close brackets and quotes "
+                            "(e.g. compare.seeds=[0,1], pool.system_prompt='a: b')") from None
         node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise UserError(f"override '{item}': '{key}' is not a field path; write section.field=value (e.g. train.learning_rate=1e-4)")
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
@@ -240,12 +249,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}; pass an existing YAML file (see examples/configs/)")
+        with user_path(path, "read the config"):
+            text = path.read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
             raise UserError(f"config {path}{line} is not valid YAML; fix the syntax") from None
+        if data is None:
+            raise UserError(f"config {path} is empty; start from one in examples/configs/ (e.g. synthetic.yaml)")
         if not isinstance(data, dict):
             raise UserError(f"config {path} must be a YAML mapping of sections (model:, pool:, target:, ...)")
     data = apply_overrides(data, list(overrides or []))
@@ -254,31 +267,176 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+# Allowed values, one row per field ("section.field", "[]" = each element of a list), checked by
+# validate() before any file is written. Ranges: ">= 1", "> 0", "[0, 1]" (closed), "[0, 1)" (half
+# open). A None in an optional field is always allowed; floats must also be finite.
+RANGES: dict[str, str] = {
+    "seed": ">= 0",
+    "model.lora_r": ">= 1",
+    "model.lora_alpha": "> 0",
+    "model.lora_dropout": "[0, 1)",
+    "pool.sources[].limit": ">= 1",
+    "pool.max_length": ">= 4",
+    "target.n_validation": ">= 1",
+    "target.n_test": ">= 0",
+    "target.max_new_tokens": ">= 1",
+    "train.batch_size": ">= 1",
+    "train.learning_rate": "> 0",
+    "train.weight_decay": ">= 0",
+    "train.max_grad_norm": ">= 0",
+    "train.warmup_steps": ">= 0",
+    "train.budget_steps": ">= 1",
+    "train.budget_fraction": "> 0",
+    "train.full_data_epochs": ">= 1",
+    "train.eval_batch_size": ">= 1",
+    "train.eval_every": ">= 1",
+    "train.decision_interval": ">= 1",
+    "train.max_budget_epochs": "> 0",
+    "features.pca_dim": ">= 1",
+    "features.batch_size": ">= 1",
+    "raise.clusters": ">= 1",
+    "raise.hidden_size": ">= 1",
+    "raise.temperature": "> 0",
+    "raise.episodes": ">= 1",
+    "raise.episodes_per_update": ">= 1",
+    "raise.target_kl": "> 0",
+    "raise.episode_steps": ">= 1",
+    "raise.gamma": "[0, 1]",
+    "raise.gae_lambda": "[0, 1]",
+    "raise.clip_coef": "> 0",
+    "raise.value_coef": ">= 0",
+    "raise.entropy_coef": ">= 0",
+    "raise.learning_rate": "> 0",
+    "raise.update_epochs": ">= 1",
+    "raise.minibatch_size": ">= 1",
+    "raise.max_grad_norm": "> 0",
+    "raise.reward_scale": "> 0",
+    "compare.seeds[]": ">= 0",
+    "compare.selector_seeds[]": ">= 0",
+    "compare.budgets[]": "> 0",
+    "compare.budget_steps[]": ">= 1",
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.finetune": ("lora", "full"),
+    "model.precision": ("fp32", "bf16"),
+    "model.device": ("auto", "cpu", "cuda"),
+    "pool.on_error": ("raise", "skip"),
+    "pool.sources[].format": ("auto", "alpaca", "messages", "prompt_response"),
+    "target.metric": ("auto", "exact_match", "multiple_choice", "none"),
+    "raise.baseline": ("group", "critic"),
+}
+
+# Strings and lists that must not be empty, and lists that must not repeat an entry.
+NON_EMPTY = ("model.name", "model.lora_target_modules", "pool.sources", "pool.sources[].name", "target.name",
+             "selector", "compare.methods", "compare.seeds", "compare.selector_seeds")
+NO_DUPLICATES = ("compare.seeds", "compare.selector_seeds", "compare.budgets", "compare.budget_steps")
+
+
+def _field_values(config: Config, path: str) -> list[tuple[str, Any]]:
+    """(label, value) of every field a RANGES/CHOICES path names; "a[]" expands the list a."""
+    found = [("", config)]
+    for part in path.split("."):
+        each = part.endswith("[]")
+        attribute = _YAML_ALIASES.get(part.rstrip("[]"), part.rstrip("[]"))
+        step = []
+        for label, node in found:
+            name = f"{label}.{part.rstrip('[]')}".lstrip(".")
+            value = getattr(node, attribute)
+            step += [(f"{name}[{i}]", item) for i, item in enumerate(value)] if each else [(name, value)]
+        found = step
+    return found
+
+
+def _default_of(path: str) -> Any:
+    """The default of a scalar field (None for list elements, which have none)."""
+    return None if "[]" in path else _field_values(Config(), path)[0][1]
+
+
+def _in_range(value: float, rule: str) -> bool:
+    if rule.startswith(("[", "(")):
+        low, high = (float(x) for x in rule[1:-1].split(","))
+        above = value >= low if rule[0] == "[" else value > low
+        below = value <= high if rule[-1] == "]" else value < high
+        return above and below
+    operator, bound = rule.split()
+    return value >= float(bound) if operator == ">=" else value > float(bound)
+
+
 def validate(config: Config) -> None:
-    """Checks that need more than one field's type."""
-    choice_fields = {
-        "model.finetune": (config.model.finetune, {"lora", "full"}),
-        "model.precision": (config.model.precision, {"fp32", "bf16"}),
-        "pool.on_error": (config.pool.on_error, {"raise", "skip"}),
-        "target.metric": (config.target.metric, {"auto", "exact_match", "multiple_choice", "none"}),
-        "raise.baseline": (config.raise_.baseline, {"group", "critic"}),
-    }
-    for name, (value, allowed) in choice_fields.items():
-        if value not in allowed:
-            raise UserError(f"{name}={value!r} is not one of {sorted(allowed)}")
-    if config.train.batch_size < 1:
-        raise UserError("train.batch_size must be at least 1")
-    if config.train.decision_interval < 1:
-        raise UserError("train.decision_interval must be at least 1")
+    """Check every setting against RANGES, CHOICES, NON_EMPTY and the cross-field rules below;
+    the first problem is a one-line UserError naming the field, the value and a fix."""
+    for path, rule in RANGES.items():
+        for name, value in _field_values(config, path):
+            if value is None:
+                continue
+            if not math.isfinite(value) or not _in_range(value, rule):
+                default = _default_of(path)
+                if default is not None:
+                    fix = f"e.g. {name}={default} (the default)"
+                else:
+                    fix = "give every element in that range" if "[]" in path else "give a value in that range, or null for the default"
+                raise UserError(f"{name}={value!r} is out of range: it must be {rule}; {fix}")
+    for path, allowed in CHOICES.items():
+        for name, value in _field_values(config, path):
+            if value not in allowed:
+                raise UserError(f"{name}={value!r} is not one of {list(allowed)}")
+    for path in NON_EMPTY:
+        for name, value in _field_values(config, path):
+            if isinstance(value, str) and not value.strip() or isinstance(value, list) and not value:
+                raise UserError(f"{name} is empty; give a value (see examples/configs/synthetic.yaml)")
+    for path in NO_DUPLICATES:
+        for name, value in _field_values(config, path):
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise UserError(f"{name}={value} lists {repeated} more than once; give each value once")
     if config.train.budget_steps is None and config.train.budget_fraction is None:
         raise UserError("set train.budget_steps or train.budget_fraction")
-    if config.raise_.clusters < 1 or config.train.batch_size % config.raise_.clusters:
+    if not config.compare.budgets and not config.compare.budget_steps:
+        raise UserError("compare.budgets and compare.budget_steps are both empty; give one (e.g. compare.budget_steps=[24])")
+    check_raise_batching(config.raise_)
+    if config.train.batch_size % config.raise_.clusters:
         raise UserError(
             f"train.batch_size={config.train.batch_size} must be a multiple of raise.clusters={config.raise_.clusters} "
             "(each decision takes batch_size / clusters examples per cluster)"
         )
-    if not config.pool.sources:
-        raise UserError("pool.sources is empty; list at least one source (a bundled name or a file path)")
+
+
+def check_raise_batching(config: RaiseConfig) -> None:
+    """One-line errors for an episode count the PPO updates cannot split, or a group baseline without a group."""
+    if config.episodes < 1 or config.episodes_per_update < 1 or config.episodes % config.episodes_per_update:
+        raise UserError(
+            f"raise.episodes={config.episodes} must be a positive multiple of raise.episodes_per_update="
+            f"{config.episodes_per_update} (each PPO update plays that many episodes)"
+        )
+    if config.baseline == "group" and config.episodes_per_update < 2:
+        raise UserError("raise.baseline=group compares the episodes of one update: set raise.episodes_per_update >= 2 "
+                        "or raise.baseline=critic")
+
+
+def flat_settings(config: Config) -> dict[str, Any]:
+    """Every field as "section.field" -> value (lists and mappings kept whole), in declaration order."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and key != "fields":
+                walk(f"{name}.", value)
+            else:
+                flat[name] = value
+
+    walk("", to_dict(config))
+    return flat
+
+
+def changed_settings(saved: Config, wanted: Config, may_change: Iterable[str] = ()) -> list[str]:
+    """Names of the fields that differ between two configs, except those under a ``may_change`` prefix
+    (a section such as "compare" or a field such as "raise.episodes")."""
+    before, after = flat_settings(saved), flat_settings(wanted)
+    allowed = tuple(may_change)
+    return [name for name in after
+            if before.get(name) != after[name] and not any(name == p or name.startswith(f"{p}.") for p in allowed)]
 
 
 def dump_config(config: Config) -> str:

@@ -59,7 +59,20 @@ def resolve_budget(pool_size: int, train: TrainConfig) -> int:
         origin = f"train.budget_fraction={train.budget_fraction} of {full} full-data steps"
     if budget < 1:
         raise UserError(f"budget too small: {origin} gives {budget} optimizer updates; raise the budget to at least 1 step")
+    check_budget_epochs(budget, pool_size, train, origin)
     return budget
+
+
+def check_budget_epochs(steps: int, pool_size: int, train: TrainConfig, origin: str) -> None:
+    """Refuse a budget of more passes over the pool than ``train.max_budget_epochs`` (hours of
+    training that are almost always a typo); the message says how to confirm it."""
+    epochs = steps * train.batch_size / pool_size
+    if epochs > train.max_budget_epochs:
+        raise UserError(
+            f"{origin} is {steps} optimizer updates = {epochs:.1f} passes over the {pool_size}-example pool "
+            f"(more than train.max_budget_epochs={train.max_budget_epochs:g}); lower the budget, "
+            f"or confirm the long run with train.max_budget_epochs={math.ceil(epochs)}"
+        )
 
 
 class FineTuneEnv:

@@ -16,11 +16,13 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from .config import Config, dump_config, load_config, to_dict
-from .environment import full_data_steps, resolve_budget
+from .config import Config, changed_settings, dump_config, load_config
+from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_jsonl, write_json, write_text
 from .pipeline import PhaseCost, Workbench, ledger, read_json, run_finetune
+from .ppo import Callback
+from .run_folders import COMPARISON, SELECTOR_TRAINING, FolderSwap, check_output
 from .selectors import build_selector
 
 SELECTOR_DIR = "selector"
@@ -41,22 +43,74 @@ def selector_training_cost(train_dir: Path) -> PhaseCost:
     return cost
 
 
-def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder."""
+def check_resume(output: Path, config: Config, pool_fingerprint: str | None = None) -> dict:
+    """Refuse a ``--resume`` that would mix two set-ups in one selector: every setting except
+    ``ppo.RESUMABLE_RUN_CHANGES`` must equal the run's ``config.yaml``, the raise settings and seed the
+    checkpoint's, and (when given) the pool's contents the trained pool's. Returns the checkpoint."""
+    from .ppo import CHECKPOINT_FILE, RESUMABLE_RUN_CHANGES, load_checkpoint
+
+    saved_config = output / "config.yaml"
+    if saved_config.is_file():
+        changed = changed_settings(load_config(saved_config), config, RESUMABLE_RUN_CHANGES)
+        if changed:
+            raise UserError(f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
+                            f"settings in {saved_config} (only raise.episodes may grow) or train into a new --output")
+    checkpoint = load_checkpoint(output / CHECKPOINT_FILE, config.raise_, config.seed)
+    trained_on = (checkpoint["selector_metadata"].get("provenance") or {}).get("pool_fingerprint")
+    if pool_fingerprint is not None and trained_on not in (None, pool_fingerprint):
+        raise UserError(f"--resume: the pool's contents changed since {output} was trained (same settings, other "
+                        "examples); restore the pool files or train into a new --output")
+    return checkpoint
+
+
+class _AfterFirstEpisode(Callback):
+    """Once the first new episode is checkpointed: write the run's config.yaml and drop the replaced
+    folder (if any). A run that fails before that has changed nothing."""
+
+    def __init__(self, output: Path, config: Config, swap: FolderSwap | None):
+        self.output, self.config, self.swap, self.done = output, config, swap, False
+
+    def on_episode_end(self, episode: int, summary: dict) -> None:
+        if not self.done:
+            write_text(self.output / "config.yaml", dump_config(self.config))
+            if self.swap is not None:
+                self.swap.commit()
+            self.done = True
+
+
+def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, overwrite: bool = False,
+                         progress: bool = True) -> Path:
+    """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder.
+
+    ``resume`` continues the checkpoint in ``output`` (refused when a setting changed); otherwise
+    ``output`` must be empty, or hold a selector training and ``overwrite`` be set: the old folder
+    is kept until the first new episode is saved, and restored if training fails before that.
+    """
     from .ppo import train_selector
     from .selectors.raise_policy import RaiseSelector
 
     config = bench.config
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_text(output / "config.yaml", dump_config(config))
+    check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
     episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
+    check_budget_epochs(episode_steps, len(bench.pool), config.train, f"raise.episode_steps={episode_steps}")
+    if resume:
+        check_resume(output, config, bench.pool.fingerprint())
     selector = RaiseSelector(config.raise_)
     context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
     env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
-    train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
-                   provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
-                               "target": bench.target.name, "episode_steps": episode_steps})
+    swap = None if resume else FolderSwap(output)  # as late as possible: the old folder is aside only briefly
+    first_episode = _AfterFirstEpisode(output, config, swap)
+    try:
+        train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
+                       callbacks=[first_episode],
+                       provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
+                                   "target": bench.target.name, "episode_steps": episode_steps})
+    except BaseException:
+        if swap is not None:
+            swap.rollback()  # before the first episode: the old folder (or nothing) comes back
+        raise
+    first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
     cost = selector_training_cost(output)
     write_json(output / "ledger.json", ledger(bench.phi(), {"features": bench.feature_cost,
                                                             "selector_training": cost}, None))
@@ -73,6 +127,7 @@ def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
     for steps in steps_list:
         if steps < 1:
             raise UserError(f"a compare budget gives {steps} optimizer updates (full data = {full}); raise compare.budgets")
+        check_budget_epochs(steps, pool_size, config.train, f"the compare budget of {steps} steps")
     return [(steps / full, steps) for steps in steps_list]
 
 
@@ -88,10 +143,10 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
             build_selector(method, config)
     output = Path(output)
     _check_resumable(output, config)
-    output.mkdir(parents=True, exist_ok=True)
-    write_text(output / "config.yaml", dump_config(config))
+    check_output(output, COMPARISON)
     bench = bench or Workbench.build(config)
     budgets = _budget_list(config, len(bench.pool))
+    write_text(output / "config.yaml", dump_config(config))  # after the set-up: a failed one leaves no folder
     full_steps = full_data_steps(len(bench.pool), config.train)
 
     # RAISE: one selector per selector seed (trained here unless raise.policy gives one).
@@ -107,8 +162,8 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
                 train_config.seed = selector_seed  # policy init, k-means, episode sampling
                 train_config.raise_.episode_steps = config.raise_.episode_steps or budgets[0][1]
                 trainer_bench = replace(bench, config=train_config)
-                train_raise_selector(trainer_bench, train_dir, resume=(train_dir / "checkpoint.pt").is_file(),
-                                     progress=progress)
+                resume = (train_dir / "checkpoint.pt").is_file()
+                train_raise_selector(trainer_bench, train_dir, resume=resume, overwrite=not resume, progress=progress)
                 bench.feature_cost = trainer_bench.feature_cost
                 bench.features, bench.target_embedding = trainer_bench.features, trainer_bench.target_embedding
             policies[selector_seed] = str(train_dir / SELECTOR_DIR)
@@ -151,15 +206,19 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
 
 def _check_resumable(output: Path, config: Config) -> None:
     """Finished runs in ``output`` are reused, so they must come from the same settings; only the
-    comparison's run list (the ``compare`` section) may change between invocations."""
+    comparison's run list (the ``compare`` section, except ``test_metric``) may change between invocations."""
     previous = output / "config.yaml"
     if not previous.is_file():
         return
-    saved, wanted = to_dict(load_config(previous)), to_dict(config)
-    changed = [key for key in wanted if key not in ("compare", "output") and saved.get(key) != wanted[key]]
+    saved = load_config(previous)
+    changed = changed_settings(saved, config, ("output", "compare"))
     if changed:
-        raise UserError(f"{output} was written with different {', '.join(changed)} settings; "
+        sections = ", ".join(dict.fromkeys(name.split(".")[0] for name in changed))
+        raise UserError(f"{output} was written with different {sections} settings ({', '.join(changed)}); "
                         "rerun it with its config.yaml or choose a new output folder")
+    if saved.compare.test_metric != config.compare.test_metric:
+        raise UserError(f"{output} was run with compare.test_metric={str(saved.compare.test_metric).lower()}: its finished "
+                        "runs would not change; rerun with that value or choose a new output folder")
 
 
 def _row_from_folder(run_dir: Path, root: Path, method: str, fraction: float, steps: int, seed: int) -> dict:

@@ -1,35 +1,126 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename over the target."""
+"""Atomic file writes (a temporary file or folder in the same place, then a rename over the target),
+and the one boundary where OS errors on the user's paths become one-line :class:`UserError` s."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import UserError
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# What to do about an OS error, by errno; the default covers "a file or folder is in the way".
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free disk space and run the command again",
+    errno.EDQUOT: "free disk space (quota exceeded) and run the command again",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_message(error: OSError, action: str, path: str | os.PathLike | None = None) -> str:
+    """One line: what failed on which path, why (strerror) and what to do; cache paths name RAISE_SELECT_CACHE."""
+    where = Path(path if path is not None else (error.filename or "?"))
+    fix = _OS_ERROR_FIXES.get(error.errno, "a file or folder is in the way; choose another path")
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT) and _is_within(where, cache_root()):
+        fix = "set RAISE_SELECT_CACHE to a writable folder"
+    reason = error.strerror or type(error).__name__
+    return f"cannot {action} {where}: {reason}; {fix}"
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.absolute().relative_to(folder.absolute())
+        return True
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def user_path(path: str | os.PathLike, action: str) -> Iterator[None]:
+    """Turn OS and decoding errors on a user's path into a one-line :class:`UserError`.
+
+    Wraps every read and write of run folders, caches and input files (``action``: "read", "write").
+    """
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                        "convert the file to UTF-8") from None
+    except OSError as error:
+        raise UserError(os_error_message(error, action, error.filename or path)) from None
+
+
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """``mkdir -p`` with a one-line error when a file is in the way or the place is not writable."""
+    folder = Path(folder)
+    with user_path(folder, "create the folder"):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
     """Call ``write(file_object)`` on a temp file next to ``path`` and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should follow the umask like open()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    make_dirs(path.parent)
+    with user_path(path, "write"):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should follow the umask like open()
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``folder``; when the block succeeds it replaces ``folder``
+    whole (:func:`replace_folder`), when it fails it is removed.
+
+    A reader therefore sees the old folder or the new one, never a mixture or a partial run.
+    """
+    folder = Path(folder)
+    make_dirs(folder.parent)
+    with user_path(folder.parent, "write into"):
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        replace_folder(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Rename ``new`` to ``folder``; an old ``folder`` is moved aside first (rename(2) cannot replace a
+    non-empty folder) and deleted only after."""
+    with user_path(folder, "replace"):
+        previous = None
+        if folder.exists():
+            previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, previous)
+        os.replace(new, folder)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -46,13 +137,13 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one line (metrics logs are append-only streams, flushed per line)."""
-    with open(path, "a", encoding="utf-8") as handle:
+    with user_path(path, "write"), open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row, default=_jsonable) + "\n")
         handle.flush()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
+    with user_path(path, "read"), open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 

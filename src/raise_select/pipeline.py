@@ -36,8 +36,9 @@ from .data.types import Pool, TargetTask
 from .environment import FineTuneEnv, full_data_steps, resolve_budget
 from .evaluation import evaluate_test
 from .features import StaticFeatures, compute_static_features, embed_examples, with_target_similarity
-from .io_utils import append_jsonl, atomic_write, write_json, write_text
+from .io_utils import append_jsonl, atomic_write, staged_folder, user_path, write_json, write_text
 from .model import LoadedModel, load_model, seed_everything
+from .run_folders import FINETUNE, check_output
 from .selectors.base import SelectionContext, Selector
 
 
@@ -196,71 +197,76 @@ def run_finetune(
     extra_phases: dict[str, PhaseCost] | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder."""
+    """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder.
+
+    ``output`` must be missing, empty or an earlier finetune run folder, which is replaced whole once
+    this run has finished (see :mod:`run_folders`).
+    """
     config = replace(bench.config, seed=seed, selector=selector.name)
     # Everything that can fail on the user's input happens before the run folder is touched.
     selector.setup(bench.selection_context(selector, budget_steps, seed, progress=progress))
     env = bench.make_env(budget_steps, evaluate_every=config.train.eval_every)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "selections.jsonl", "evaluation.json"):  # a re-run replaces, never appends to, old logs
-        (output / stale).unlink(missing_ok=True)
-    write_text(output / "config.yaml", dump_config(config))
-    write_json(output / "summary.json", {
-        "method": selector.name,
-        "seed": seed,
-        "budget_steps": budget_steps,
-        "budget_fraction": budget_steps / bench.phi()["steps"],
-        "batch_size": config.train.batch_size,
-        "pool_size": len(bench.pool),
-        "model": config.model.name,
-        "target": bench.target.name,
-    })
+    # Written into a temporary sibling renamed over ``output`` when the run has finished: an old run
+    # folder is replaced whole, and a failed or interrupted run leaves nothing behind.
+    check_output(output, FINETUNE)
+    with staged_folder(output) as folder:
+        write_text(folder / "config.yaml", dump_config(config))
+        write_json(folder / "summary.json", {
+            "method": selector.name,
+            "seed": seed,
+            "budget_steps": budget_steps,
+            "budget_fraction": budget_steps / bench.phi()["steps"],
+            "batch_size": config.train.batch_size,
+            "pool_size": len(bench.pool),
+            "model": config.model.name,
+            "target": bench.target.name,
+        })
 
-    state = env.reset(seed)
-    selector.reset(seed)
-    clusters = getattr(selector, "clusters", None)
-    metrics_path, selections_path = output / "metrics.jsonl", output / "selections.jsonl"
-    append_jsonl(metrics_path, {"decision": 0, "step": 0, "train_loss": None, "validation_loss": state.validation_loss,
-                                "reward": None, "seconds": 0.0, "tokens": 0})
-    total_seconds, total_tokens, decision = 0.0, 0, 0
-    decisions = -(-budget_steps // config.train.decision_interval)
-    bar = tqdm(total=decisions, desc=f"finetune[{selector.name}]", unit="decision", disable=not progress)
-    while not env.done:
-        started = time.perf_counter()
-        indices = np.asarray(selector.select(state), dtype=np.int64)
-        selection_seconds = time.perf_counter() - started
-        step_before = state.step
-        result = env.step(indices)
-        decision += 1
-        total_seconds += selection_seconds + result.seconds
-        total_tokens += result.tokens
-        append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
-        append_jsonl(metrics_path, {"decision": decision, "step": state.step, "train_loss": result.train_loss,
-                                    "validation_loss": result.validation_loss, "reward": result.reward,
-                                    "seconds": round(total_seconds, 4), "tokens": total_tokens,
-                                    "selection_seconds": round(selection_seconds, 5)})
-        bar.set_postfix(train=f"{result.train_loss:.3f}", val=f"{state.validation_loss:.3f}")
-        bar.update(1)
-    bar.close()
+        state = env.reset(seed)
+        selector.reset(seed)
+        clusters = getattr(selector, "clusters", None)
+        metrics_path, selections_path = folder / "metrics.jsonl", folder / "selections.jsonl"
+        append_jsonl(metrics_path, {"decision": 0, "step": 0, "train_loss": None, "validation_loss": state.validation_loss,
+                                    "reward": None, "seconds": 0.0, "tokens": 0})
+        total_seconds, total_tokens, decision = 0.0, 0, 0
+        decisions = -(-budget_steps // config.train.decision_interval)
+        bar = tqdm(total=decisions, desc=f"finetune[{selector.name}]", unit="decision", disable=not progress)
+        while not env.done:
+            started = time.perf_counter()
+            indices = np.asarray(selector.select(state), dtype=np.int64)
+            selection_seconds = time.perf_counter() - started
+            step_before = state.step
+            result = env.step(indices)
+            decision += 1
+            total_seconds += selection_seconds + result.seconds
+            total_tokens += result.tokens
+            append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
+            append_jsonl(metrics_path, {"decision": decision, "step": state.step, "train_loss": result.train_loss,
+                                        "validation_loss": result.validation_loss, "reward": result.reward,
+                                        "seconds": round(total_seconds, 4), "tokens": total_tokens,
+                                        "selection_seconds": round(selection_seconds, 5)})
+            bar.set_postfix(train=f"{result.train_loss:.3f}", val=f"{state.validation_loss:.3f}")
+            bar.update(1)
+        bar.close()
 
-    final_validation = state.validation_history[-1]
-    test = None
-    if test_metric and len(bench.target.test):
-        test = evaluate_test(bench.lm, bench.target, config.pool.max_length, batch_size=config.train.eval_batch_size,
-                             max_new_tokens=config.target.max_new_tokens)
-    write_json(output / "evaluation.json", {
-        "validation_loss_initial": state.validation_history[0],
-        "validation_loss_final": final_validation,
-        "test": test,
-    })
-    phases = dict(extra_phases or {})
-    if selector.requires_features:
-        phases.setdefault("features", bench.feature_cost)
-    phases["finetune"] = PhaseCost(total_seconds, total_tokens)
-    write_json(output / "ledger.json", ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
-    if hasattr(selector, "explain"):
-        write_explain_csv(output / "explain.csv", selector.explain(), bench.pool)
+        final_validation = state.validation_history[-1]
+        test = None
+        if test_metric and len(bench.target.test):
+            test = evaluate_test(bench.lm, bench.target, config.pool.max_length, batch_size=config.train.eval_batch_size,
+                                 max_new_tokens=config.target.max_new_tokens)
+        write_json(folder / "evaluation.json", {
+            "validation_loss_initial": state.validation_history[0],
+            "validation_loss_final": final_validation,
+            "test": test,
+        })
+        phases = dict(extra_phases or {})
+        if selector.requires_features:
+            phases.setdefault("features", bench.feature_cost)
+        phases["finetune"] = PhaseCost(total_seconds, total_tokens)
+        write_json(folder / "ledger.json", ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
+        if hasattr(selector, "explain"):
+            write_explain_csv(folder / "explain.csv", selector.explain(), bench.pool)
     return RunResult(selector.name, seed, budget_steps, state.validation_history[0], final_validation, test,
                      state.step, total_tokens, total_seconds, output)
 
@@ -286,4 +292,5 @@ def write_explain_csv(path: Path, rows: list[dict], pool: Pool) -> None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    with user_path(path, "read"):
+        return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import RaiseConfig
+from .config import RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
 from .selector_artifact import RaiseArtifact, artifact_from_payload, artifact_to_payload, save_selector
@@ -75,6 +75,11 @@ CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per upd
 EPISODES_FILE = "episodes.jsonl"
 SELECTOR_DIR = "selector"
 RESUMABLE_CONFIG_CHANGES = ("episodes", "policy")  # a resumed run may extend the episode count
+# Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
+# shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
+RESUMABLE_RUN_CHANGES = ("output", "selector", "compare", "raise.episodes", "raise.policy", "features.cache",
+                         "train.eval_every", "train.max_budget_epochs", "target.metric", "target.max_new_tokens",
+                         "target.answer_pattern")
 
 
 # -- the maths ------------------------------------------------------------------------------
@@ -393,20 +398,6 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
 
 
 # -- entry point ----------------------------------------------------------------------------
-def check_batching(config: RaiseConfig) -> None:
-    """One-line errors for an episode count the update batches cannot split, or a group baseline without a group."""
-    if config.episodes_per_update < 1:
-        raise UserError(f"raise.episodes_per_update={config.episodes_per_update} must be at least 1")
-    if config.episodes < 1 or config.episodes % config.episodes_per_update:
-        raise UserError(
-            f"raise.episodes={config.episodes} must be a positive multiple of raise.episodes_per_update="
-            f"{config.episodes_per_update} (each PPO update plays that many episodes)"
-        )
-    if config.baseline == "group" and config.episodes_per_update < 2:
-        raise UserError("raise.baseline=group compares the episodes of one update: set raise.episodes_per_update >= 2 "
-                        "or raise.baseline=critic")
-
-
 def train_selector(
     env: "FineTuneEnv",
     context: SelectionContext,
@@ -427,7 +418,7 @@ def train_selector(
     the checkpoint allows ``resume=True`` later). ``provenance`` adds entries (e.g. the model name)
     to the saved selector's provenance. Returns the artifact that was saved.
     """
-    check_batching(config)
+    check_raise_batching(config)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = output_dir / CHECKPOINT_FILE

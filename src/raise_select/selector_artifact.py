@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RaiseConfig, from_dict
 from .errors import UserError
+from .io_utils import staged_folder, user_path
 
 FORMAT_NAME = "raise-select-selector"
 FORMAT_VERSION = 1
@@ -74,7 +73,17 @@ def artifact_to_payload(artifact: RaiseArtifact) -> tuple[dict, dict[str, torch.
         "provenance": artifact.provenance,
     }
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in artifact.tensors.items()}
+    _check_finite(tensors, "training produced", "lower raise.learning_rate or raise raise.temperature and train again")
     return metadata, tensors
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], what: str, fix: str) -> None:
+    """A selector with NaN or infinite weights scores every candidate NaN: refuse it, naming the tensors."""
+    broken = sorted(name for name, tensor in tensors.items()
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise UserError(f"{what} a selector with non-finite (NaN/inf) weights in {shown}; {fix}")
 
 
 def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], folder: Path) -> RaiseArtifact:
@@ -103,29 +112,17 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
         raise _not_a_selector(folder, f"{METADATA_FILE} is incomplete: {type(exc).__name__} {exc}") from None
     if not any(k.startswith("policy.") for k in tensors) or not any(k.startswith("critic.") for k in tensors):
         raise _not_a_selector(folder, f"{WEIGHTS_FILE} lacks policy or critic tensors")
+    _check_finite(tensors, f"{folder} holds", "it cannot score candidates; train a new one with `raise-select train-selector`")
     return artifact
 
 
 def save_selector(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:
     """Write the selector folder atomically (temporary sibling folder, then rename)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     metadata, tensors = artifact_to_payload(artifact)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
+    with staged_folder(folder) as staging, user_path(staging, "write"):
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
-        # rename(2) cannot replace a non-empty folder: move the old one aside first, drop it after.
-        previous = None
-        if folder.exists():
-            previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, previous)
-        os.replace(staging, folder)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -136,7 +133,9 @@ def load_selector(folder: str | os.PathLike) -> RaiseArtifact:
     if not folder.is_dir():
         raise _not_a_selector(folder, "no such folder")
     if not metadata_path.is_file():
-        raise _not_a_selector(folder, f"no {METADATA_FILE}")
+        inside = folder / "selector"
+        hint = f"; the selector of a train-selector folder is {inside}" if (inside / METADATA_FILE).is_file() else ""
+        raise _not_a_selector(folder, f"no {METADATA_FILE}{hint}")
     try:
         metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 
 from ..config import SourceConfig
 from ..errors import UserError
+from ..io_utils import user_path
 from .types import Example
 
 FORMATS = ("auto", "alpaca", "messages", "prompt_response")
@@ -204,15 +205,17 @@ def _read_records(path: Path, on_error: str, skipped: list[str]) -> Iterator[tup
 
 
 def _read_jsonl(path: Path, on_error: str, skipped: list[str]) -> Iterator[tuple[str, int, Any]]:
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with user_path(path, "read"), open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is one bad record
+        for line_number, raw in enumerate(handle, start=1):
             where = f"{path}:{line_number}"
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 record = json.loads(line)
-            except json.JSONDecodeError as error:
-                message = f"{where}: bad JSON ({error.msg}); each line must be one JSON object"
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                problem = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else f"bad JSON ({error.msg})"
+                message = f"{where}: {problem}; each line must be one JSON object in UTF-8"
                 if on_error != "skip":
                     raise UserError(f"{message} (or set pool.on_error=skip to drop malformed records)") from None
                 skipped.append(message)
@@ -221,7 +224,7 @@ def _read_jsonl(path: Path, on_error: str, skipped: list[str]) -> Iterator[tuple
 
 
 def _load_json(path: Path) -> list:
-    with _open_text(path) as handle:
+    with user_path(path, "read"), open(path, encoding="utf-8") as handle:
         try:
             records = json.load(handle)
         except json.JSONDecodeError as error:
@@ -232,13 +235,6 @@ def _load_json(path: Path) -> list:
             "use .jsonl for one record per line"
         )
     return records
-
-
-def _open_text(path: Path):
-    try:
-        return open(path, encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror}); check the path and its permissions") from None
 
 
 def _read_dataset_folder(path: Path) -> Iterator[tuple[str, int, Any]]:

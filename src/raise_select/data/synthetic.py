@@ -23,11 +23,8 @@ occur in the pool or in the pre-training corpus, so the target measures transfer
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import string
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -264,24 +261,13 @@ def synthetic_model_dir(cache_dir: Path | None = None) -> Path:
     """The pre-trained tiny model as a Hugging Face folder, built once under ``cache_dir``.
 
     ``cache_dir`` defaults to :func:`raise_select.io_utils.cache_root`. The build is seeded (same
-    weights every time on a given machine) and atomic: it happens in a temp folder renamed into
-    place, so concurrent callers never see a partial folder (a losing builder discards its copy).
+    weights every time on a given machine), atomic, and verified on every use: a corrupt folder is
+    rebuilt (see :mod:`raise_select.assets`).
     """
+    from ..assets import cached_folder
+
     target = Path(cache_dir if cache_dir is not None else cache_root()) / SYNTHETIC_MODEL_NAME
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{SYNTHETIC_MODEL_NAME}."))
-    try:
-        _build_model(building)
-        try:
-            os.replace(building, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # a real failure, not "another process finished first"
-                raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return target
+    return cached_folder(target, _build_model, "synthetic model")
 
 
 def _build_model(folder: Path) -> None:

@@ -108,7 +108,7 @@ class SelectionSession:
         """``TrainingArguments`` / ``SFTConfig`` keywords that reproduce our environment's update rule.
 
         One AdamW update (torch's, betas 0.9/0.999, eps 1e-8) per ``train.batch_size`` examples at a
-        constant learning rate, no warm-up, the same weight decay and gradient clipping, the budget
+        constant learning rate after ``train.warmup_steps`` of linear warm-up, the same weight decay and gradient clipping, the budget
         as ``max_steps``. ``per_device_train_batch_size`` is B / (world_size x accumulation). On a
         CPU model it sets ``use_cpu``, which makes ``torchrun`` on CPU real DDP (gloo).
         ``world_size`` defaults to ``$WORLD_SIZE`` (set by ``torchrun``), else 1.
@@ -128,8 +128,8 @@ class SelectionSession:
             "learning_rate": self.train.learning_rate,
             "weight_decay": self.train.weight_decay,
             "max_grad_norm": self.train.max_grad_norm,
-            "lr_scheduler_type": "constant",
-            "warmup_steps": 0,
+            "lr_scheduler_type": "constant_with_warmup",  # what the native environment uses
+            "warmup_steps": self.train.warmup_steps,
             "optim": "adamw_torch",
             "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
             "average_tokens_across_devices": True,  # token-weighted mean over all ranks, as one process would

@@ -1,0 +1,104 @@
+"""Cached assets (the converted SmolLM2, the pre-trained synthetic model): built once, verified on every use.
+
+A build runs into a temporary sibling folder, gets ``manifest.json`` (every file's size and SHA-256)
+and is renamed into place (:func:`io_utils.replace_folder`); when another process finished the same
+build meanwhile, its folder is kept. A folder whose files do not match its manifest (truncated,
+altered, missing) is rebuilt with a warning instead of failing later inside ``from_pretrained``.
+Folders cached before manifests existed are accepted once their safetensors files read completely,
+and get a manifest then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .io_utils import make_dirs, replace_folder, user_path, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+
+
+def cached_folder(target: Path, build: Callable[[Path], None], what: str) -> Path:
+    """``target`` after checking it against its manifest; ``build(folder)`` (re)creates it when absent or corrupt."""
+    target = Path(target)
+    problem = verify_folder(target)
+    if problem is None:
+        return target
+    if target.exists():
+        logger.warning("cached %s in %s is corrupt (%s); rebuilding it", what, target, problem)
+    make_dirs(target.parent)
+    with user_path(target.parent, "write into"):
+        building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        build(building)
+        write_json(building / MANIFEST_FILE, _describe(building))
+        if verify_folder(target) is not None:  # else another process finished the same build first: keep its folder
+            replace_folder(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def verify_folder(folder: Path) -> str | None:
+    """None when ``folder`` is complete, else what is wrong with it (for the warning)."""
+    if not (folder / "config.json").is_file():
+        return "no config.json" if folder.exists() else "not built yet"
+    manifest_path = folder / MANIFEST_FILE
+    with user_path(folder, "read"):
+        if not manifest_path.is_file():
+            return _adopt_legacy(folder)
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return f"{MANIFEST_FILE} is unreadable"
+        for name, expected in manifest.items():
+            file = folder / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != expected["size"]:
+                return f"{name} has {file.stat().st_size} bytes, {expected['size']} when built"
+            if _sha256(file) != expected["sha256"]:
+                return f"{name} changed since it was built"
+    return None
+
+
+def _describe(folder: Path) -> dict:
+    return {file.name: {"size": file.stat().st_size, "sha256": _sha256(file)}
+            for file in sorted(folder.iterdir()) if file.is_file() and file.name != MANIFEST_FILE}
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _adopt_legacy(folder: Path) -> str | None:
+    """A folder from before manifests: usable when every safetensors file reads whole; then record it."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no weights"
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as error:
+            return f"{file.name} is unreadable ({str(error).splitlines()[0]})"
+    try:
+        write_json(folder / MANIFEST_FILE, _describe(folder))
+    except UserError:  # a read-only cache stays usable without a manifest
+        pass
+    return None

@@ -1,0 +1,375 @@
+"""Every bad input or fault is one line on stderr with exit status 2, and finished work survives it.
+
+Each case builds its input, snapshots the whole workspace (a finished finetune run, a trained
+selector, a finished comparison, input files), runs the CLI in-process, and asserts: status 2, exactly
+one ``error: ...`` line containing the expected fragments, nothing on stdout, and every file in the
+workspace byte-identical afterwards with nothing added (no partial folders, no temporary siblings).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from raise_select import io_utils, run_folders
+from raise_select.cli import main, parse_args
+from raise_select.config import SourceConfig, dump_config, load_config
+from raise_select.data import synthetic
+from raise_select.data.formats import load_source_file
+from raise_select.errors import UserError
+from raise_select.selector_artifact import load_selector, save_selector
+
+from conftest import SYNTHETIC_OVERRIDES, assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace with a config, a finished finetune run, a trained selector and a finished comparison."""
+    root = tmp_path_factory.mktemp("errors")
+    config = load_config(None, [*SYNTHETIC_OVERRIDES, "target.n_test=4", "train.budget_steps=2"])
+    (root / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    common = ["--config", str(root / "config.yaml"), "--no-progress"]
+    assert main(["finetune", *common, "--output", str(root / "run")]) == 0
+    assert main(["train-selector", *common, "--output", str(root / "training"),
+                 "raise.episodes=2", "raise.episode_steps=2"]) == 0
+    assert main(["compare", *common, "--output", str(root / "comparison"), "compare.methods=[random]",
+                 "compare.seeds=[0]", "compare.budget_steps=[2]", "compare.test_metric=false"]) == 0
+    return root
+
+
+def snapshot(folder) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (None), hidden ones included, by relative path."""
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
+
+
+def _run(ws, argv):
+    return [argv[0], "--config", str(ws / "config.yaml"), "--no-progress", *argv[1:]]
+
+
+def _new(command: str, *extra):
+    """argv builder: ``command`` into a folder that does not exist yet."""
+    return lambda ws: _run(ws, [command, "--output", str(ws / "new"), *[e(ws) if callable(e) else e for e in extra]])
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _nan_selector(ws):
+    folder = ws / "nan-selector"
+    if not folder.exists():
+        shutil.copytree(ws / "training" / "selector", folder)
+        tensors = load_file(str(folder / "weights.safetensors"))
+        first = sorted(k for k in tensors if k.startswith("policy."))[0]
+        tensors[first] = torch.full_like(tensors[first], float("nan"))
+        save_file(tensors, str(folder / "weights.safetensors"), metadata={"format": "raise-select-selector"})
+    return folder
+
+
+def _bad_utf8_pool(ws):
+    lines = [json.dumps({"prompt": f"say {i}", "response": str(i)}).encode() for i in range(12)]
+    lines[3] = b'{"prompt": "caf\xe9", "response": "x"}'
+    return _write(ws / "latin1.jsonl", b"\n".join(lines) + b"\n")
+
+
+# (name, argv builder, fragments of the error line). Builders may write input files; they run
+# before the workspace snapshot. The issue's classes first, then further bad inputs.
+CASES = {
+    # results destroyed or silently replaced
+    "rerun with negative learning rate": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "run"), "train.learning_rate=-1"]),
+                                          ["train.learning_rate=-1.0", "must be > 0", "train.learning_rate=0.0002"]),
+    "rerun with zero eval batch": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "run"), "train.eval_batch_size=0"]),
+                                   ["train.eval_batch_size=0", "must be >= 1"]),
+    "train-selector over a trained selector": (lambda ws: _run(ws, ["train-selector", "--output", str(ws / "training")]),
+                                               ["already holds a selector training", "--resume", "--overwrite"]),
+    "finetune into a selector training": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "training")]),
+                                          ["selector-training folder", "choose another --output"]),
+    "finetune into a comparison": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "comparison")]),
+                                   ["comparison folder", "choose another --output"]),
+    "finetune into a folder of other files": (lambda ws: _run(ws, ["finetune", "--output", str(ws)]),
+                                              ["folder of other files", "choose another --output"]),
+    "resume with another budget": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
+                                                        "raise.episode_steps=3"]), ["--resume", "raise.episode_steps"]),
+    "resume with another pool": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
+                                                      "raise.episode_steps=2", "pool.sources=[{name: synthetic, limit: 200}]"]),
+                                 ["--resume", "different pool.sources"]),
+    "resume with another target": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
+                                                        "raise.episode_steps=2", "target.n_validation=20"]),
+                                   ["different target.n_validation"]),
+    "resume with another learning rate": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
+                                                               "raise.episode_steps=2", "train.learning_rate=0.01"]),
+                                          ["different train.learning_rate"]),
+    "resume with another batch size": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
+                                                            "raise.episode_steps=2", "train.batch_size=4"]),
+                                       ["different train.batch_size"]),
+    "resume and overwrite together": (lambda ws: _run(ws, ["train-selector", "--resume", "--overwrite", "--output",
+                                                           str(ws / "training")]), ["contradict"]),
+    # garbage that used to be accepted
+    "selector with NaN weights": (_new("finetune", "--selector", "raise", "--policy", lambda ws: str(_nan_selector(ws))),
+                                  ["non-finite", "policy."]),
+    "test metric switched on a comparison re-run": (lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"),
+                                                                         "compare.methods=[random]", "compare.seeds=[0]",
+                                                                         "compare.budget_steps=[2]", "compare.test_metric=true"]),
+                                                    ["compare.test_metric=false", "choose a new output folder"]),
+    "scalar seeds": (_new("compare", "compare.seeds=3"),
+                     ["compare.seeds", "must be a list", "compare.seeds=[3]"]),
+    "architecture override with --policy": (_new("finetune", "--selector", "raise", "--policy",
+                                                 lambda ws: str(ws / "training" / "selector"), "raise.clusters=4"),
+                                            ["raise.clusters", "cannot change a trained selector"]),
+    "empty config file": (lambda ws: ["finetune", "--config", str(_write(ws / "empty.yaml", b"")), "--output", str(ws / "new")],
+                          ["empty.yaml is empty", "examples/configs"]),
+    "empty --pool": (_new("finetune", "--pool", ""), ["--pool is empty"]),
+    "budget of many epochs": (_new("finetune", "train.budget_steps=100000"),
+                              ["train.budget_steps=100000", "passes over the 240-example pool", "train.max_budget_epochs=3334"]),
+    # tracebacks that are now one line
+    "non-UTF-8 pool": (_new("finetune", "--pool", lambda ws: str(_bad_utf8_pool(ws))),
+                       ["latin1.jsonl:4", "not UTF-8", "pool.on_error=skip"]),
+    "non-UTF-8 target": (_new("finetune", lambda ws: f"target.name={_bad_utf8_pool(ws)}", "target.n_validation=4",
+                              "target.n_test=2"), ["latin1.jsonl:4", "not UTF-8"]),
+    "non-UTF-8 config": (lambda ws: ["finetune", "--config", str(_write(ws / "latin1.yaml", b"seed: 0 # caf\xe9\n")),
+                                     "--output", str(ws / "new")], ["latin1.yaml is not UTF-8", "convert the file"]),
+    "malformed override value": (_new("compare", "compare.seeds=[0,1"),
+                                 ["compare.seeds=[0,1", "not valid YAML"]),
+    "empty seed list": (lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"), "compare.seeds=[]"]),
+                        ["compare.seeds is empty"]),
+    "output is a file": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml")]), ["is a file"]),
+    "output under a file": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml" / "run")]),
+                            ["lies under the file", "config.yaml"]),
+    "unknown hub model": (_new("finetune", "model.name=org/absent-model"),
+                          ["unknown model 'org/absent-model'", "huggingface-cli download"]),
+    "unknown option": (_new("finetune", "--budget", "3"),
+                       ["unrecognized arguments: --budget", "--help"]),
+}
+
+# Out of range (the issue's own examples): (command, override, what the rule says).
+OUT_OF_RANGE = {
+    "zero temperature": ("train-selector", "raise.temperature=0", "must be > 0"),
+    "zero episodes": ("train-selector", "raise.episodes=0", "must be >= 1"),
+    "zero episode steps": ("train-selector", "raise.episode_steps=0", "or null"),
+    "zero batch size": ("finetune", "train.batch_size=0", "must be >= 1"),
+    "zero pca dim": ("finetune", "features.pca_dim=0", "must be >= 1"),
+}
+CASES.update({name: (_new(command, override), [override.split("=")[0], rule])
+              for name, (command, override, rule) in OUT_OF_RANGE.items()})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_keeps_every_file(case, ws, capsys):
+    build, expected = CASES[case]
+    argv = build(ws)
+    before = snapshot(ws)
+    capsys.readouterr()
+    started = time.perf_counter()
+    status = main(argv)
+    assert_one_line_error(status, capsys.readouterr(), expected)
+    assert time.perf_counter() - started < 20  # no network retries, no training before the check
+    assert snapshot(ws) == before
+
+
+# Faults the environment causes: simulated, since the tests run as root and have a disk to spare.
+def _read_only(monkeypatch, ws):
+    monkeypatch.setattr(run_folders.os, "access", lambda path, mode: False)
+    return ["finetune", "--output", str(ws / "new")], ["not writable", "choose another --output"]
+
+
+def _unreadable_config(monkeypatch, ws):
+    real = type(ws).read_text
+
+    def read_text(path, *args, **kwargs):
+        if path.name == "config.yaml" and path.parent == ws:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(ws), "read_text", read_text)
+    return ["finetune", "--output", str(ws / "new")], ["cannot read the config", "Permission denied"]
+
+
+def _disk_full(monkeypatch, ws):
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_utils.os, "fsync", fsync)
+    return ["finetune", "--output", str(ws / "run")], ["No space left on device", "free disk space"]
+
+
+def _cache_is_a_file(monkeypatch, ws):
+    blocker = ws / "cache-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(blocker))
+    return ["finetune", "--output", str(ws / "new")], [str(blocker), "set RAISE_SELECT_CACHE to a writable folder"]
+
+
+def _cache_read_only(monkeypatch, ws, tmp_path):
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(tmp_path / "cache"))
+
+    def mkdtemp(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "cache"))
+
+    monkeypatch.setattr(io_utils.tempfile, "mkdtemp", mkdtemp)
+    return ["finetune", "--output", str(ws / "new")], ["Permission denied", "set RAISE_SELECT_CACHE"]
+
+
+def _truncated_local_model(monkeypatch, ws, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(synthetic.synthetic_model_dir(), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return ["finetune", "--output", str(ws / "new"), f"model.name={folder}"], ["could not load model", str(folder)]
+
+
+FAULTS = {
+    "read-only output": _read_only,
+    "unreadable config": _unreadable_config,
+    "disk full during a re-run": _disk_full,
+    "cache path is a file": _cache_is_a_file,
+    "read-only cache": _cache_read_only,
+    "truncated weights in a model folder": _truncated_local_model,
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_faults_are_one_line_and_keep_every_file(fault, ws, tmp_path, monkeypatch, capsys):
+    make = FAULTS[fault]
+    argv, expected = make(monkeypatch, ws, tmp_path) if make.__code__.co_argcount == 3 else make(monkeypatch, ws)
+    before = snapshot(ws)
+    capsys.readouterr()
+    status = main(_run(ws, argv))
+    assert_one_line_error(status, capsys.readouterr(), expected)
+    assert snapshot(ws) == before
+
+
+def test_failed_run_into_a_new_folder_leaves_nothing(ws, monkeypatch, capsys):
+    """A run that fails after it started writing (here: at its first decision) leaves no folder."""
+    from raise_select.selectors.simple import RandomSelector
+
+    def select(self, state):
+        raise UserError("the selector failed")
+
+    monkeypatch.setattr(RandomSelector, "select", select)
+    before = snapshot(ws)
+    status = main(_run(ws, ["finetune", "--output", str(ws / "new"), "--selector", "random"]))
+    assert_one_line_error(status, capsys.readouterr(), ["the selector failed"])
+    assert snapshot(ws) == before and not (ws / "new").exists()
+
+
+def test_options_and_overrides_mix_in_any_order():
+    args = parse_args(["finetune", "--config", "c.yaml", "train.budget_steps=2", "--output", "o",
+                       "train.learning_rate=1e-4", "--seed", "3", "raise.clusters=2"])
+    assert args.output == "o" and args.seed == 3
+    assert args.overrides == ["train.budget_steps=2", "train.learning_rate=1e-4", "raise.clusters=2"]
+
+
+def test_skip_mode_drops_a_non_utf8_line(ws):
+    examples, skipped = load_source_file(SourceConfig(name=str(_bad_utf8_pool(ws))), on_error="skip")
+    assert len(examples) == 11 and len(skipped) == 1 and "latin1.jsonl:4: not UTF-8" in skipped[0]
+
+
+def test_non_finite_selector_is_refused_at_save(ws, tmp_path):
+    artifact = load_selector(ws / "training" / "selector")
+    name = next(k for k in artifact.tensors if k.startswith("critic."))
+    artifact.tensors[name] = torch.full_like(artifact.tensors[name], float("inf"))
+    target = tmp_path / "selector"
+    shutil.copytree(ws / "training" / "selector", target)
+    before = snapshot(target)
+    with pytest.raises(UserError, match=f"non-finite .* in {name}"):
+        save_selector(artifact, target)
+    assert snapshot(target) == before and sorted(os.listdir(tmp_path)) == ["selector"]
+
+
+def _failing_episode(*args, **kwargs):
+    raise UserError("the episode failed")
+
+
+def test_overwrite_keeps_the_old_training_until_the_first_new_episode(ws, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "training"
+    shutil.copytree(ws / "training", folder)
+    before = snapshot(folder)
+    argv = _run(ws, ["train-selector", "--overwrite", "--output", str(folder), "raise.episodes=2", "raise.episode_steps=2"])
+
+    from raise_select import ppo
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ppo, "run_episode", _failing_episode)
+        status = main(argv)
+    assert_one_line_error(status, capsys.readouterr(), ["the episode failed"])
+    assert snapshot(folder) == before and sorted(os.listdir(tmp_path)) == ["training"]
+
+    assert main(argv) == 0
+    assert (folder / "checkpoint.pt").read_bytes() != before["checkpoint.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["training"]  # the old folder is gone, nothing else left
+
+
+def test_resume_that_only_extends_the_episodes_continues(ws, tmp_path, monkeypatch, capsys):
+    from raise_select import ppo
+
+    folder = tmp_path / "training"
+    shutil.copytree(ws / "training", folder)
+    before = snapshot(folder)
+    argv = _run(ws, ["train-selector", "--resume", "--output", str(folder), "raise.episodes=4", "raise.episode_steps=2"])
+    with monkeypatch.context() as patch:  # a resume that fails in its first new episode changes nothing
+        patch.setattr(ppo, "run_episode", _failing_episode)
+        assert_one_line_error(main(argv), capsys.readouterr(), ["the episode failed"])
+    assert snapshot(folder) == before
+    assert main(argv) == 0
+    assert len((folder / "episodes.jsonl").read_text().splitlines()) == 4
+    assert load_config(folder / "config.yaml").raise_.episodes == 4
+
+
+def test_corrupt_cached_model_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """A truncated weight file in the cache is detected by the manifest and rebuilt, not loaded."""
+    built = synthetic.synthetic_model_dir()  # the real cache: copied instead of pre-training again
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(tmp_path))
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        for file in built.iterdir():
+            if file.name != "manifest.json":
+                shutil.copy2(file, folder / file.name)
+
+    monkeypatch.setattr(synthetic, "_build_model", build)
+    folder = synthetic.synthetic_model_dir()
+    assert len(builds) == 1 and (folder / "manifest.json").is_file()
+    assert synthetic.synthetic_model_dir() == folder and len(builds) == 1  # verified, not rebuilt
+
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        assert synthetic.synthetic_model_dir() == folder
+    assert len(builds) == 2 and "corrupt" in caplog.text and "model.safetensors" in caplog.text
+    assert weights.read_bytes() == (built / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 3])
+def test_comparison_interrupted_while_training_its_selector_resumes(ws, tmp_path, monkeypatch, interrupt_at):
+    """Ctrl-C in the first PPO update's episodes (nothing kept) or the second's (a checkpoint kept): the same command resumes."""
+    from raise_select import ppo
+
+    argv = _run(ws, ["compare", "--output", str(tmp_path / "comparison"), "compare.methods=[raise]", "compare.seeds=[0]",
+                     "compare.budget_steps=[2]", "compare.test_metric=false", "raise.episodes=4"])
+    real_episode, calls = ppo.run_episode, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real_episode(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ppo, "run_episode", interrupted)
+        assert main(argv) == 130
+    kept = sorted(os.listdir(tmp_path / "comparison"))
+    assert kept == (["config.yaml"] if interrupt_at == 1 else ["config.yaml", "selector-s0"])
+    assert main(argv) == 0
+    assert len((tmp_path / "comparison" / "selector-s0" / "episodes.jsonl").read_text().splitlines()) == 4
