@@ -1,61 +1,81 @@
-"""RAISE learns on the synthetic testbed, where the right answer is known.
+"""RAISE learns on the synthetic testbed, where the right answer is known: a success rate over seeds.
 
-The pool's helpful families (correct sums) are 24 % of the pool. After a short PPO training the
-greedy RAISE selector must (a) pick helpful, non-corrupted examples far more often than the pool
-and random selection do, and (b) reach a lower target validation loss than random selection at the
-same step budget. Fixed seeds; about a minute on 2 CPU cores.
+RL results vary with the selector-training seed, so one pinned training proves nothing. Five
+selector trainings (seeds 0-4) on the demo --quick testbed, each deployed greedily; the test asserts
+that at least 4 of 5 beat random selection's mean validation loss by a margin and pick far more
+helpful-clean examples than the pool holds. The margins are measured (see the README's "Selector
+learning" table and ``bench/selector_learning.py``); about 3 minutes on 2 CPU cores.
 """
+
+import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from raise_select.config import load_config
+from raise_select.experiments import recipe_path, train_raise_selector
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector
-from raise_select.experiments import train_raise_selector
 
-BUDGET = 24
+BUDGET = 8  # 2 % of full-data steps: the cheapest budget at which the methods separate
+SELECTOR_SEEDS = (0, 1, 2, 3, 4)
+RANDOM_SEEDS = (0, 1, 2)
+EPISODES = 32
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("learning")
-    config = load_config("examples/configs/synthetic.yaml", [
-        "target.n_validation=32", f"train.budget_steps={BUDGET}", "raise.episodes=30", "features.cache=false",
-    ])
-    bench = Workbench.build(config)
-    policy = train_raise_selector(bench, root / "selector", progress=False)
-    config.raise_.policy = str(policy)
-    return bench, config, root
+def bench():
+    config = load_config(recipe_path("demo_quick"), [f"train.budget_steps={BUDGET}", f"raise.episodes={EPISODES}",
+                                                     "features.cache=false"])
+    return Workbench.build(config)
 
 
-def _clean_helpful_share(run_dir):
+def _helpful_clean_share(run_dir) -> float:
     chosen = [(h, c) for s in read_jsonl(run_dir / "selections.jsonl") for h, c in zip(s["helpful"], s["corrupted"])]
     return float(np.mean([bool(h) and not c for h, c in chosen]))
 
 
-def test_raise_prefers_helpful_examples_and_beats_random(trained):
-    bench, config, root = trained
-    pool_share = float(np.mean([bool(e.meta["helpful"]) and not e.meta["corrupted"] for e in bench.pool.examples]))
+@pytest.fixture(scope="module")
+def outcomes(bench, tmp_path_factory):
+    """Per selector seed: (validation loss, helpful-clean share) of greedy RAISE; and random's mean loss."""
+    root = tmp_path_factory.mktemp("learning")
     results = {}
-    for method in ("raise", "random"):
-        for seed in (0, 1):
-            run = run_finetune(bench, build_selector(method, config), root / f"{method}-{seed}", BUDGET, seed,
-                               test_metric=False, progress=False)
-            results.setdefault(method, []).append((run.validation_loss_final, _clean_helpful_share(run.output)))
-    raise_loss, raise_share = np.mean(results["raise"], axis=0)
-    random_loss, random_share = np.mean(results["random"], axis=0)
-    print(f"pool share {pool_share:.2f}; raise share {raise_share:.2f} loss {raise_loss:.3f}; "
-          f"random share {random_share:.2f} loss {random_loss:.3f}")
-    assert raise_share >= 1.5 * pool_share
-    assert raise_share >= random_share + 0.1
-    assert raise_loss < random_loss
+    for seed in SELECTOR_SEEDS:
+        config = copy.deepcopy(bench.config)
+        config.seed = seed
+        policy = train_raise_selector(replace(bench, config=config), root / f"selector-s{seed}", progress=False)
+        config.raise_.policy = str(policy)
+        run = run_finetune(bench, build_selector("raise", config), root / f"raise-s{seed}", BUDGET, 0,
+                           test_metric=False, progress=False)
+        results[seed] = (run.validation_loss_final, _helpful_clean_share(run.output))
+    random_losses = [
+        run_finetune(bench, build_selector("random", bench.config), root / f"random-{seed}", BUDGET, seed,
+                     test_metric=False, progress=False).validation_loss_final
+        for seed in RANDOM_SEEDS
+    ]
+    return results, float(np.mean(random_losses)), root
 
 
-def test_selector_training_log_is_complete(trained):
-    _, _, root = trained
-    rows = read_jsonl(root / "selector" / "episodes.jsonl")
-    assert [r["episode"] for r in rows] == list(range(30))
+def test_raise_beats_random_in_at_least_four_of_five_selector_trainings(outcomes):
+    results, random_loss, _ = outcomes
+    print({seed: round(loss, 3) for seed, (loss, _) in results.items()}, "random", round(random_loss, 3))
+    wins = [seed for seed, (loss, _) in results.items() if loss < random_loss - 0.2]
+    assert len(wins) >= 4, f"RAISE beat random (by 0.2) in selector seeds {wins} only"
+
+
+def test_raise_picks_helpful_clean_examples(outcomes, bench):
+    results, _, _ = outcomes
+    pool_share = float(np.mean([bool(e.meta["helpful"]) and not e.meta["corrupted"] for e in bench.pool.examples]))
+    shares = {seed: share for seed, (_, share) in results.items()}
+    print("helpful-clean share", shares, "pool", round(pool_share, 2))
+    assert sum(share >= 2 * pool_share for share in shares.values()) >= 4
+
+
+def test_selector_training_logs_every_episode(outcomes):
+    _, _, root = outcomes
+    rows = read_jsonl(root / "selector-s0" / "episodes.jsonl")
+    assert [r["episode"] for r in rows] == list(range(EPISODES))
     assert all(r["updates"] == BUDGET for r in rows)
     assert all(np.isfinite([r["return"], r["policy_loss"], r["value_loss"], r["entropy"]]).all() for r in rows)

@@ -21,7 +21,9 @@ from raise_select.ppo import (
     collect_rollouts,
     compute_gae,
     episode_seed,
+    fitted_baselines,
     group_baselines,
+    stage_basis,
     ppo_update,
     run_episode,
     train_selector,
@@ -239,6 +241,18 @@ def test_group_baseline_is_the_leave_one_out_mean_return_by_hand():
     np.testing.assert_allclose(group_baselines(returns), [[1.5, 1.0], [2.5, 1.5], [2.0, 0.5]])
     with pytest.raises(ValueError):
         group_baselines(returns[:1])
+
+
+def test_fitted_baseline_predicts_returns_that_are_a_function_of_the_stage_exactly():
+    rng = np.random.default_rng(0)
+    stages = [np.column_stack([np.arange(6) / 6, rng.uniform(0.5, 1.0, 6), rng.normal(0, 0.1, 6)]) for _ in range(3)]
+    weights = np.array([0.3, -1.0, 0.5, 0.2, 2.0, -0.5, 1.0, 0.7])
+    returns = [stage_basis(s) @ weights for s in stages]
+    for baseline, target in zip(fitted_baselines([stage_basis(s) for s in stages], returns, ridge=1e-9), returns):
+        np.testing.assert_allclose(baseline, target, atol=1e-5)
+    # leave-one-out: an episode's own return never enters its baseline
+    noisy = [r + (5.0 if k == 0 else 0.0) for k, r in enumerate(returns)]
+    np.testing.assert_allclose(fitted_baselines([stage_basis(s) for s in stages], noisy, ridge=1e-9)[0], returns[0], atol=1e-5)
 
 
 def test_group_advantage_credits_each_step_against_the_other_episodes_at_that_step():

@@ -16,6 +16,12 @@ Advantages (``raise.baseline``):
   into GAE as the value, ``delta_t = r_t - mean_{e' != e} r_t(e')``: a decision is credited with how
   much more its loss drop was than the batch's at the same step (and, with lambda > 0, the next
   steps'). No critic needs to learn the strong dependence of loss drops on the stage first.
+* ``fitted`` [ours]: a leave-one-out linear baseline (rllab's linear feature baseline, fitted per
+  update): the return-to-go regressed on a basis of the stage features (progress, validation loss
+  relative to the start, its latest change) over the OTHER episodes of the batch. It also removes
+  what the state explains: a run whose loss is already low has less left to gain, so without it
+  good early decisions make the later ones look bad (RAISE's picks drifted away from helpful data
+  late in an episode).
 * ``critic``: classic GAE with the learned critic V(s).
 
 The critic is trained in both cases (its value loss is logged); advantages are normalized over
@@ -125,6 +131,27 @@ def group_baselines(returns: np.ndarray) -> np.ndarray:
     return (returns.sum(axis=0, keepdims=True) - returns) / (count - 1)
 
 
+def stage_basis(stages: np.ndarray) -> np.ndarray:
+    """[T, 8] regression features of the stage features [progress p, validation ratio v, change c]:
+    1, p, p^2, p^3, v, v^2, p v, c (a smooth function of time and of how far training has got)."""
+    p, v, c = (np.asarray(stages, dtype=np.float64)[:, i] for i in range(3))
+    return np.stack([np.ones_like(p), p, p * p, p ** 3, v, v * v, p * v, c], axis=1)
+
+
+def fitted_baselines(bases: Sequence[np.ndarray], returns: Sequence[np.ndarray], ridge: float = 1e-3) -> list[np.ndarray]:
+    """Leave-one-out linear baselines: episode e's values come from a ridge regression of the return-to-go
+    on the stage basis, fitted on the OTHER episodes of the batch (so no episode is its own baseline)."""
+    if len(bases) < 2:
+        raise ValueError("a fitted baseline needs at least two episodes per update")
+    baselines = []
+    for e in range(len(bases)):
+        x = np.concatenate([b for k, b in enumerate(bases) if k != e])
+        y = np.concatenate([r for k, r in enumerate(returns) if k != e])
+        weights = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
+        baselines.append(bases[e] @ weights)
+    return baselines
+
+
 def batch_advantages(episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per episode: (advantages, critic targets), before normalization; see the module docstring."""
     rewards = [np.array([d.reward for d in buffer.decisions]) for buffer in episodes]
@@ -135,6 +162,9 @@ def batch_advantages(episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -
         if len(lengths) != 1:
             raise ValueError("a group baseline needs episodes of equal length (the same budget)")
         values = list(group_baselines(np.stack(returns)))
+    elif config.baseline == "fitted":
+        bases = [stage_basis(np.stack([d.stage for d in buffer.decisions])) for buffer in episodes]
+        values = fitted_baselines(bases, returns)
     else:
         values = [np.array([d.value for d in buffer.decisions]) for buffer in episodes]
     # Every rollout is one whole episode, so the last decision is terminal and last_value is never used.

@@ -9,13 +9,21 @@ Small enough for tests and PPO experiments to run in seconds on a laptop CPU:
   tokenizer, briefly pre-trained on a generic corpus: plain-text sums (``32+45 = 77``), sums asked
   in chat with words (``what is 32 plus 45?``) and chat turns of the irrelevant families. It knows
   the skill but has never seen a sum with ``+`` asked in a chat turn, so the target starts far from
-  solved (validation loss ~2.5 nats/token, ~10 % exact match) and a few fine-tuning steps on
-  correct ``+`` questions unlock it.
+  solved (its confident wrong first digits cost 2-3.5 nats/token over the 64-example validation
+  split, depending on the CPU that pre-trained it) and a few fine-tuning steps on correct ``+``
+  questions unlock it.
 * **Pool** (:func:`synthetic_pool`). Families with known labels (:data:`SYNTHETIC_FAMILIES`): two
-  helpful ones (correct ``+`` questions in two sets of phrasings, ~24 % of the pool), five
-  irrelevant string tasks, and two corrupted ones that reuse the helpful prompts with wrong
-  answers. Corrupted prompts look exactly like helpful ones: only the response loss under the base
-  model (which knows the right sums) tells them apart, as with real noisy data.
+  helpful ones (correct ``+`` questions in two sets of phrasings, 24 % of the pool), five
+  irrelevant string tasks (52 %), and two corrupted ones (24 %) that reuse the helpful prompts with
+  wrong answers: a wrong rule (the difference) and random numbers. Corrupted prompts look exactly
+  like helpful ones: only the response loss under the base model (which knows the right sums)
+  tells them apart, as with real noisy data. Corrupted data hurts the target, so full-data training
+  (which learns the mixture) is beaten by the helpful-clean subset at a small budget: the premise
+  of the paper (``tests/test_synthetic.py`` checks it).
+* **Reproducibility.** Pre-training is seeded, but its result differs between CPUs (kernels round
+  differently and 700 steps amplify it): the base model's validation loss ranges over about 2-3.5
+  nats/token across ``ATEN_CPU_CAPABILITY`` default / avx2 / avx512 builds. The testbed's
+  properties, not its numbers, are what the tests assert, with margins measured on all three.
 
 The operand pairs are split once by unordered pair: the target's pairs (in either order) never
 occur in the pool or in the pre-training corpus, so the target measures transfer, not recall.
@@ -39,13 +47,13 @@ SYNTHETIC_MODEL_NAME = "synthetic-tiny-v1"  # cache folder name; bump the versio
 SYNTHETIC_FAMILIES: dict[str, dict] = {
     "add_compute": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'compute 32+45?' -> '77': correct sums"},
     "add_tell": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'tell me the sum 32+45?' -> '77': correct sums"},
-    "add_compute_difference": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'compute 32+45?' -> '13': the difference, not the sum (a wrong rule)"},
-    "add_tell_random": {"helpful": False, "corrupted": True, "share": 0.08, "description": "'tell me the sum 32+45?' -> '51': a random wrong number in the sums' range"},
-    "reverse": {"helpful": False, "corrupted": False, "share": 0.12, "description": "reverse a word"},
-    "sort": {"helpful": False, "corrupted": False, "share": 0.12, "description": "sort a word's letters"},
-    "count": {"helpful": False, "corrupted": False, "share": 0.12, "description": "count a word's letters"},
-    "upper": {"helpful": False, "corrupted": False, "share": 0.12, "description": "write a word in capitals"},
-    "repeat": {"helpful": False, "corrupted": False, "share": 0.12, "description": "repeat a word"},
+    "add_compute_difference": {"helpful": False, "corrupted": True, "share": 0.12, "description": "'compute 32+45?' -> '13': the difference, not the sum (a wrong rule)"},
+    "add_tell_random": {"helpful": False, "corrupted": True, "share": 0.12, "description": "'tell me the sum 32+45?' -> '51': a random wrong number in the sums' range"},
+    "reverse": {"helpful": False, "corrupted": False, "share": 0.104, "description": "reverse a word"},
+    "sort": {"helpful": False, "corrupted": False, "share": 0.104, "description": "sort a word's letters"},
+    "count": {"helpful": False, "corrupted": False, "share": 0.104, "description": "count a word's letters"},
+    "upper": {"helpful": False, "corrupted": False, "share": 0.104, "description": "write a word in capitals"},
+    "repeat": {"helpful": False, "corrupted": False, "share": 0.104, "description": "repeat a word"},
 }
 # Question openings of the two arithmetic prompt styles (helpful and corrupted families share them).
 # Several lengths, so a family teaches the skill wherever the question starts.
