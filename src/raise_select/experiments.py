@@ -34,12 +34,12 @@ def selector_training_dir(output: Path, selector_seed: int) -> Path:
 
 
 def selector_training_cost(train_dir: Path) -> PhaseCost:
-    """Seconds and tokens of all PPO episodes, from a selector-training folder's episodes.jsonl."""
+    """Seconds (episodes and their share of the PPO updates) and tokens of a selector training, from its episodes.jsonl."""
     cost = PhaseCost()
     episodes = Path(train_dir) / "episodes.jsonl"
     if episodes.is_file():
         for row in read_jsonl(episodes):
-            cost.add(float(row.get("seconds", 0.0)), int(row.get("tokens", 0)))
+            cost.add(float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)), int(row.get("tokens", 0)))
     return cost
 
 
