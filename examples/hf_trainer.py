@@ -1,6 +1,6 @@
 """Fine-tune with transformers.Trainer while a RAISE selector (or a baseline) picks every step's batch.
 
-    python examples/hf_trainer.py --policy runs/demo-quick/selector --output runs/hf --max-steps 24
+    python examples/hf_trainer.py --policy runs/demo-quick/selector-s0/selector --output runs/hf --max-steps 24
     python examples/hf_trainer.py --selector random                      # no trained selector needed
     torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29500 examples/hf_trainer.py --selector random
 

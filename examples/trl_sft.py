@@ -1,7 +1,7 @@
 """Fine-tune with TRL's SFTTrainer while a RAISE selector (or a baseline) picks every step's batch.
 
     pip install "raise-select[trl]"
-    python examples/trl_sft.py --policy runs/demo-quick/selector --output runs/sft --max-steps 24
+    python examples/trl_sft.py --policy runs/demo-quick/selector-s0/selector --output runs/sft --max-steps 24
     python examples/trl_sft.py --selector random
     torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29500 examples/trl_sft.py --selector random
 
