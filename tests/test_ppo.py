@@ -17,12 +17,14 @@ from raise_select.ppo import (
     SELECTOR_DIR,
     Callback,
     batch_advantages,
+    centered_ranks,
     clipped_surrogate_loss,
     collect_rollouts,
     compute_gae,
     episode_seed,
     fitted_baselines,
     group_baselines,
+    nes_mean_step,
     stage_basis,
     ppo_update,
     run_episode,
@@ -181,9 +183,10 @@ def test_policy_learns_to_pick_the_good_examples(tmp_path):
     assert np.mean([r["return"] for r in rows[-5:]]) > np.mean([r["return"] for r in rows[:5]])
 
 
-def test_resume_gives_the_same_weights_and_rows(tmp_path):
+@pytest.mark.parametrize("head_dims", [0, 3])
+def test_resume_gives_the_same_weights_and_rows(tmp_path, head_dims):
     features = make_features()
-    config = fast_config(episodes=4)
+    config = fast_config(episodes=4, head_dims=head_dims)
 
     class Recorder(Callback):
         def __init__(self):
@@ -277,14 +280,17 @@ def test_group_advantage_credits_each_step_against_the_other_episodes_at_that_st
     np.testing.assert_allclose(advantages, [[-1.5, -1.5], [0.0, 1.5], [1.5, 0.0]])
 
 
-def test_an_episode_depends_only_on_the_weights_and_its_seed():
+@pytest.mark.parametrize("head_dims", [0, 3])
+def test_an_episode_depends_only_on_the_weights_and_its_seed(head_dims):
     features = make_features()
-    selector = RaiseSelector(fast_config())
+    selector = RaiseSelector(fast_config(head_dims=head_dims))
     selector.setup(make_context(features))
     seeds = [episode_seed(7, k) for k in range(3)]
     forward = collect_rollouts(BanditEnv(features), selector, seeds, 1.0)
     backward = collect_rollouts(BanditEnv(features), selector, seeds[::-1], 1.0)[::-1]
     for (a, _), (b, _) in zip(forward, backward):
+        if head_dims:
+            np.testing.assert_array_equal(a.head_weights, b.head_weights)
         for x, y in zip(a.decisions, b.decisions):
             np.testing.assert_array_equal(x.chosen, y.chosen)
             np.testing.assert_array_equal(x.old_log_probs, y.old_log_probs)
@@ -315,3 +321,32 @@ def test_batching_errors_are_one_line(tmp_path, overrides, fragment):
     with pytest.raises(UserError, match=fragment):
         train_selector(BanditEnv(features), make_context(features), fast_config(**overrides), tmp_path, seed=0,
                        progress=False)
+
+
+def test_centered_ranks_and_the_nes_step_by_hand():
+    np.testing.assert_allclose(centered_ranks(np.array([3.0, 1.0, 2.0])), [0.5, -0.5, 0.0])
+    np.testing.assert_allclose(centered_ranks(np.array([5.0, -1.0, 0.0, 7.0])), [1 / 6, -0.5, -1 / 6, 0.5])
+    assert centered_ranks(np.array([4.0])).tolist() == [0.0]
+    # utilities u = [0.5, -0.5, 0]; standardized draws [[1, 0], [-1, 1], [0, -1]]; u @ draws = [1, -0.5]
+    mean, std = np.zeros(2), np.array([1.0, 2.0])
+    samples = np.array([[1.0, 0.0], [-1.0, 2.0], [0.0, -2.0]])
+    step = nes_mean_step(mean, std, samples, np.array([3.0, 1.0, 2.0]), learning_rate=0.5)
+    np.testing.assert_allclose(step, [0.5, -0.5])  # 0.5 * std * [1, -0.5]
+    # only the order of the returns matters (fitness shaping): a huge outlier changes nothing
+    np.testing.assert_allclose(nes_mean_step(mean, std, samples, np.array([300.0, 1.0, 2.0]), 0.5), step)
+
+
+def test_the_episode_head_learns_which_feature_pays(tmp_path):
+    """On the bandit the good examples are the top 20 % by response_loss (static column 0): the head's
+    mean must put its largest weight there, and greedy choices must be mostly good."""
+    features = make_features()
+    env = BanditEnv(features)
+    config = fast_config(head_dims=4, head_std=3.0, episodes=24, episodes_per_update=4, gamma=0.0)
+    artifact = train_selector(env, make_context(features), config, tmp_path, seed=0, progress=False)
+    mean = artifact.tensors["policy.head_mean"].numpy()
+    assert mean[0] > 0 and np.argmax(np.abs(mean)) == 0, mean
+    rows = read_jsonl(tmp_path / EPISODES_FILE)
+    assert all(row["head_step"] > 0 for row in rows)
+    selector = RaiseSelector(config, artifact)
+    selector.setup(make_context(features))
+    assert good_share_of_greedy_choices(selector, env) >= 0.75  # the pool share of good examples is 0.2

@@ -61,8 +61,9 @@ def make_state(pool_size: int, batch_size: int = 4, step: int = 0, budget: int =
                     validation_history=[2.0], selection_counts=np.zeros(pool_size, dtype=np.int64))
 
 
-def make_selector(features: StaticFeatures, clusters: int = 2, batch_size: int = 4, seed: int = 0) -> RaiseSelector:
-    selector = RaiseSelector(RaiseConfig(clusters=clusters, hidden_size=16))
+def make_selector(features: StaticFeatures, clusters: int = 2, batch_size: int = 4, seed: int = 0,
+                  **config) -> RaiseSelector:
+    selector = RaiseSelector(RaiseConfig(clusters=clusters, hidden_size=16, **config))
     selector.setup(make_context(features, batch_size=batch_size, seed=seed))
     selector.reset(seed)
     return selector
@@ -172,13 +173,15 @@ def test_stage_features():
     np.testing.assert_allclose(stage_features(state), [0.5, 0.75, -0.15], rtol=1e-6)
 
 
-def test_artifact_round_trip_gives_the_same_scores(tmp_path):
+@pytest.mark.parametrize("head_dims", [0, 3])
+def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
     features = make_features()
-    trained = make_selector(features, clusters=2)
-    with torch.no_grad():  # make the weights differ from a fresh init with the same seed
-        for parameter in trained.policy.parameters():
-            parameter.add_(0.1)
+    trained = make_selector(features, clusters=2, head_dims=head_dims)
+    with torch.no_grad():  # make the weights (and the head's mean) differ from a fresh init with the same seed
+        for tensor in list(trained.policy.parameters()) + list(trained.policy.buffers()):
+            tensor.add_(0.1)
     trained.refresh_projection()
+    trained.set_head(None)
     folder = save_selector(trained.to_artifact({"episodes": 3}), tmp_path / "selector")
     loaded = RaiseSelector.load(folder)
     loaded.setup(make_context(features))
@@ -239,3 +242,46 @@ def test_explain_rows():
     assert len(rows) == 50
     assert {"index", "cluster", "response_loss", "emb_0", "score@0", "score@0.5", "score@1"} <= set(rows[0])
     assert any(row["score@0"] != row["score@1"] for row in rows)  # the stage moves the scores
+
+
+def test_a_finite_repeat_penalty_repeats_an_example_only_when_it_is_that_much_better():
+    features = make_features()
+    selector = make_selector(features, clusters=1, batch_size=4)
+    state = make_state(120, batch_size=4)
+    scores = selector.pool_scores(stage_features(state), state.selection_counts).numpy()
+    top = np.argsort(-scores)
+    state.selection_counts[top[:4]] = 1  # the four best were trained on once already
+    gap = float(scores[top[0]] - scores[top[4]])  # best used one over best fresh one
+    for penalty, repeats in ((1e4, False), (0.5 * gap, True)):
+        selector.config.repeat_penalty = penalty
+        keys = selector.logits(torch.from_numpy(scores), state.selection_counts).numpy()
+        np.testing.assert_allclose(keys, scores - penalty * state.selection_counts, rtol=1e-6)
+        chosen = set(selector.select(state).tolist())
+        assert (top[0] in chosen) == repeats
+        assert chosen.isdisjoint(top[:4]) == (not repeats)
+
+
+def test_the_episode_head_adds_a_linear_term_sampled_in_training_and_its_mean_when_deployed():
+    features = make_features()
+    plain = make_selector(features)
+    selector = make_selector(features, head_dims=3, head_std=2.0)
+    head = selector.policy.head_mean
+    assert head.shape == (3,) and torch.allclose(selector.policy.head_std, torch.full((3,), 2.0 / 3 ** 0.5))
+    state = make_state(120)
+    stage = stage_features(state)
+    base = plain.pool_scores(stage, state.selection_counts)  # the same seed: the same MLP
+    torch.testing.assert_close(selector.pool_scores(stage, state.selection_counts), base)  # mean 0 at init
+    head.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    selector.reset(0)
+    expected = base + selector.fused_static[:, :3] @ head
+    torch.testing.assert_close(selector.pool_scores(stage, state.selection_counts), expected)
+    chosen = selector.select(state)
+    weights = selector.sample_head(torch.Generator().manual_seed(5))  # training: a draw, kept until the next reset
+    assert weights.shape == (3,) and not np.allclose(weights, head.numpy())
+    torch.testing.assert_close(selector.pool_scores(stage, state.selection_counts),
+                               base + selector.fused_static[:, :3] @ torch.from_numpy(weights))
+    np.testing.assert_array_equal(weights, selector.sample_head(torch.Generator().manual_seed(5)))
+    selector.reset(1)
+    np.testing.assert_array_equal(selector.select(state), chosen)
+    with pytest.raises(UserError, match="raise.head_dims=11 exceeds the 10 static feature columns"):
+        make_selector(features, head_dims=11)

@@ -173,6 +173,36 @@ def batch_advantages(episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -
     return advantages, returns
 
 
+def centered_ranks(values: np.ndarray) -> np.ndarray:
+    """Fitness shaping: ranks mapped linearly onto [-0.5, 0.5] (lowest -> -0.5), ties broken by order."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return np.zeros_like(values)
+    ranks = np.empty(values.size)
+    ranks[np.argsort(values, kind="stable")] = np.arange(values.size)
+    return ranks / (values.size - 1) - 0.5
+
+
+def nes_mean_step(mean: np.ndarray, std: np.ndarray, samples: np.ndarray, returns: np.ndarray, learning_rate: float) -> np.ndarray:
+    """Separable NES step of a Gaussian's mean (natural gradient, rank-shaped fitness):
+    mean + lr * std * sum_e u_e (sample_e - mean) / std, with u = centered_ranks(returns)."""
+    utilities = centered_ranks(returns)
+    noise = (np.asarray(samples, dtype=np.float64) - mean) / std  # [E, k] standardized draws
+    return mean + learning_rate * std * (utilities @ noise)
+
+
+def head_update(selector: RaiseSelector, episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -> dict[str, float]:
+    """Move the episode head's mean by one NES step from the batch's whole-episode returns; returns statistics."""
+    policy = selector.policy
+    mean, std = policy.head_mean.numpy().astype(np.float64), policy.head_std.numpy().astype(np.float64)
+    samples = np.stack([buffer.head_weights for buffer in episodes])
+    returns = np.array([sum(d.reward for d in buffer.decisions) for buffer in episodes])
+    new_mean = nes_mean_step(mean, std, samples, returns, config.head_learning_rate)
+    policy.head_mean.copy_(torch.from_numpy(new_mean.astype(np.float32)))
+    selector.set_head(None)
+    return {"head_step": float(np.linalg.norm(new_mean - mean)), "head_mean_norm": float(np.linalg.norm(new_mean))}
+
+
 def clipped_surrogate_loss(ratio: torch.Tensor, advantage: torch.Tensor | float, clip_coef: float) -> torch.Tensor:
     """PPO's clipped objective as a loss: -mean( min(r A, clip(r, 1 - eps, 1 + eps) A) ).
 
@@ -199,10 +229,11 @@ class StoredDecision:
 
 
 class RolloutBuffer:
-    """The decisions of one episode, in order."""
+    """The decisions of one episode, in order (and the episode head's draw, when the policy has one)."""
 
     def __init__(self) -> None:
         self.decisions: list[StoredDecision] = []
+        self.head_weights: np.ndarray | None = None  # [k] float32 head weights drawn for this episode
 
     def add(self, sampled: SampledDecision, reward: float, done: bool) -> None:
         self.decisions.append(StoredDecision(
@@ -243,6 +274,8 @@ def run_episode(env: "FineTuneEnv", selector: RaiseSelector, seed: int, reward_s
     selector.reset(seed)
     generator = torch.Generator().manual_seed(seed)
     buffer = RolloutBuffer()
+    if selector.has_head:  # the episode's first action: its head weights, kept for every decision
+        buffer.head_weights = selector.sample_head(generator)
     episode_return, updates, tokens = 0.0, 0, 0
     while not env.done:
         sampled = selector.sample(env.state, generator)
@@ -279,6 +312,7 @@ def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, a
     counts = buffer.counts_before(t, fused_static.shape[0])
     stage, availability = torch.from_numpy(stored.stage), availability_feature(counts)
 
+    selector.set_head(buffer.head_weights)  # the episode's draw: a constant offset of the scores here
     scores = selector.pool_scores(stored.stage, counts)  # pass 1: no graph, static projection cached per minibatch
     scores.requires_grad_(True)
     logits = selector.logits(scores, counts)
@@ -347,7 +381,10 @@ def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, episod
         if early_stopped:
             break
     selector.refresh_projection()  # the next rollout scores with the updated weights
+    selector.set_head(None)
     summary = {key: float(np.mean(numbers)) for key, numbers in stats.items()}
+    if selector.has_head:
+        summary.update(head_update(selector, episodes, config))
     summary.update(optimizer_steps=minibatches, early_stopped=int(early_stopped))
     return summary
 

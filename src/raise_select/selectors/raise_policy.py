@@ -52,6 +52,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -77,7 +78,6 @@ STAGE_NAMES = ("progress", "validation_ratio", "validation_change")
 SUMMARY_SIZE = len(STAGE_NAMES) + 5  # critic input: stage + fraction used, mean availability, score mean/std/max
 MINIBATCH_KMEANS_ROWS = 50_000  # above this many rows, MiniBatchKMeans (full k-means gets slow)
 KMEANS_INIT = 4  # fixed n_init so clustering is reproducible for a seed
-REPEAT_PENALTY = 1e4  # logit offset per earlier selection with fresh_first (exp(-1e4) == 0 in float32)
 SCORE_CHUNK_ROWS = 65_536  # rows per MLP chunk: bounds activation memory at any pool size
 
 
@@ -192,12 +192,15 @@ class AcquisitionMLP(nn.Module):
     SiLU activations: smooth like tanh, but several times cheaper on CPU at pool scale.
     """
 
-    def __init__(self, static_size: int, hidden_size: int):
+    def __init__(self, static_size: int, hidden_size: int, head_dims: int = 0, head_std: float = 1.0):
         super().__init__()
         self.static_layer = nn.Linear(static_size, hidden_size)  # W_static x_static + b
         self.dynamic_layer = nn.Linear(len(STAGE_NAMES) + 1, hidden_size, bias=False)  # [W_stage | w_avail]
         self.hidden_layer = nn.Linear(hidden_size, hidden_size)
         self.output_layer = nn.Linear(hidden_size, 1)
+        if head_dims:  # the episode head's Gaussian N(mean, std^2) over its k weights, updated by NES (not by Adam)
+            self.register_buffer("head_mean", torch.zeros(head_dims))
+            self.register_buffer("head_std", torch.full((head_dims,), head_std / math.sqrt(head_dims)))
 
     def project(self, fused_static: torch.Tensor) -> torch.Tensor:
         """[n, hidden] static part of the first layer."""
@@ -320,6 +323,7 @@ class RaiseSelector:
         self.fused_static: torch.Tensor | None = None  # [N, static columns] standardized static block
         self.adaptation_notes: list[str] = []  # what setup re-fitted for this pool (logged, saved in provenance)
         self._projection: torch.Tensor | None = None  # cached W_static x_static, refreshed by reset()
+        self._head_offset: torch.Tensor | None = None  # [N] episode head's scores x[:k] . w (None without a head)
         self._context: SelectionContext | None = None
         self._pool_fingerprint: str | None = None
 
@@ -344,9 +348,14 @@ class RaiseSelector:
             raise UserError(f"raise.clusters={self.config.clusters} exceeds the pool size {pool_size}; use fewer clusters")
         self._context, self.features, self._pool_fingerprint = context, features, None
         static_size = len(features.names) + features.embedding.shape[1]
+        if self.config.head_dims > static_size:
+            raise UserError(
+                f"raise.head_dims={self.config.head_dims} exceeds the {static_size} static feature columns; "
+                f"use at most {static_size}"
+            )
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
-            self.policy = AcquisitionMLP(static_size, self.config.hidden_size)
+            self.policy = AcquisitionMLP(static_size, self.config.hidden_size, self.config.head_dims, self.config.head_std)
             self.critic = Critic(self.config.hidden_size)
         if self.artifact is None:
             self._fit_to_pool(features, context.seed)
@@ -368,6 +377,7 @@ class RaiseSelector:
         for cluster_members in self.members:
             self.local_position[cluster_members] = torch.arange(cluster_members.numel())
         self.refresh_projection()
+        self.set_head(None)
 
     def _fit_to_pool(self, features: StaticFeatures, seed: int) -> None:
         self.standardization = Standardization(*Standardization.fit_difficulty(features), *Standardization.fit_embedding(features))
@@ -412,15 +422,37 @@ class RaiseSelector:
     def reset(self, seed: int) -> None:
         # PPO updates the weights between episodes, so the per-episode cache is rebuilt here.
         self.refresh_projection()
+        self.set_head(None)
+
+    # -- the episode head ----------------------------------------------------------------------
+    @property
+    def has_head(self) -> bool:
+        return self.config.head_dims > 0
+
+    def set_head(self, weights: np.ndarray | None) -> None:
+        """Score with these episode-head weights from now on (None: the learned mean, as deployed)."""
+        if not self.has_head:
+            return
+        with torch.no_grad():
+            w = self.policy.head_mean.detach() if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+            self._head_offset = self.fused_static[:, : self.config.head_dims] @ w
+
+    def sample_head(self, generator: torch.Generator) -> np.ndarray:
+        """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on."""
+        mean, std = self.policy.head_mean, self.policy.head_std
+        weights = (mean + std * torch.randn(mean.shape, generator=generator)).numpy().astype(np.float32)
+        self.set_head(weights)
+        return weights
 
     def pool_scores(self, stage: np.ndarray, counts: np.ndarray) -> torch.Tensor:
-        """[N] acquisition scores with the cached projection (no gradient)."""
+        """[N] acquisition scores with the cached projection (no gradient): F_theta(d') plus the episode head's term."""
         stage_tensor, availability = torch.from_numpy(stage), availability_feature(counts)
         with torch.no_grad():
-            return torch.cat([
+            scores = torch.cat([
                 self.policy.from_projection(projection, stage_tensor, avail)
                 for projection, avail in zip(self._projection.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS))
             ])
+            return scores if self._head_offset is None else scores + self._head_offset
 
     def pick_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
         """[decision_size] Plackett-Luce log-probability of every pick, groups concatenated in draw order.
@@ -447,17 +479,19 @@ class RaiseSelector:
 
     # -- decisions ---------------------------------------------------------------------------
     def logits(self, scores: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
-        """Policy logits: scores / tau, minus REPEAT_PENALTY x (times selected) when ``fresh_first``.
+        """Policy logits: scores / tau, minus ``repeat_penalty`` x (times selected) when ``fresh_first``.
 
         [ours] A sampler over thousands of candidates almost never repeats an example, so PPO never
         learns what a repeat is worth, and greedy deployment would re-pick the same top-b every
-        step. With ``fresh_first`` both prefer examples not yet trained on this episode (falling
-        back to the least-used when a cluster runs out); the penalty is a finite logit offset, so
-        Plackett-Luce log-probabilities stay exact and finite.
+        step. With ``fresh_first`` both prefer examples not yet trained on this episode: with a huge
+        penalty (1e4, exp(-1e4) == 0 in float32) every fresh example comes before any repeat; with a
+        few logit units an example scored that much better than the best fresh one is trained on
+        again, instead of the worst of the pool late in an episode. The penalty is a finite logit
+        offset, so Plackett-Luce log-probabilities stay exact and finite.
         """
         logits = scores / self.config.temperature
         if self.config.fresh_first:
-            logits = logits - REPEAT_PENALTY * torch.from_numpy(counts).to(logits.dtype)
+            logits = logits - self.config.repeat_penalty * torch.from_numpy(counts).to(logits.dtype)
         return logits
 
     def select(self, state: EnvState) -> np.ndarray:
@@ -490,6 +524,7 @@ class RaiseSelector:
         """
         features = self.features
         pool_size = features.values.shape[0]
+        self.set_head(None)  # the deployed head: its learned mean
         rows_index = np.arange(pool_size)
         if pool_size > max_rows:
             rows_index = np.sort(np.random.default_rng(0).choice(pool_size, max_rows, replace=False))
