@@ -103,8 +103,8 @@ class RaiseConfig:
     hidden_size: int = 64  # acquisition MLP width
     temperature: float = 1.0  # tau in softmax(F / tau) of the Plackett-Luce sampler
     fresh_first: bool = True  # prefer examples not yet selected this episode (sampling and greedy) [ours]
-    repeat_penalty: float = 10000.0  # with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain; a few units: repeat a much better example rather than take a much worse fresh one)
-    head_dims: int = 0  # k: a linear head over the first k static fused columns, its weights drawn once per training episode from a learned Gaussian (0: none) [ours]
+    repeat_penalty: float = 2.0  # with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain; a few units: repeat a much better example rather than take a much worse fresh one)
+    head_dims: int = 5  # k: a linear head over the first k static fused columns (5: difficulty + target_similarity), its weights drawn once per training episode from a Gaussian whose mean NES moves (0: none) [ours]
     head_std: float = 2.0  # spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))
     head_learning_rate: float = 0.5  # NES step of the head's mean per PPO update, in units of its std
     episodes: int = 32  # K: fine-tuning episodes in all (a multiple of episodes_per_update)

@@ -25,6 +25,14 @@ Advantages (``raise.baseline``):
   picks still drift away from helpful data late in an episode.
 * ``critic``: classic GAE with the learned critic V(s).
 
+Episode head (``raise.head_dims`` > 0, see ``raise_policy``): each episode's head weights are drawn
+at its start and stored in its buffer; after the batch, ``head_update`` moves the head's mean by one
+separable-NES step (Wierstra et al. 2014; natural gradient of a Gaussian's mean with rank-based
+fitness shaping, as in OpenAI-ES): ``mean += head_learning_rate * std * sum_e u_e eps_e`` with
+``eps_e`` the standardized draw and ``u_e`` the centered rank of episode e's return. It is not a PPO
+parameter: a clipped ratio on a k-dimensional Gaussian lets the mean move only a few percent of its
+std per update, far too slowly for a few dozen episodes.
+
 The critic is trained whatever the baseline (its value loss is logged); advantages are normalized over
 the whole batch. Ratios are clipped per pick (see ``RaiseSelector.pick_log_probs``), and an update
 stops early once the approximate KL to the rollout policy exceeds ``target_kl``.

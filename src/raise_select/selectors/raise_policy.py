@@ -42,6 +42,18 @@ Policy: training samples, per cluster, ``b`` items without replacement from ``so
 (their sum is the ordered subset's); deployment takes the greedy top-b. The entropy bonus uses a cheap estimate: the entropy of
 each cluster's first-pick softmax, averaged over clusters.
 
+Episode head [ours] (``raise.head_dims`` = k > 0): the score adds a linear term ``w . x[:k]`` over
+the first k static columns (k = 5: the four difficulty columns and ``target_similarity``). In
+training, ``w`` is drawn once per episode from ``N(mean, std^2)`` (``std = head_std / sqrt(k)``, so
+the term spreads the pool's scores by about ``head_std``) and kept for every decision of that
+episode; deployed, ``w = mean``. Why: a near-uniform Plackett-Luce sampler makes every episode's
+mix of data almost the same (a binomial draw per pick), so episode returns differ mostly by
+fine-tuning noise and PPO gets a faint signal. A per-episode draw makes whole episodes lean one way
+or another (State-Dependent Exploration, Rückstieß et al. 2008; gSDE in Stable-Baselines3), so
+returns differ by what was chosen. The mean is moved by a separable-NES step from the batch's
+whole-episode returns (``ppo.head_update``); PPO trains ``F_theta`` as before, with each episode's
+draw a constant offset of its scores.
+
 Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
 fraction of the pool selected so far, mean availability, and mean/std/max of the current
 (detached) acquisition scores over the pool.
