@@ -5,9 +5,14 @@ selector trainings (seeds 0-4, 32 episodes each: half the demo's) on the demo --
 steps, each deployed greedily, against random selection over three fine-tuning seeds.
 
 Measured on base models pre-trained with three CPU kernel sets (ATEN_CPU_CAPABILITY avx512 / default
-/ avx2): RAISE's mean validation loss 1.23 / 1.44 / 1.38 against random's 1.56 / 1.54 / 1.53, below
-random in 5 of 5 selector seeds on each; mean helpful-clean share 0.37 / 0.36 / 0.35 (pool 0.24).
-The thresholds below hold on all three with those margins; about 3 minutes on 2 CPU cores.
+/ avx2), per selector seed 0-4:
+
+    avx512   0.479 0.652 0.604 1.194 0.569  mean 0.700 vs random 1.557; helpful-clean 0.79, corrupted 0.09
+    default  0.942 0.931 0.826 1.154 1.089  mean 0.988 vs random 1.538; helpful-clean 0.80, corrupted 0.12
+    avx2     1.148 1.337 1.157 1.971 1.169  mean 1.356 vs random 1.528; helpful-clean 0.69, corrupted 0.18
+
+(pool: 0.24 helpful-clean, 0.24 corrupted). The thresholds below hold on all three; avx2 is the
+tightest (4 of 5 wins, margin 0.17). About 3 minutes on 2 CPU cores.
 """
 
 import copy
@@ -26,7 +31,7 @@ BUDGET = 24  # 6.4 % of full-data steps: at 8 steps (2 %) random's own spread ov
 SELECTOR_SEEDS = (0, 1, 2, 3, 4)
 RANDOM_SEEDS = (0, 1, 2)
 EPISODES = 32
-MARGIN = 0.05  # validation loss (nats/token) by which RAISE's mean over selector seeds must beat random's
+MARGIN = 0.1  # validation loss (nats/token) by which RAISE's mean over selector seeds must beat random's
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +41,15 @@ def bench():
     return Workbench.build(config)
 
 
-def _helpful_clean_share(run_dir) -> float:
+def _shares(run_dir) -> tuple[float, float]:
+    """(helpful-and-clean share, corrupted share) of what a run trained on."""
     chosen = [(h, c) for s in read_jsonl(run_dir / "selections.jsonl") for h, c in zip(s["helpful"], s["corrupted"])]
-    return float(np.mean([bool(h) and not c for h, c in chosen]))
+    return float(np.mean([bool(h) and not c for h, c in chosen])), float(np.mean([bool(c) for _, c in chosen]))
 
 
 @pytest.fixture(scope="module")
 def outcomes(bench, tmp_path_factory):
-    """Per selector seed: (validation loss, helpful-clean share) of greedy RAISE; and random's mean loss."""
+    """Per selector seed: (validation loss, helpful-clean share, corrupted share) of greedy RAISE; random's mean loss."""
     root = tmp_path_factory.mktemp("learning")
     results = {}
     for seed in SELECTOR_SEEDS:
@@ -53,7 +59,7 @@ def outcomes(bench, tmp_path_factory):
         config.raise_.policy = str(policy)
         run = run_finetune(bench, build_selector("raise", config), root / f"raise-s{seed}", BUDGET, 0,
                            test_metric=False, progress=False)
-        results[seed] = (run.validation_loss_final, _helpful_clean_share(run.output))
+        results[seed] = (run.validation_loss_final, *_shares(run.output))
     random_losses = [
         run_finetune(bench, build_selector("random", bench.config), root / f"random-{seed}", BUDGET, seed,
                      test_metric=False, progress=False).validation_loss_final
@@ -64,19 +70,23 @@ def outcomes(bench, tmp_path_factory):
 
 def test_raise_beats_random_in_at_least_four_of_five_selector_trainings(outcomes):
     results, random_loss, _ = outcomes
-    losses = {seed: loss for seed, (loss, _) in results.items()}
+    losses = {seed: loss for seed, (loss, _, _) in results.items()}
     print({seed: round(loss, 3) for seed, loss in losses.items()}, "random", round(random_loss, 3))
     wins = [seed for seed, loss in losses.items() if loss < random_loss]
     assert len(wins) >= 4, f"RAISE beat random in selector seeds {wins} only"
     assert np.mean(list(losses.values())) < random_loss - MARGIN
 
 
-def test_raise_prefers_helpful_clean_examples(outcomes, bench):
+def test_raise_prefers_helpful_clean_examples_and_avoids_corrupted_ones(outcomes, bench):
     results, _, _ = outcomes
-    pool_share = float(np.mean([bool(e.meta["helpful"]) and not e.meta["corrupted"] for e in bench.pool.examples]))
-    shares = {seed: share for seed, (_, share) in results.items()}
-    print("helpful-clean share", shares, "pool", round(pool_share, 2))
-    assert np.mean(list(shares.values())) >= 1.3 * pool_share
+    examples = bench.pool.examples
+    pool_helpful = float(np.mean([bool(e.meta["helpful"]) and not e.meta["corrupted"] for e in examples]))
+    pool_corrupted = float(np.mean([bool(e.meta["corrupted"]) for e in examples]))
+    helpful = {seed: share for seed, (_, share, _) in results.items()}
+    corrupted = {seed: share for seed, (_, _, share) in results.items()}
+    print("helpful-clean share", helpful, "pool", round(pool_helpful, 2), "corrupted", corrupted, "pool", round(pool_corrupted, 2))
+    assert np.mean(list(helpful.values())) >= 2.0 * pool_helpful
+    assert np.mean(list(corrupted.values())) < pool_corrupted
 
 
 def test_selector_training_logs_every_episode(outcomes):
