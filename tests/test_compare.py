@@ -108,6 +108,7 @@ def test_report_on_the_comparison_folder(comparison):
     assert report == comparison.output / "report.md"
     text = report.read_text(encoding="utf-8")
     assert all(method in text for method in METHODS)
+    assert "RAISE episode head (weights on z-scored columns, as deployed): " in text  # what the selector prefers
     for plot in ("validation_loss", "test_metric", "selection_raise", "ppo_learning_curve"):
         path = comparison.output / "plots" / f"{plot}.png"
         assert path.read_bytes()[:8] == PNG_SIGNATURE, plot

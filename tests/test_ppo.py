@@ -345,6 +345,9 @@ def test_the_episode_head_learns_which_feature_pays(tmp_path):
     artifact = train_selector(env, make_context(features), config, tmp_path, seed=0, progress=False)
     mean = artifact.tensors["policy.head_mean"].numpy()
     assert mean[0] > 0 and np.argmax(np.abs(mean)) == 0, mean
+    saved = load_selector(tmp_path / SELECTOR_DIR).provenance["episode_head"]  # readable in selector.json
+    assert list(saved) == ["response_loss", "ifd", "prompt_tokens", "response_tokens"]
+    np.testing.assert_allclose(list(saved.values()), mean, atol=1e-4)
     rows = read_jsonl(tmp_path / EPISODES_FILE)
     assert all(row["head_step"] > 0 for row in rows)
     selector = RaiseSelector(config, artifact)

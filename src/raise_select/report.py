@@ -297,6 +297,7 @@ def _compare_report(report: _Report) -> None:
     training_dirs = [d for d in sorted(run_dir.glob("selector-s*")) + [selector_dir] if (d / "episodes.jsonl").is_file()]
     if training_dirs:  # the first selector seed's training (every seed's folder holds its own episodes.jsonl)
         _ppo_section(report, _read_jsonl(training_dirs[0] / "episodes.jsonl"))
+        _episode_head_fact(report, training_dirs[0] / "selector")
     else:
         report.notes.append("no selector-s*/episodes.jsonl: the PPO learning curve is skipped")
 
@@ -340,6 +341,7 @@ def _selector_report(report: _Report) -> None:
     report.title = "raise-select report: selector training (PPO)"
     report.what_was_run = _describe_setup(config, {}) + [f"episodes recorded: {len(episodes)}"]
     _ppo_section(report, episodes)
+    _episode_head_fact(report, report.run_dir / "selector")
     explain_path = report.run_dir / "explain.csv"
     _score_driver_section(report, _read_explain(explain_path) if explain_path.is_file() else None)
 
@@ -488,6 +490,14 @@ def _score_driver_section(report: _Report, explain: list[dict] | None) -> None:
         _markdown_table(["feature"] + [f"rho @ {s}" for s in stages], body),
         report.image(plot, "feature correlation with the RAISE score"),
     )
+
+
+def _episode_head_fact(report: _Report, selector_dir: Path) -> None:
+    """One fact: the deployed episode head's weights by column (selector.json's provenance), largest first."""
+    head = _read_json_optional(selector_dir / "selector.json").get("provenance", {}).get("episode_head")
+    if head:
+        weights = ", ".join(f"{name} {weight:+.2f}" for name, weight in sorted(head.items(), key=lambda kv: -abs(kv[1])))
+        report.facts.append(f"RAISE episode head (weights on z-scored columns, as deployed): {weights}")
 
 
 def _ppo_section(report: _Report, episodes: list[dict]) -> None:

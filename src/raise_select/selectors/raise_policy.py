@@ -573,6 +573,9 @@ class RaiseSelector:
             "adaptation_notes": list(self.adaptation_notes),
             **(provenance or {}),
         }
+        if self.has_head:  # the deployed head's weights by column name: what the selector learned to prefer, readable
+            names = [layout["name"] for layout in fused_feature_layout(features.names, features.embedding.shape[1])]
+            record["episode_head"] = {name: round(float(w), 4) for name, w in zip(names, self.policy.head_mean.tolist())}
         return RaiseArtifact(
             config=self.config,
             tensors=tensors,
