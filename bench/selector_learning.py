@@ -1,10 +1,10 @@
 """Does RAISE's selector learn? Method x selector seed on the synthetic testbed, next to the baselines.
 
-    python bench/selector_learning.py [--budget-steps 24] [--selector-seeds 0 1 2 3 4] [--seeds 0 1 2]
+    python bench/selector_learning.py [--budget-steps 24] [--episodes 64] [--selector-seeds 0 1 2 3 4] [--seeds 0 1 2]
                                       [--output runs/selector-learning] [--config FILE] [field=value ...]
 
-Runs ``raise-select compare`` (the ``demo --quick`` recipe by default) with one selector training
-per selector seed, each deployed greedily over the fine-tuning seeds, and every baseline, the
+Runs ``raise-select compare`` (the ``demo --quick`` recipe by default, with 64 training episodes per
+selector where the demo trains 32) with one selector training per selector seed, each deployed greedily over the fine-tuning seeds, and every baseline, the
 oracle (labelled helpful-and-clean examples only) and full data over the same fine-tuning seeds.
 Then prints, from the run folders:
 
@@ -40,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(recipe_path("demo_quick")))
     parser.add_argument("--budget-steps", type=int, default=24)
+    parser.add_argument("--episodes", type=int, default=64, help="PPO training episodes per selector (raise.episodes)")
     parser.add_argument("--selector-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=BASELINES)
@@ -49,7 +50,7 @@ def main() -> None:
 
     methods = ["raise"] + [m for m in args.methods if m != "raise"]
     config = load_config(args.config, [
-        *args.overrides, f"compare.methods=[{', '.join(methods)}]", f"compare.budget_steps=[{args.budget_steps}]",
+        f"raise.episodes={args.episodes}", *args.overrides, f"compare.methods=[{', '.join(methods)}]", f"compare.budget_steps=[{args.budget_steps}]",
         f"compare.seeds=[{', '.join(map(str, args.seeds))}]",
         f"compare.selector_seeds=[{', '.join(map(str, args.selector_seeds))}]", "compare.test_metric=false",
     ])

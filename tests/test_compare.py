@@ -99,6 +99,7 @@ def test_ledger_covers_features_selector_training_and_finetune(comparison):
     episodes = read_jsonl(output / "selector-s0" / "episodes.jsonl")
     assert len(episodes) == 2
     assert phases["selector_training"]["tokens"] == sum(e["tokens"] for e in episodes)
+    assert phases["selector_training"]["wall_seconds"] == pytest.approx(sum(e["wall_seconds"] for e in episodes), abs=1e-2)
     raise_seed0 = comparison.results["rows"][0]
     assert phases["finetune"]["tokens"] == raise_seed0["tokens"]
 

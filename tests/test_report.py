@@ -23,7 +23,7 @@ LEDGER = {
     "phi": {"steps": 1000, "tokens": 100000, "seconds": 500.0},
     "phases": {
         "features": {"seconds": 20.0, "tokens": 40000, "phi": 0.4},
-        "selector_training": {"seconds": 75.0, "tokens": 150000, "phi": 1.5},
+        "selector_training": {"seconds": 75.0, "tokens": 150000, "phi": 1.5, "wall_seconds": 40.0},  # on 2 workers
         "finetune": {"seconds": 5.0, "tokens": 1000, "phi": 0.01},
     },
 }
@@ -185,6 +185,7 @@ def test_compare_report(tmp_path):
     assert "raise: lowest validation loss at budget 1% (1.2500 vs random 1.5000" in text
     assert "raise: highest test exact_match at budget 1% (0.450 vs random 0.300" in text
     assert "| selector training | 75.0 | 150,000 | 1.500 |" in text and "| **total** | 100.0 | 191,000 | 1.910 |" in text
+    assert "selector training took 40.0 s elapsed for 75.0 s of compute" in text
     assert "## What raise selected" in text and "## What drives the RAISE score" in text and "## Selector training (PPO)" in text
     assert "model: synthetic-tiny" in text and "seeds: 0, 1" in text and "(60 examples)" in text
     for name in ("validation_loss", "test_metric", "selection_raise", "score_drivers", "ppo_learning_curve"):

@@ -133,13 +133,14 @@ def _record_policy_settings(args, config, selector) -> None:
 
 
 def cmd_train_selector(args) -> int:
-    from .experiments import check_resume, train_raise_selector
+    from .experiments import check_resume, check_rollout_workers, train_raise_selector
     from .pipeline import Workbench
     from .run_folders import SELECTOR_TRAINING, check_output
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = _load(args)
+    check_rollout_workers(config)
     output = _output(args, config, "train-selector")
     check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
     if args.resume:

@@ -124,6 +124,10 @@ class RaiseConfig:
     normalize_advantages: bool = True  # standardize advantages per update
     reward_scale: float = 10.0  # rewards (loss drops) are multiplied by this before GAE (keeps critic targets O(1))
     policy: str | None = None  # path of a trained selector for `finetune --selector raise`
+    rollout_workers: int = 0  # Ray actors that play each update's episodes (0: one after another in this process); needs pip install raise-select[ray]
+    ray_address: str | None = None  # Ray cluster for rollout_workers ("auto": the one `ray start` runs on this machine, or an address such as ray://head:10001); None: start a local one
+    worker_cpus: int = 1  # CPUs each rollout worker reserves on the cluster, also its torch thread count
+    worker_gpus: float = 0.0  # GPUs each rollout worker reserves (then model.device=auto puts its model there)
 
 
 @dataclass
@@ -319,6 +323,9 @@ RANGES: dict[str, str] = {
     "raise.minibatch_size": ">= 1",
     "raise.max_grad_norm": "> 0",
     "raise.reward_scale": "> 0",
+    "raise.rollout_workers": ">= 0",
+    "raise.worker_cpus": ">= 1",
+    "raise.worker_gpus": ">= 0",
     "compare.seeds[]": ">= 0",
     "compare.selector_seeds[]": ">= 0",
     "compare.budgets[]": "> 0",

@@ -34,12 +34,15 @@ def selector_training_dir(output: Path, selector_seed: int) -> Path:
 
 
 def selector_training_cost(train_dir: Path) -> PhaseCost:
-    """Seconds (episodes and their share of the PPO updates) and tokens of a selector training, from its episodes.jsonl."""
+    """Seconds (episodes and their share of the PPO updates; summed over rollout workers), elapsed
+    seconds and tokens of a selector training, from its episodes.jsonl."""
     cost = PhaseCost()
     episodes = Path(train_dir) / "episodes.jsonl"
     if episodes.is_file():
         for row in read_jsonl(episodes):
-            cost.add(float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)), int(row.get("tokens", 0)))
+            wall = row.get("wall_seconds")
+            cost.add(float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)), int(row.get("tokens", 0)),
+                     None if wall is None else float(wall))
     return cost
 
 
@@ -78,6 +81,14 @@ class _AfterFirstEpisode(Callback):
             self.done = True
 
 
+def check_rollout_workers(config: Config) -> None:
+    """With ``raise.rollout_workers`` > 0, Ray must be importable: fail before any expensive work."""
+    if config.raise_.rollout_workers > 0:
+        from .ray_rollouts import import_ray
+
+        import_ray()
+
+
 def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, overwrite: bool = False,
                          progress: bool = True) -> Path:
     """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder.
@@ -91,6 +102,7 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
 
     config = bench.config
     output = Path(output)
+    check_rollout_workers(config)
     check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
     episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
     check_budget_epochs(episode_steps, len(bench.pool), config.train, f"raise.episode_steps={episode_steps}")
@@ -98,18 +110,27 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
         check_resume(output, config, bench.pool.fingerprint())
     selector = RaiseSelector(config.raise_)
     context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
-    env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
+    env, rollouts = None, None
+    if config.raise_.rollout_workers > 0:  # the episodes are played on Ray actors
+        from .ray_rollouts import make_rollouts
+
+        rollouts = make_rollouts(bench, context, episode_steps)
+    else:
+        env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
     swap = None if resume else FolderSwap(output)  # as late as possible: the old folder is aside only briefly
     first_episode = _AfterFirstEpisode(output, config, swap)
     try:
         train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
-                       callbacks=[first_episode],
+                       callbacks=[first_episode], rollouts=rollouts,
                        provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
                                    "target": bench.target.name, "episode_steps": episode_steps})
     except BaseException:
         if swap is not None:
             swap.rollback()  # before the first episode: the old folder (or nothing) comes back
         raise
+    finally:
+        if rollouts is not None:
+            rollouts.close()
     first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
     cost = selector_training_cost(output)
     write_json(output / "ledger.json", ledger(bench.phi(), {"features": bench.feature_cost,
@@ -141,6 +162,8 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     for method in methods:  # fail on a bad name or policy before the expensive set-up
         if method != "raise" or config.raise_.policy is not None:
             build_selector(method, config)
+    if "raise" in methods and config.raise_.policy is None:
+        check_rollout_workers(config)
     output = Path(output)
     _check_resumable(output, config)
     check_output(output, COMPARISON)
@@ -190,7 +213,9 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     selector_phase = PhaseCost()  # one selector training: what a user pays once per selector
     if selector_phases:
         phases = list(selector_phases.values())
-        selector_phase.add(sum(p.seconds for p in phases) / len(phases), round(sum(p.tokens for p in phases) / len(phases)))
+        walls = [p.wall_seconds for p in phases if p.wall_seconds is not None]
+        selector_phase.add(sum(p.seconds for p in phases) / len(phases), round(sum(p.tokens for p in phases) / len(phases)),
+                           sum(walls) / len(walls) if walls else None)
     summary = summarize(rows)
     by_selector_seed = selector_seed_breakdown(rows)
     gaps = oracle_gaps(summary)

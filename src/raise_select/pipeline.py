@@ -50,12 +50,15 @@ def default_output(command: str) -> Path:
 class PhaseCost:
     """Wall time and tokens of one phase of the compute ledger."""
 
-    seconds: float = 0.0
+    seconds: float = 0.0  # compute time: on several workers, the sum of their times
     tokens: int = 0
+    wall_seconds: float | None = None  # elapsed time, where it differs from ``seconds`` (parallel work)
 
-    def add(self, seconds: float, tokens: int) -> None:
+    def add(self, seconds: float, tokens: int, wall_seconds: float | None = None) -> None:
         self.seconds += seconds
         self.tokens += tokens
+        if wall_seconds is not None:
+            self.wall_seconds = (self.wall_seconds or 0.0) + wall_seconds
 
 
 @dataclass
@@ -153,6 +156,8 @@ def ledger(phi: dict, phases: dict[str, PhaseCost], seconds_per_token: float | N
             "phi": cost.tokens / phi["tokens"] if phi["tokens"] else None,
             "phi_seconds": cost.seconds / phi["seconds"] if phi.get("seconds") else None,
         }
+        if cost.wall_seconds is not None:
+            rows[name]["wall_seconds"] = round(cost.wall_seconds, 3)
     return {"phi": phi, "phases": rows}
 
 

@@ -63,7 +63,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -89,10 +89,12 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per update of several episodes
 EPISODES_FILE = "episodes.jsonl"
 SELECTOR_DIR = "selector"
-RESUMABLE_CONFIG_CHANGES = ("episodes", "policy")  # a resumed run may extend the episode count
+# A resumed run may extend the episode count, and play its episodes elsewhere (none of these shapes an episode).
+RESUMABLE_CONFIG_CHANGES = ("episodes", "policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
 # Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
 # shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
-RESUMABLE_RUN_CHANGES = ("output", "selector", "compare", "raise.episodes", "raise.policy", "features.cache",
+RESUMABLE_RUN_CHANGES = ("output", "selector", "compare", "raise.episodes", "raise.policy", "raise.rollout_workers",
+                         "raise.ray_address", "raise.worker_cpus", "raise.worker_gpus", "features.cache",
                          "train.eval_every", "train.max_budget_epochs", "target.metric", "target.max_new_tokens",
                          "target.answer_pattern")
 
@@ -311,6 +313,32 @@ def collect_rollouts(env: "FineTuneEnv", selector: RaiseSelector, seeds: Sequenc
     return rollouts
 
 
+class Rollouts(Protocol):
+    """Plays one PPO update's episodes with the selector's current weights.
+
+    ``collect`` returns one ``(buffer, summary)`` per seed, in the order of ``seeds``; a summary holds
+    at least :func:`run_episode`'s numbers and ``seconds`` (the time spent on that episode, wherever it
+    ran). Implementations: :class:`InProcessRollouts` and ``ray_rollouts.RayRollouts``.
+    """
+
+    def collect(self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float) -> list[tuple[RolloutBuffer, dict]]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessRollouts:
+    """``raise.rollout_workers=0``: the episodes are played one after another on ``env``, in this process."""
+
+    def __init__(self, env: "FineTuneEnv"):
+        self.env = env
+
+    def collect(self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float) -> list[tuple[RolloutBuffer, dict]]:
+        return collect_rollouts(self.env, selector, seeds, reward_scale)
+
+    def close(self) -> None:
+        pass
+
+
 # -- the update -----------------------------------------------------------------------------
 def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, advantage: float, target_return: float,
                        config: RaiseConfig, weight: float) -> dict[str, float]:
@@ -485,10 +513,13 @@ def train_selector(
     max_updates: int | None = None,
     progress: bool = True,
     provenance: dict | None = None,
+    rollouts: Rollouts | None = None,
 ) -> RaiseArtifact:
     """Train the RAISE selector with PPO for ``config.episodes`` episodes and write ``output_dir/selector/``.
 
-    Episodes are played in batches of ``config.episodes_per_update``, one PPO update per batch.
+    Episodes are played in batches of ``config.episodes_per_update``, one PPO update per batch, by
+    ``rollouts`` (default: :class:`InProcessRollouts` on ``env``; ``env`` may be None when given).
+    Where they are played changes nothing in the result.
     ``seed`` seeds the policy init, k-means, minibatch order, and episode k's env reset and sampler
     (:func:`episode_seed`). ``max_updates`` stops after that many completed updates (as if killed;
     the checkpoint allows ``resume=True`` later). ``provenance`` adds entries (e.g. the model name)
@@ -516,6 +547,7 @@ def train_selector(
         _restore_rng_states(checkpoint["rng"], minibatch_rng)
         rows, start = list(checkpoint["rows"]), int(checkpoint["episode"])
 
+    rollouts = rollouts if rollouts is not None else InProcessRollouts(env)
     per_update = config.episodes_per_update
     total_updates = config.episodes // per_update
     stop = total_updates if max_updates is None else min(total_updates, start // per_update + max_updates)
@@ -524,13 +556,18 @@ def train_selector(
     bar = tqdm(total=config.episodes, initial=start, desc="train-selector", unit="episode", disable=not progress)
     for update in range(start // per_update, stop):
         episodes = range(update * per_update, (update + 1) * per_update)
-        rollouts = collect_rollouts(env, selector, [episode_seed(seed, k) for k in episodes], config.reward_scale)
         started = time.perf_counter()
-        update_stats = ppo_update(selector, optimizer, [buffer for buffer, _ in rollouts], config, minibatch_rng)
+        played = rollouts.collect(selector, [episode_seed(seed, k) for k in episodes], config.reward_scale)
+        collect_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        update_stats = ppo_update(selector, optimizer, [buffer for buffer, _ in played], config, minibatch_rng)
         update_seconds = time.perf_counter() - started
+        # seconds: the episode's own time (summed over workers: compute); wall_seconds: this row's share of the
+        # update's elapsed time (collection, wherever it ran, plus the PPO update).
         new_rows = [
-            {"episode": k, "update": update, **summary, "update_seconds": update_seconds / per_update, **update_stats}
-            for k, (_, summary) in zip(episodes, rollouts)
+            {"episode": k, "update": update, **summary, "update_seconds": update_seconds / per_update,
+             "wall_seconds": (collect_seconds + update_seconds) / per_update, **update_stats}
+            for k, (_, summary) in zip(episodes, played)
         ]
         rows.extend(new_rows)
         write_jsonl(output_dir / EPISODES_FILE, rows)

@@ -420,9 +420,12 @@ def _ledger_section(report: _Report, ledger: dict | None, source: str) -> None:
     body.append(["**total**", _format_number(total_seconds, 1), _format_number(total_tokens, 0), _format_number(total_phi, 3)])
     body.append(["Φ = one full-data run (estimated)", _format_number(phi.get("seconds"), 1), _format_number(phi.get("tokens"), 0), "1.000"])
     report.facts.append(f"compute: all phases together cost {total_phi:.3f} Φ in training tokens ({total_tokens:,} tokens, {total_seconds:.1f} s)")
+    elapsed = [f"{name.replace('_', ' ')} took {p['wall_seconds']:.1f} s elapsed for {p.get('seconds') or 0.0:.1f} s of compute"
+               for name, p in phases.items() if p.get("wall_seconds") is not None]
     report.section(
         "Compute ledger",
-        "Φ is the estimated cost of one full-data fine-tuning run (the paper's unit); a phase's Φ is its tokens / Φ's tokens.",
+        "Φ is the estimated cost of one full-data fine-tuning run (the paper's unit); a phase's Φ is its tokens / Φ's tokens. "
+        "Seconds are compute, summed over rollout workers" + (f" ({'; '.join(elapsed)})." if elapsed else "."),
         _markdown_table(["phase", "seconds", "tokens", "Φ"], body),
     )
 
