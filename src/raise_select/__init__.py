@@ -1,6 +1,71 @@
 """raise-select: RAISE (Reinforced Adaptive Instruction SElection) for LLM instruction tuning.
 
 Data flows one way: pool + target -> features -> selector -> environment -> metrics -> report.
+
+The public API (``import raise_select as rs``)::
+
+    config = rs.load_config(rs.recipe_path("demo_quick"), ["raise.episodes=8"])   # or a YAML file, or rs.Config()
+    bench = rs.Workbench.build(config)                  # pool, target, model, tokenized sets (features on demand)
+    policy = rs.train_raise_selector(bench, "runs/sel") # PPO; returns the selector folder
+    result = rs.run_finetune(bench, rs.build_selector("random", config), None, budget_steps=8, seed=0)
+    rs.run_comparison(config, "runs/cmp"); rs.write_report("runs/cmp")
+
+Callbacks (:class:`Callback`, :class:`CallbackList`, :class:`ProgressBar`) observe and stop both
+selector training and fine-tuning runs. Names are imported on first use, so ``import raise_select``
+stays light.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # configuration
+    "Config": "config", "load_config": "config", "dump_config": "config", "validate": "config",
+    "recipe_path": "experiments",
+    # the pipeline
+    "Workbench": "pipeline", "run_finetune": "pipeline", "RunResult": "pipeline",
+    "train_raise_selector": "experiments", "run_comparison": "experiments",
+    "write_report": "report",
+    # selectors
+    "build_selector": "selectors", "SELECTORS": "selectors", "Selector": "selectors", "SelectionContext": "selectors",
+    "EnvState": "selectors", "RaiseSelector": "selectors.raise_policy", "load_selector": "selector_artifact",
+    # selector training, lower level
+    "train_selector": "ppo", "FineTuneEnv": "environment",
+    # callbacks
+    "Callback": "callbacks", "CallbackList": "callbacks", "ProgressBar": "callbacks",
+    # errors
+    "UserError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .callbacks import Callback, CallbackList, ProgressBar
+    from .config import Config, dump_config, load_config, validate
+    from .environment import FineTuneEnv
+    from .errors import UserError
+    from .experiments import recipe_path, run_comparison, train_raise_selector
+    from .pipeline import RunResult, Workbench, run_finetune
+    from .ppo import train_selector
+    from .report import write_report
+    from .selector_artifact import load_selector
+    from .selectors import SELECTORS, EnvState, SelectionContext, Selector, build_selector
+    from .selectors.raise_policy import RaiseSelector

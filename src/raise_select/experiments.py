@@ -15,13 +15,14 @@ import io
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from .config import Config, changed_settings, dump_config, load_config
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_jsonl, write_json, write_text
 from .pipeline import PhaseCost, Workbench, ledger, read_json, run_finetune
-from .ppo import Callback
+from .callbacks import Callback
 from .run_folders import COMPARISON, SELECTOR_TRAINING, FolderSwap, check_output
 from .selectors import build_selector
 
@@ -90,8 +91,11 @@ def check_rollout_workers(config: Config) -> None:
 
 
 def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, overwrite: bool = False,
-                         progress: bool = True) -> Path:
+                         progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path:
     """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder.
+
+    ``callbacks`` see the training's events (:mod:`callbacks`; False from ``on_episode_end`` stops
+    after the current update, and ``--resume`` can continue later).
 
     ``resume`` continues the checkpoint in ``output`` (refused when a setting changed); otherwise
     ``output`` must be empty, or hold a selector training and ``overwrite`` be set: the old folder
@@ -121,7 +125,7 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
     first_episode = _AfterFirstEpisode(output, config, swap)
     try:
         train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
-                       callbacks=[first_episode], rollouts=rollouts,
+                       callbacks=[first_episode, *callbacks], rollouts=rollouts,
                        provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
                                    "target": bench.target.name, "episode_steps": episode_steps})
     except BaseException:

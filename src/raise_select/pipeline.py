@@ -21,14 +21,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .callbacks import Callback, with_progress
 from .config import Config, ModelConfig, dump_config
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
@@ -189,24 +191,33 @@ class RunResult:
     steps: int
     tokens: int
     seconds: float
-    output: Path
+    output: Path | None  # the run folder (None: run without one)
 
 
 def run_finetune(
     bench: Workbench,
     selector: Selector,
-    output: Path,
+    output: Path | None,
     budget_steps: int,
     seed: int,
     test_metric: bool = True,
     extra_phases: dict[str, PhaseCost] | None = None,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Drive ``selector`` for ``budget_steps`` optimizer updates from the base weights and write a run folder.
 
     ``output`` must be missing, empty or an earlier finetune run folder, which is replaced whole once
-    this run has finished (see :mod:`run_folders`).
+    this run has finished (see :mod:`run_folders`); None keeps the run in a temporary folder that is
+    deleted at the end (the returned numbers are the result; ``RunResult.output`` is None).
+    ``callbacks`` see the run's events (:mod:`callbacks`); one returning False from
+    ``on_decision_end`` ends the run there (it is still evaluated and written, with fewer steps).
     """
+    if output is None:
+        with tempfile.TemporaryDirectory(prefix="raise-select-run-") as scratch:
+            result = run_finetune(bench, selector, Path(scratch) / "run", budget_steps, seed, test_metric, extra_phases,
+                                  progress, callbacks)
+        return replace(result, output=None)
     config = replace(bench.config, seed=seed, selector=selector.name)
     # Everything that can fail on the user's input happens before the run folder is touched.
     selector.setup(bench.selection_context(selector, budget_steps, seed, progress=progress))
@@ -235,8 +246,8 @@ def run_finetune(
         append_jsonl(metrics_path, {"decision": 0, "step": 0, "train_loss": None, "validation_loss": state.validation_loss,
                                     "reward": None, "seconds": 0.0, "tokens": 0})
         total_seconds, total_tokens, decision = 0.0, 0, 0
-        decisions = -(-budget_steps // config.train.decision_interval)
-        bar = tqdm(total=decisions, desc=f"finetune[{selector.name}]", unit="decision", disable=not progress)
+        events = with_progress(callbacks, progress)
+        events.on_run_start(selector.name, -(-budget_steps // config.train.decision_interval))
         while not env.done:
             started = time.perf_counter()
             indices = np.asarray(selector.select(state), dtype=np.int64)
@@ -247,13 +258,13 @@ def run_finetune(
             total_seconds += selection_seconds + result.seconds
             total_tokens += result.tokens
             append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
-            append_jsonl(metrics_path, {"decision": decision, "step": state.step, "train_loss": result.train_loss,
-                                        "validation_loss": result.validation_loss, "reward": result.reward,
-                                        "seconds": round(total_seconds, 4), "tokens": total_tokens,
-                                        "selection_seconds": round(selection_seconds, 5)})
-            bar.set_postfix(train=f"{result.train_loss:.3f}", val=f"{state.validation_loss:.3f}")
-            bar.update(1)
-        bar.close()
+            metrics = {"decision": decision, "step": state.step, "train_loss": result.train_loss,
+                       "validation_loss": result.validation_loss, "reward": result.reward,
+                       "seconds": round(total_seconds, 4), "tokens": total_tokens,
+                       "selection_seconds": round(selection_seconds, 5)}
+            append_jsonl(metrics_path, metrics)
+            if not events.on_decision_end(decision, metrics):
+                break  # a callback ended the run
 
         final_validation = state.validation_history[-1]
         test = None
@@ -272,8 +283,10 @@ def run_finetune(
         write_json(folder / "ledger.json", ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
         if hasattr(selector, "explain"):
             write_explain_csv(folder / "explain.csv", selector.explain(), bench.pool)
-    return RunResult(selector.name, seed, budget_steps, state.validation_history[0], final_validation, test,
-                     state.step, total_tokens, total_seconds, output)
+    result = RunResult(selector.name, seed, budget_steps, state.validation_history[0], final_validation, test,
+                       state.step, total_tokens, total_seconds, output)
+    events.on_run_end(result)
+    return result
 
 
 def write_explain_csv(path: Path, rows: list[dict], pool: Pool) -> None:

@@ -67,8 +67,8 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .callbacks import Callback, with_progress
 from .config import RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
@@ -426,20 +426,6 @@ def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, episod
 
 
 # -- callbacks ------------------------------------------------------------------------------
-class Callback:
-    """Named training events (Stable-Baselines3 style); override the ones you need."""
-
-    def on_train_start(self, start_episode: int, total_episodes: int) -> None:
-        """Before the first episode of this call (start_episode > 0 when resuming)."""
-
-    def on_episode_end(self, episode: int, summary: dict) -> bool | None:
-        """After each episode's update and checkpoint, with its episodes.jsonl row; return False to stop
-        (training stops after the current update)."""
-
-    def on_train_end(self, artifact: RaiseArtifact) -> None:
-        """After the selector folder is written."""
-
-
 # -- checkpoints ----------------------------------------------------------------------------
 def _rng_states(minibatch_rng: np.random.Generator) -> dict:
     # JSON strings for Python/NumPy states keep the checkpoint loadable with torch.load(weights_only=True).
@@ -551,9 +537,8 @@ def train_selector(
     per_update = config.episodes_per_update
     total_updates = config.episodes // per_update
     stop = total_updates if max_updates is None else min(total_updates, start // per_update + max_updates)
-    for callback in callbacks:
-        callback.on_train_start(start, config.episodes)
-    bar = tqdm(total=config.episodes, initial=start, desc="train-selector", unit="episode", disable=not progress)
+    events = with_progress(callbacks, progress)
+    events.on_train_start(start, config.episodes)
     for update in range(start // per_update, stop):
         episodes = range(update * per_update, (update + 1) * per_update)
         started = time.perf_counter()
@@ -572,16 +557,10 @@ def train_selector(
         rows.extend(new_rows)
         write_jsonl(output_dir / EPISODES_FILE, rows)
         save_checkpoint(checkpoint_path, selector, optimizer, episodes.stop, rows, seed, _rng_states(minibatch_rng))
-        returns = [row["return"] for row in new_rows]
-        bar.set_postfix({"return": f"{np.mean(returns):.4f}", "kl": f"{update_stats.get('approx_kl', 0.0):.3f}",
-                         "s/ep": f"{np.mean([row['seconds'] for row in new_rows]):.1f}"})
-        bar.update(per_update)
-        if any([callback.on_episode_end(row["episode"], row) is False for row in new_rows for callback in callbacks]):
-            break  # every hook runs
-    bar.close()
+        if not all([events.on_episode_end(row["episode"], row) for row in new_rows]):
+            break  # every row's event ran; stop after this (saved) update
 
     artifact = selector.to_artifact({"episodes": len(rows), **(provenance or {})})
     save_selector(artifact, output_dir / SELECTOR_DIR)
-    for callback in callbacks:
-        callback.on_train_end(artifact)
+    events.on_train_end(artifact)
     return artifact

@@ -1,0 +1,113 @@
+"""Callbacks: named events of selector training and fine-tuning runs (Stable-Baselines3 style).
+
+Subclass :class:`Callback` and override the events you need; pass a list of them as ``callbacks=``
+to :func:`raise_select.ppo.train_selector` / :func:`raise_select.experiments.train_raise_selector`
+(selector training) or :func:`raise_select.pipeline.run_finetune` (a fine-tuning run). Every
+callback in the list sees every event; an ``on_..._end`` step event that returns ``False`` stops the
+loop after the current step (selector training: after the current PPO update, which is saved).
+Progress bars are one such callback (:class:`ProgressBar`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .pipeline import RunResult
+    from .selector_artifact import RaiseArtifact
+
+
+class Callback:
+    """Override the events you need; the defaults do nothing."""
+
+    # -- selector training (PPO) ---------------------------------------------------------------
+    def on_train_start(self, start_episode: int, total_episodes: int) -> None:
+        """Before the first episode of this call (``start_episode`` > 0 when resuming)."""
+
+    def on_episode_end(self, episode: int, summary: dict) -> bool | None:
+        """After each episode's PPO update and checkpoint, with its ``episodes.jsonl`` row; False stops."""
+
+    def on_train_end(self, artifact: "RaiseArtifact") -> None:
+        """After the selector folder is written."""
+
+    # -- fine-tuning runs ------------------------------------------------------------------------
+    def on_run_start(self, method: str, total_decisions: int) -> None:
+        """Before the first decision of a run of selector ``method``."""
+
+    def on_decision_end(self, decision: int, metrics: dict) -> bool | None:
+        """After each decision's updates (and evaluation), with its ``metrics.jsonl`` row; False stops."""
+
+    def on_run_end(self, result: "RunResult") -> None:
+        """After the run's evaluation, with its numbers."""
+
+
+class CallbackList(Callback):
+    """Runs every callback on every event, in order; a step event stops when any of them returned False."""
+
+    def __init__(self, callbacks: Sequence[Callback] = ()):
+        self.callbacks = list(callbacks)
+
+    def _all(self, event: str, *args: Any) -> bool:
+        results = [getattr(callback, event)(*args) for callback in self.callbacks]  # every one runs
+        return all(result is not False for result in results)
+
+    def on_train_start(self, start_episode: int, total_episodes: int) -> None:
+        self._all("on_train_start", start_episode, total_episodes)
+
+    def on_episode_end(self, episode: int, summary: dict) -> bool:
+        return self._all("on_episode_end", episode, summary)
+
+    def on_train_end(self, artifact: "RaiseArtifact") -> None:
+        self._all("on_train_end", artifact)
+
+    def on_run_start(self, method: str, total_decisions: int) -> None:
+        self._all("on_run_start", method, total_decisions)
+
+    def on_decision_end(self, decision: int, metrics: dict) -> bool:
+        return self._all("on_decision_end", decision, metrics)
+
+    def on_run_end(self, result: "RunResult") -> None:
+        self._all("on_run_end", result)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar: episodes of selector training (return, KL, seconds per episode) or decisions of a run."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_train_start(self, start_episode: int, total_episodes: int) -> None:
+        self.bar = tqdm(total=total_episodes, initial=start_episode, desc="train-selector", unit="episode")
+
+    def on_episode_end(self, episode: int, summary: dict) -> None:
+        self.bar.set_postfix({"return": f"{summary['return']:.4f}", "kl": f"{summary.get('approx_kl', 0.0):.3f}",
+                              "s/ep": f"{summary['seconds']:.1f}"}, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, artifact: "RaiseArtifact") -> None:
+        self.close()
+
+    def on_run_start(self, method: str, total_decisions: int) -> None:
+        self.bar = tqdm(total=total_decisions, desc=f"finetune[{method}]", unit="decision")
+        self.validation_loss = float("nan")
+
+    def on_decision_end(self, decision: int, metrics: dict) -> None:
+        if metrics.get("validation_loss") is not None:  # None on decisions without an evaluation (train.eval_every)
+            self.validation_loss = metrics["validation_loss"]
+        self.bar.set_postfix(train=f"{metrics['train_loss']:.3f}", val=f"{self.validation_loss:.3f}", refresh=False)
+        self.bar.update(1)
+
+    def on_run_end(self, result: "RunResult") -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def with_progress(callbacks: Sequence[Callback], progress: bool) -> CallbackList:
+    """The callbacks to run: the user's, plus a :class:`ProgressBar` first when ``progress``."""
+    return CallbackList(([ProgressBar()] if progress else []) + list(callbacks))

@@ -1,0 +1,76 @@
+"""The public API: the README's "Use from Python" example runs as written, and callbacks see and stop runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import raise_select as rs
+from raise_select.callbacks import CallbackList
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_example() -> str:
+    section = README.read_text(encoding="utf-8").split("## Use from Python", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # it writes runs/py-selector relative to the working directory
+    exec(compile(_python_example(), "README.md (Use from Python)", "exec"), {"__name__": "readme_example"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["raise", "random"]
+    assert (tmp_path / "runs" / "py-selector" / "selector" / "selector.json").is_file()
+
+
+def test_every_exported_name_resolves():
+    for name in rs.__all__:
+        assert getattr(rs, name) is not None, name
+    with pytest.raises(AttributeError):
+        rs.not_a_name  # noqa: B018
+
+
+class Recorder(rs.Callback):
+    def __init__(self, stop_at: int | None = None):
+        self.events, self.stop_at = [], stop_at
+
+    def on_run_start(self, method, total_decisions):
+        self.events.append(("start", method, total_decisions))
+
+    def on_decision_end(self, decision, metrics):
+        self.events.append(("decision", decision, metrics["step"]))
+        return decision != self.stop_at
+
+    def on_run_end(self, result):
+        self.events.append(("end", result.steps))
+
+
+def test_callbacks_see_every_decision_and_can_stop_a_run(synthetic_config):
+    bench = rs.Workbench.build(synthetic_config)
+    selector = rs.build_selector("random", synthetic_config)
+    watcher, stopper = Recorder(), Recorder(stop_at=2)
+    result = rs.run_finetune(bench, selector, None, 4, seed=0, progress=False, callbacks=[stopper, watcher])
+    assert result.output is None and result.steps == 2  # stopped after decision 2; no folder kept
+    # both callbacks saw the same events, the stopper's False included
+    assert watcher.events == stopper.events == [("start", "random", 4), ("decision", 1, 1), ("decision", 2, 2), ("end", 2)]
+    full = rs.run_finetune(bench, rs.build_selector("random", synthetic_config), None, 4, seed=0, progress=False)
+    assert full.steps == 4
+
+
+def test_callback_list_runs_every_callback_and_stops_if_any_says_so():
+    calls = []
+
+    class Says(rs.Callback):
+        def __init__(self, answer):
+            self.answer = answer
+
+        def on_episode_end(self, episode, summary):
+            calls.append(self.answer)
+            return self.answer
+
+    assert CallbackList([Says(False), Says(None)]).on_episode_end(0, {}) is False
+    assert calls == [False, None]  # the second ran although the first said stop
+    assert CallbackList([Says(None), Says(True)]).on_episode_end(0, {}) is True
