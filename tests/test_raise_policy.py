@@ -13,7 +13,7 @@ import torch
 
 from raise_select.config import RaiseConfig
 from raise_select.errors import UserError
-from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
+from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
 from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_selector, save_selector
 from raise_select.selectors.raise_policy import (
     RaiseSelector,
@@ -129,8 +129,14 @@ def test_quotas_and_interleave():
 
 
 def test_layout_has_the_documented_columns():
-    layout = fused_feature_layout(STATIC_FEATURE_NAMES, 32)
-    assert len(layout) == 40
+    # The runner's features: the four of features.py, then target_similarity (Workbench appends it).
+    features = with_target_similarity(make_features(pca_dim=32), np.ones((3, 32), dtype=np.float32))
+    assert features.names == (*STATIC_FEATURE_NAMES, "target_similarity")
+    layout = fused_feature_layout(features.names, features.embedding.shape[1])
+    assert len(layout) == 41  # the module docstring's count at the default P = 32
+    names = [c["name"] for c in layout]
+    assert names[:5] == ["response_loss", "ifd", "prompt_tokens", "response_tokens", "target_similarity"]
+    assert names[5:37] == [f"emb_{i}" for i in range(32)]
     assert [c["name"] for c in layout[-4:]] == ["progress", "validation_ratio", "validation_change", "availability"]
 
 
