@@ -12,7 +12,7 @@ from raise_select.cli import main
 from raise_select.config import dump_config, load_config
 from raise_select.io_utils import read_jsonl
 
-from conftest import SYNTHETIC_OVERRIDES, assert_one_line_error
+from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 
 POOL_SIZE = 12
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "selections.jsonl", "evaluation.json", "ledger.json")

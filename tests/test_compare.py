@@ -18,7 +18,7 @@ from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench
 from raise_select.report import write_report
 
-from conftest import SYNTHETIC_OVERRIDES
+from helpers import SYNTHETIC_OVERRIDES
 
 METHODS = ["raise", "random", "longest", "targeted"]
 SEEDS = [0, 1]

@@ -1,9 +1,16 @@
 """Config loading: YAML + overrides, one-line errors for bad input."""
 
+import dataclasses
+import typing
+
 import pytest
 
-from raise_select.config import Config, dump_config, load_config
+from raise_select import config as config_module
+from raise_select.cli import main
+from raise_select.config import Config, describe_fields, dump_config, load_config
 from raise_select.errors import UserError
+
+from helpers import assert_one_line_error
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
@@ -51,3 +58,50 @@ def test_missing_and_malformed_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(UserError, match="must be a YAML mapping"):
         load_config(scalar)
+
+
+def _config_dataclasses() -> list[type]:
+    """Every dataclass reachable from Config (the sections and the list element SourceConfig)."""
+    found, todo = [], [Config]
+    while todo:
+        cls = todo.pop()
+        if cls in found:
+            continue
+        found.append(cls)
+        for hint in typing.get_type_hints(cls).values():
+            todo += [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
+    return found
+
+
+def test_every_config_field_has_a_help_text():
+    classes = _config_dataclasses()
+    declared = [obj for obj in vars(config_module).values()
+                if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__name__.endswith("Config")]
+    assert set(declared) <= set(classes), "a config dataclass is not reachable from Config"
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            help_text = f.metadata.get("help")
+            assert isinstance(help_text, str) and help_text.strip(), f"{cls.__name__}.{f.name} has no help"
+    assert all(doc.help.strip() for doc in describe_fields())
+
+
+def test_config_command_prints_a_section_with_defaults_and_help(capsys):
+    assert main(["config", "raise"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert captured.err == ""
+    assert lines and all(line.startswith("raise.") for line in lines)
+    (episodes,) = [line for line in lines if line.split()[0] == "raise.episodes"]
+    assert "(int, default: 32)" in episodes
+    assert "K: fine-tuning episodes in all" in episodes
+    assert "[ours]" in next(line for line in lines if line.split()[0] == "raise.episodes_per_update")
+    assert len(lines) == len(dataclasses.fields(config_module.RaiseConfig))
+
+
+def test_config_command_lists_every_field_and_refuses_an_unknown_section(capsys):
+    assert main(["config"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names[:3] == ["seed", "output", "selector"]
+    assert {"model.name", "pool.sources", "pool.sources[].limit", "train.learning_rate", "compare.seeds"} <= set(names)
+    assert_one_line_error(main(["config", "rais"]), capsys.readouterr(),
+                          ["unknown config section 'rais'", "valid: seed, output, selector, model", "raise"])

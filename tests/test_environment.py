@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from raise_select.config import load_config
 from raise_select.environment import FineTuneEnv, full_data_steps, resolve_budget
 from raise_select.errors import UserError
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector
 
+from helpers import SYNTHETIC_OVERRIDES
+
 
 @pytest.fixture(scope="module")
 def bench():
-    from raise_select.config import load_config
-    from conftest import SYNTHETIC_OVERRIDES
-
     return Workbench.build(load_config(None, list(SYNTHETIC_OVERRIDES)))
 
 

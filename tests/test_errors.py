@@ -27,7 +27,7 @@ from raise_select.data.formats import load_source_file
 from raise_select.errors import UserError
 from raise_select.selector_artifact import load_selector, save_selector
 
-from conftest import SYNTHETIC_OVERRIDES, assert_one_line_error
+from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from raise_select.evaluation import (
     validation_loss,
 )
 from raise_select.model import LoadedModel, per_example_loss, sequence_logprob
-from test_model import build_tiny_llama, load_tiny  # noqa: E402  (tests/ is on sys.path under pytest)
+
+from helpers import build_tiny_llama, load_tiny
 
 
 def example(i: int, question: str, response: str, **meta) -> Example:

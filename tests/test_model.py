@@ -5,14 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import string
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from raise_select.config import ModelConfig
 from raise_select.errors import UserError
@@ -25,33 +22,7 @@ from raise_select.model import (
     training_loss,
 )
 
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
-CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " \n"
-
-
-def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    """Save a random 2-layer Llama with a character-level tokenizer into ``folder``."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + list(CHARACTERS))}
-    # BPE without merges splits text into single characters; Fuse joins them back on decode.
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        vocab_size=len(vocab),
-        max_position_embeddings=256,
-        pad_token_id=vocab["<pad>"],
-        eos_token_id=vocab["<eos>"],
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from helpers import build_tiny_llama, load_tiny
 
 
 def make_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -75,12 +46,6 @@ PAIRS = [("Q: 12+7=?\nA: ", "19"), ("Q: name a colour\nA: ", "a deep blue"), ("H
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-def load_tiny(folder: Path, seed: int = 0, **overrides) -> LoadedModel:
-    settings = dict(name=str(folder), lora_r=4, lora_alpha=8, device="cpu")
-    settings.update(overrides)
-    return load_model(ModelConfig(**settings), seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ from raise_select.ppo import (
 from raise_select.selector_artifact import load_selector
 from raise_select.selectors.base import EnvState
 from raise_select.selectors.raise_policy import RaiseSelector
-from test_raise_policy import make_context, make_features, make_state
+
+from helpers import make_context, make_features, make_state
 
 POOL_SIZE, BATCH_SIZE, BUDGET = 120, 4, 7
 
@@ -137,7 +138,7 @@ def test_clipped_objective_matches_hand_computation():
 def test_rollout_buffer_stores_no_pool_sized_arrays():
     features = make_features()
     selector = RaiseSelector(fast_config())
-    selector.setup(make_context(features))
+    selector.setup(make_context(features=features))
     env = BanditEnv(features, decision_interval=2)
     buffer, summary = run_episode(env, selector, 0, 100.0)
     assert len(buffer) == 4 and summary["updates"] == BUDGET  # decisions of 2, 2, 2 and 1 updates
@@ -153,7 +154,7 @@ def test_first_update_recomputes_the_rollout_log_probs_exactly():
     features = make_features()
     config = fast_config(update_epochs=1, minibatch_size=100)
     selector = RaiseSelector(config)
-    selector.setup(make_context(features))
+    selector.setup(make_context(features=features))
     env = BanditEnv(features, decision_interval=2)
     buffers = [run_episode(env, selector, seed, 100.0)[0] for seed in (0, 1)]
     optimizer = torch.optim.Adam(list(selector.policy.parameters()) + list(selector.critic.parameters()), lr=1e-2)
@@ -174,9 +175,9 @@ def test_policy_learns_to_pick_the_good_examples(tmp_path):
     env = BanditEnv(features)
     # A bandit: each reward depends only on its own decision, so gamma = 0 is the right discount.
     config = fast_config(episodes=20, episodes_per_update=4, update_epochs=8, learning_rate=1e-2, gamma=0.0)
-    artifact = train_selector(env, make_context(features), config, tmp_path, seed=0, progress=False)
+    artifact = train_selector(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
     selector = RaiseSelector(config, artifact)
-    selector.setup(make_context(features))
+    selector.setup(make_context(features=features))
     share = good_share_of_greedy_choices(selector, env)
     assert share >= 0.75  # the pool share of good examples is 0.2
     rows = read_jsonl(tmp_path / EPISODES_FILE)
@@ -195,14 +196,14 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path, head_dims):
         def on_episode_end(self, episode, summary):
             self.episodes.append(episode)
 
-    uninterrupted = train_selector(BanditEnv(features), make_context(features), config, tmp_path / "a", seed=3,
+    uninterrupted = train_selector(BanditEnv(features), make_context(features=features), config, tmp_path / "a", seed=3,
                                    progress=False)
     first, second = Recorder(), Recorder()
-    train_selector(BanditEnv(features), make_context(features), config, tmp_path / "b", seed=3, progress=False,
+    train_selector(BanditEnv(features), make_context(features=features), config, tmp_path / "b", seed=3, progress=False,
                    max_updates=1, callbacks=[first])
     torch.manual_seed(1234)  # global RNG state of the "new process" must not matter
     np.random.seed(1234)
-    resumed = train_selector(BanditEnv(features), make_context(features), config, tmp_path / "b", seed=3,
+    resumed = train_selector(BanditEnv(features), make_context(features=features), config, tmp_path / "b", seed=3,
                              progress=False, resume=True, callbacks=[second])
     assert first.episodes == [0, 1] and second.episodes == [2, 3]
     for name, tensor in uninterrupted.tensors.items():
@@ -221,21 +222,21 @@ def test_resume_errors_and_early_stop(tmp_path):
     features = make_features()
     config = fast_config(episodes=4)
     with pytest.raises(UserError, match="no checkpoint"):
-        train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, resume=True, progress=False)
+        train_selector(BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False)
 
     class StopAfterFirst(Callback):
         def on_episode_end(self, episode, summary):
             return False
 
-    train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, progress=False,
+    train_selector(BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, progress=False,
                    callbacks=[StopAfterFirst()])
     assert len(read_jsonl(tmp_path / EPISODES_FILE)) == config.episodes_per_update  # stops after the first update
     with pytest.raises(UserError, match="raise.hidden_size"):
-        train_selector(BanditEnv(features), make_context(features), fast_config(episodes=4, hidden_size=8), tmp_path,
+        train_selector(BanditEnv(features), make_context(features=features), fast_config(episodes=4, hidden_size=8), tmp_path,
                        seed=0, resume=True, progress=False)
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable raise-select checkpoint"):
-        train_selector(BanditEnv(features), make_context(features), config, tmp_path, seed=0, resume=True, progress=False)
+        train_selector(BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False)
 
 
 def test_group_baseline_is_the_leave_one_out_mean_return_by_hand():
@@ -284,7 +285,7 @@ def test_group_advantage_credits_each_step_against_the_other_episodes_at_that_st
 def test_an_episode_depends_only_on_the_weights_and_its_seed(head_dims):
     features = make_features()
     selector = RaiseSelector(fast_config(head_dims=head_dims))
-    selector.setup(make_context(features))
+    selector.setup(make_context(features=features))
     seeds = [episode_seed(7, k) for k in range(3)]
     forward = collect_rollouts(BanditEnv(features), selector, seeds, 1.0)
     backward = collect_rollouts(BanditEnv(features), selector, seeds[::-1], 1.0)[::-1]
@@ -302,7 +303,7 @@ def test_update_stops_early_when_the_policy_leaves_the_trust_region():
     features = make_features()
     config = fast_config(update_epochs=50, minibatch_size=2, learning_rate=5e-2, target_kl=0.01)
     selector = RaiseSelector(config)
-    selector.setup(make_context(features))
+    selector.setup(make_context(features=features))
     env = BanditEnv(features)
     buffers = [run_episode(env, selector, seed, 100.0)[0] for seed in (0, 1)]
     optimizer = torch.optim.Adam(list(selector.policy.parameters()) + list(selector.critic.parameters()), lr=5e-2)
@@ -319,7 +320,7 @@ def test_update_stops_early_when_the_policy_leaves_the_trust_region():
 def test_batching_errors_are_one_line(tmp_path, overrides, fragment):
     features = make_features()
     with pytest.raises(UserError, match=fragment):
-        train_selector(BanditEnv(features), make_context(features), fast_config(**overrides), tmp_path, seed=0,
+        train_selector(BanditEnv(features), make_context(features=features), fast_config(**overrides), tmp_path, seed=0,
                        progress=False)
 
 
@@ -342,7 +343,7 @@ def test_the_episode_head_learns_which_feature_pays(tmp_path):
     features = make_features()
     env = BanditEnv(features)
     config = fast_config(head_dims=4, head_std=3.0, episodes=24, episodes_per_update=4, gamma=0.0)
-    artifact = train_selector(env, make_context(features), config, tmp_path, seed=0, progress=False)
+    artifact = train_selector(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
     mean = artifact.tensors["policy.head_mean"].numpy()
     assert mean[0] > 0 and np.argmax(np.abs(mean)) == 0, mean
     saved = load_selector(tmp_path / SELECTOR_DIR).provenance["episode_head"]  # readable in selector.json
@@ -351,5 +352,5 @@ def test_the_episode_head_learns_which_feature_pays(tmp_path):
     rows = read_jsonl(tmp_path / EPISODES_FILE)
     assert all(row["head_step"] > 0 for row in rows)
     selector = RaiseSelector(config, artifact)
-    selector.setup(make_context(features))
+    selector.setup(make_context(features=features))
     assert good_share_of_greedy_choices(selector, env) >= 0.75  # the pool share of good examples is 0.2

@@ -12,11 +12,9 @@ import pytest
 import torch
 
 from raise_select.config import RaiseConfig
-from raise_select.data.types import Example, Pool
 from raise_select.errors import UserError
-from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
+from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
 from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_selector, save_selector
-from raise_select.selectors.base import EnvState, SelectionContext
 from raise_select.selectors.raise_policy import (
     RaiseSelector,
     choose_groups,
@@ -27,44 +25,13 @@ from raise_select.selectors.raise_policy import (
     stage_features,
 )
 
-
-def make_features(pool_size: int = 120, pca_dim: int = 6, seed: int = 0, aux_model: str = "aux-a",
-                  outliers: int = 0) -> StaticFeatures:
-    """Two well-separated embedding blobs (plus ``outliers`` far-away rows) and random difficulty columns."""
-    rng = np.random.default_rng(seed)
-    embedding = rng.normal(size=(pool_size, pca_dim)).astype(np.float32)
-    embedding[: pool_size // 2, 0] += 8.0
-    embedding[pool_size - outliers:, 1] += 200.0
-    values = np.stack([
-        rng.uniform(0.5, 3.0, pool_size),  # response_loss
-        rng.uniform(0.2, 1.2, pool_size),  # ifd
-        rng.integers(5, 200, pool_size),  # prompt_tokens
-        rng.integers(1, 300, pool_size),  # response_tokens
-    ], axis=1).astype(np.float32)
-    hidden = 10
-    return StaticFeatures(
-        names=STATIC_FEATURE_NAMES, values=values, embedding=embedding,
-        pca_mean=np.zeros(hidden, np.float32), pca_components=np.eye(pca_dim, hidden, dtype=np.float32),
-        key=f"fake-{pool_size}-{seed}", aux_model=aux_model,
-    )
-
-
-def make_context(features: StaticFeatures, batch_size: int = 4, budget_steps: int = 6, seed: int = 0) -> SelectionContext:
-    pool = Pool([Example(id=str(i), source="fake", messages=({"role": "user", "content": f"q{i}"},), response="a")
-                 for i in range(features.values.shape[0])])
-    return SelectionContext(pool=pool, batch_size=batch_size, budget_steps=budget_steps, decision_interval=1,
-                            seed=seed, features=features)
-
-
-def make_state(pool_size: int, batch_size: int = 4, step: int = 0, budget: int = 6) -> EnvState:
-    return EnvState(step=step, budget=budget, batch_size=batch_size, decision_interval=1,
-                    validation_history=[2.0], selection_counts=np.zeros(pool_size, dtype=np.int64))
+from helpers import make_context, make_features, make_state
 
 
 def make_selector(features: StaticFeatures, clusters: int = 2, batch_size: int = 4, seed: int = 0,
                   **config) -> RaiseSelector:
     selector = RaiseSelector(RaiseConfig(clusters=clusters, hidden_size=16, **config))
-    selector.setup(make_context(features, batch_size=batch_size, seed=seed))
+    selector.setup(make_context(features=features, batch_size=batch_size, seed=seed))
     selector.reset(seed)
     return selector
 
@@ -162,8 +129,14 @@ def test_quotas_and_interleave():
 
 
 def test_layout_has_the_documented_columns():
-    layout = fused_feature_layout(STATIC_FEATURE_NAMES, 32)
-    assert len(layout) == 40
+    # The runner's features: the four of features.py, then target_similarity (Workbench appends it).
+    features = with_target_similarity(make_features(pca_dim=32), np.ones((3, 32), dtype=np.float32))
+    assert features.names == (*STATIC_FEATURE_NAMES, "target_similarity")
+    layout = fused_feature_layout(features.names, features.embedding.shape[1])
+    assert len(layout) == 41  # the module docstring's count at the default P = 32
+    names = [c["name"] for c in layout]
+    assert names[:5] == ["response_loss", "ifd", "prompt_tokens", "response_tokens", "target_similarity"]
+    assert names[5:37] == [f"emb_{i}" for i in range(32)]
     assert [c["name"] for c in layout[-4:]] == ["progress", "validation_ratio", "validation_change", "availability"]
 
 
@@ -184,7 +157,7 @@ def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
     trained.set_head(None)
     folder = save_selector(trained.to_artifact({"episodes": 3}), tmp_path / "selector")
     loaded = RaiseSelector.load(folder)
-    loaded.setup(make_context(features))
+    loaded.setup(make_context(features=features))
     state = make_state(120)
     state.validation_history.append(1.7)
     torch.testing.assert_close(loaded.pool_scores(stage_features(state), state.selection_counts),
@@ -199,9 +172,9 @@ def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
 def test_features_from_another_aux_model_refit_statistics_and_clusters(tmp_path):
     trained = make_selector(make_features())
     folder = save_selector(trained.to_artifact(), tmp_path / "selector")
-    other = replace(make_features(pool_size=80, seed=3), aux_model="aux-b")
+    other = replace(make_features(80, seed=3), aux_model="aux-b")
     deployed = RaiseSelector.load(folder)
-    deployed.setup(make_context(other))
+    deployed.setup(make_context(features=other))
     assert len(deployed.adaptation_notes) == 2  # difficulty statistics and embedding space
     fused = deployed.fused_static.numpy()
     np.testing.assert_allclose(fused.mean(axis=0), 0.0, atol=1e-5)  # standardized on the new pool

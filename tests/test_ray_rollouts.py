@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SYNTHETIC_OVERRIDES, assert_one_line_error
+from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select.cli import main
 from raise_select.config import ModelConfig, dump_config, load_config
 from raise_select.errors import UserError

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from raise_select.config import Config
-from raise_select.data.types import Example, Pool
+from raise_select.data.types import Example
 from raise_select.errors import UserError
-from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
 from raise_select.selectors import SELECTORS, build_selector
 from raise_select.selectors.base import EnvState, SelectionContext, Selector
 from raise_select.selectors.baselines import (
@@ -24,68 +23,19 @@ from raise_select.selectors.baselines import (
 )
 from raise_select.selectors.simple import EpochSampler, FullDataSelector, OracleSelector, RandomSelector
 
-
-def make_pool(n: int) -> Pool:
-    """Toy examples labelled like the synthetic testbed: every third is helpful, every fifth of those corrupted."""
-    return Pool([
-        Example(id=f"toy/{i}", source="toy", messages=({"role": "user", "content": f"q{i}"},), response=f"a{i}",
-                meta={"helpful": i % 3 == 0, "corrupted": i % 15 == 0})
-        for i in range(n)
-    ])
+from helpers import make_context, make_features, make_state
 
 
-def make_features(n: int, *, response_loss=None, ifd=None, response_tokens=None, embedding=None) -> StaticFeatures:
-    """Hand-made features; unspecified columns are constant so they cannot drive a ranking."""
-    columns = {
-        "response_loss": response_loss if response_loss is not None else np.ones(n),
-        "ifd": ifd if ifd is not None else np.full(n, 0.5),
-        "prompt_tokens": np.full(n, 5.0),
-        "response_tokens": response_tokens if response_tokens is not None else np.full(n, 10.0),
-    }
-    values = np.stack([np.asarray(columns[name], dtype=np.float32) for name in STATIC_FEATURE_NAMES], axis=1)
-    embedding = np.zeros((n, 2), dtype=np.float32) if embedding is None else np.asarray(embedding, dtype=np.float32)
-    dims = embedding.shape[1]
-    return StaticFeatures(
-        names=STATIC_FEATURE_NAMES,
-        values=values,
-        embedding=embedding,
-        pca_mean=np.zeros(dims, dtype=np.float32),
-        pca_components=np.eye(dims, dtype=np.float32),
-        key="hand-made",
-        aux_model="none",
-    )
-
-
-def make_context(n: int, features=None, *, budget_steps=6, batch_size=2, decision_interval=1, target_embedding=None, **extra) -> SelectionContext:
-    return SelectionContext(
-        pool=make_pool(n),
-        batch_size=batch_size,
-        budget_steps=budget_steps,
-        decision_interval=decision_interval,
-        seed=0,
-        features=features,
-        target_embedding=target_embedding,
-        extra=extra,
-    )
-
-
-def make_state(context: SelectionContext, step: int = 0, counts=None, loss_probe=None) -> EnvState:
-    n = len(context.pool)
-    return EnvState(
-        step=step,
-        budget=context.budget_steps,
-        batch_size=context.batch_size,
-        decision_interval=context.decision_interval,
-        validation_history=[1.0],
-        selection_counts=np.zeros(n, dtype=np.int64) if counts is None else counts,
-        loss_probe=loss_probe,
-    )
+def state_of(context: SelectionContext, **kwargs) -> EnvState:
+    """``make_state`` for the context's pool, batch, budget and decision interval (validation loss 1.0)."""
+    return make_state(len(context.pool), context.batch_size, budget=context.budget_steps,
+                      decision_interval=context.decision_interval, validation_loss=1.0, **kwargs)
 
 
 def run_episode(selector: Selector, context: SelectionContext, seed: int = 0, loss_probe=None) -> list[np.ndarray]:
     """Drive ``selector`` like the environment does: one decision at a time, counts updated after each."""
     selector.reset(seed)
-    state = make_state(context, loss_probe=loss_probe)
+    state = state_of(context, loss_probe=loss_probe)
     decisions = []
     while state.step < state.budget:
         indices = selector.select(state)
@@ -158,29 +108,29 @@ def static_subset(name: str, context: SelectionContext) -> set[int]:
 
 def test_longest_trains_exactly_on_the_k_longest():
     lengths = np.array([5, 40, 12, 33, 8, 50, 21, 7, 45, 3], dtype=float)
-    context = make_context(10, make_features(10, response_tokens=lengths), budget_steps=6, batch_size=2)  # subset of 4
+    context = make_context(10, make_features(10, fill="constant", response_tokens=lengths), budget_steps=6, batch_size=2)  # subset of 4
     assert static_subset("longest", context) == {5, 8, 1, 3}
 
 
 def test_ifd_keeps_the_highest_ratios_below_one():
     ifd = np.array([0.2, 1.5, 0.9, 1.0, 0.95, 0.1, 0.6, 2.0])
-    context = make_context(8, make_features(8, ifd=ifd), budget_steps=3, batch_size=3)  # subset of 3
+    context = make_context(8, make_features(8, fill="constant", ifd=ifd), budget_steps=3, batch_size=3)  # subset of 3
     assert static_subset("ifd", context) == {4, 2, 6}
 
 
 def test_ifd_with_too_few_eligible_examples_warns_and_with_none_fails(caplog):
-    context = make_context(4, make_features(4, ifd=np.array([1.2, 0.8, 1.0, 3.0])), budget_steps=3, batch_size=3)
+    context = make_context(4, make_features(4, fill="constant", ifd=np.array([1.2, 0.8, 1.0, 3.0])), budget_steps=3, batch_size=3)
     selector = IFDSelector()
     with caplog.at_level(logging.WARNING):
         selector.setup(context)
     assert selector.subset.tolist() == [1] and "only 1 eligible" in caplog.text
     with pytest.raises(UserError, match="no eligible pool example"):
-        IFDSelector().setup(make_context(3, make_features(3, ifd=np.array([1.0, 1.1, 4.0]))))
+        IFDSelector().setup(make_context(3, make_features(3, fill="constant", ifd=np.array([1.0, 1.1, 4.0])), batch_size=2))
 
 
 def test_perplexity_selectors_take_the_low_and_high_ends():
     loss = np.array([2.0, 0.5, 3.5, 1.0, 0.1, 2.5, 4.0, 1.5])
-    context = make_context(8, make_features(8, response_loss=loss), budget_steps=3, batch_size=3)
+    context = make_context(8, make_features(8, fill="constant", response_loss=loss), budget_steps=3, batch_size=3)
     assert static_subset("perplexity_low", context) == {4, 1, 3}
     assert static_subset("perplexity_high", context) == {6, 2, 5}
 
@@ -189,15 +139,15 @@ def test_targeted_picks_the_examples_nearest_the_target_mean():
     angles = np.deg2rad([0, 90, 180, 10, 45, 270, 350, 100])
     embedding = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.arange(1, 9)[:, None]  # norms must not matter
     target = np.array([[1.0, 0.2], [1.0, -0.2]])  # mean points at 0 degrees
-    context = make_context(8, make_features(8, embedding=embedding), budget_steps=3, batch_size=3, target_embedding=target)
+    context = make_context(8, make_features(8, fill="constant", embedding=embedding), budget_steps=3, batch_size=3, target_embedding=target)
     assert static_subset("targeted", context) == {0, 3, 6}
     with pytest.raises(ValueError, match="target_embedding"):
-        build_selector("targeted", Config()).setup(make_context(8, make_features(8, embedding=embedding)))
+        build_selector("targeted", Config()).setup(make_context(8, make_features(8, fill="constant", embedding=embedding), batch_size=2))
 
 
 def test_static_selectors_need_features():
     with pytest.raises(ValueError, match="static features"):
-        build_selector("longest", Config()).setup(make_context(8))
+        build_selector("longest", Config()).setup(make_context(8, batch_size=2))
 
 
 # -- dynamic selectors -----------------------------------------------------------------------------
@@ -206,7 +156,7 @@ def test_static_selectors_need_features():
 def test_sspl_starts_at_the_easy_end_and_widens_with_progress():
     n = 100
     loss = np.random.default_rng(0).permutation(n).astype(float)  # example i has difficulty rank loss[i]
-    context = make_context(n, make_features(n, response_loss=loss), budget_steps=10, batch_size=4)
+    context = make_context(n, make_features(n, fill="constant", response_loss=loss), budget_steps=10, batch_size=4)
     selector = SelfPacedSelector(start_fraction=0.1)
     selector.setup(context)
     decisions = run_episode(selector, context)
@@ -221,13 +171,13 @@ def test_sspl_starts_at_the_easy_end_and_widens_with_progress():
 def test_sspl_refills_from_used_examples_when_the_window_is_exhausted():
     n = 20
     loss = np.arange(n, dtype=float)
-    context = make_context(n, make_features(n, response_loss=loss), budget_steps=10, batch_size=4)
+    context = make_context(n, make_features(n, fill="constant", response_loss=loss), budget_steps=10, batch_size=4)
     selector = SelfPacedSelector(start_fraction=0.1)
     selector.setup(context)
     selector.reset(0)
     counts = np.zeros(n, dtype=np.int64)
     counts[[0, 1]] = 1  # window at t=0 is the 4 easiest (one decision); two of them already used
-    chosen = selector.select(make_state(context, counts=counts))
+    chosen = selector.select(state_of(context, counts=counts))
     assert sorted(chosen.tolist()) == [0, 1, 2, 3]
 
 
@@ -244,13 +194,13 @@ def test_high_loss_keeps_the_highest_probed_losses():
     selector = HighLossSelector(candidate_factor=4)
     selector.setup(context)
     selector.reset(0)
-    chosen = selector.select(make_state(context, loss_probe=probe))
+    chosen = selector.select(state_of(context, loss_probe=probe))
     candidates = probed[-1]
     assert len(set(candidates.tolist())) == 12  # 4 x decision_size distinct candidates
     expected = candidates[np.argsort(-hidden_loss[candidates])[:3]]
     assert chosen.tolist() == expected.tolist()
     with pytest.raises(ValueError, match="loss_probe"):
-        selector.select(make_state(context))
+        selector.select(state_of(context))
 
 
 # -- registry and the protocol ---------------------------------------------------------------------
@@ -261,6 +211,7 @@ def test_every_selector_respects_decision_sizes_including_the_last_partial_one()
     rng = np.random.default_rng(0)
     features = make_features(
         n,
+        fill="constant",
         response_loss=rng.random(n),
         ifd=rng.random(n),
         response_tokens=rng.integers(1, 50, n),

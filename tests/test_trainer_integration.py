@@ -22,13 +22,13 @@ from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector
 
+from helpers import SYNTHETIC_OVERRIDES
+
 BUDGET = 6
 
 
 @pytest.fixture(scope="module")
 def overrides():
-    from conftest import SYNTHETIC_OVERRIDES
-
     return [*SYNTHETIC_OVERRIDES, f"train.budget_steps={BUDGET}"]
 
 

@@ -6,9 +6,10 @@
     raise-select report RUN_DIR
     raise-select demo [--quick] [--output DIR]
     raise-select list
+    raise-select config [SECTION]
 
 ``field=value`` arguments, anywhere among the options, override any config field
-(``train.learning_rate=1e-4``). Every user error is one line on stderr and exit status 2.
+(``train.learning_rate=1e-4``); ``raise-select config`` lists every field with its type, default and help. Every user error is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> No
     parser.add_argument("--output", help="run folder (default: runs/<command>-<timestamp>)")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("overrides", nargs="*", help="config overrides: field.path=value")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides: field.path=value (e.g. train.learning_rate=1e-4); "
+                             "see `raise-select config` for every field")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     commands.add_parser("list", help="bundled models, sources, targets and selectors")
+
+    config = commands.add_parser("config", help="every config field: section.field (type, default) and its help")
+    config.add_argument("section", nargs="?", help="show only this section (model, pool, target, train, features, "
+                                                   "raise, compare) or top-level field (seed, output, selector)")
     return parser
 
 
@@ -191,6 +198,16 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from .config import describe_fields, format_value
+
+    docs = describe_fields(args.section)
+    width = max(len(doc.name) for doc in docs)
+    for doc in docs:
+        print(f"{doc.name:{width}s}  ({doc.type}, default: {format_value(doc.default)})  {doc.help}")
+    return 0
+
+
 COMMANDS = {
     "finetune": cmd_finetune,
     "train-selector": cmd_train_selector,
@@ -198,6 +215,7 @@ COMMANDS = {
     "report": cmd_report,
     "demo": cmd_demo,
     "list": cmd_list,
+    "config": cmd_config,
 }
 
 

@@ -1,7 +1,9 @@
 """One dataclass tree for every command, with YAML in/out and ``a.b=value`` overrides.
 
-Every field carries a one-line comment saying what it is. ``load_config(path, overrides)`` is the
-only way configs enter the program, so validation and error messages live here.
+Every field carries its one-line help as data (``field(..., metadata={"help": ...})``, TRL's style):
+``describe_fields()`` lists them and ``raise-select config [SECTION]`` prints them. ``[ours]`` marks a
+setting this implementation adds to the paper's method. ``load_config(path, overrides)`` is the only way
+configs enter the program, so validation and error messages live here.
 """
 
 from __future__ import annotations
@@ -24,138 +26,402 @@ from .io_utils import user_path
 class SourceConfig:
     """One instruction source in the pool: a bundled name or a user file/dataset."""
 
-    name: str = "gsm8k"  # bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic) or a path to .jsonl/.json or a saved `datasets` folder
-    format: str = "auto"  # auto | alpaca | messages | prompt_response
-    fields: dict[str, str] = field(default_factory=dict)  # rename map, e.g. {instruction: question, output: answer}
-    limit: int | None = None  # keep at most this many examples (first N after the source's deterministic order)
-    tag: str | None = None  # source tag written on each example (default: the source name or file stem)
+    name: str = field(
+        default="gsm8k",
+        metadata={"help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic) or a path to "
+                          ".jsonl/.json or a saved `datasets` folder"},
+    )
+    format: str = field(
+        default="auto",
+        metadata={"help": "auto | alpaca | messages | prompt_response"},
+    )
+    fields: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "rename map, e.g. {instruction: question, output: answer}"},
+    )
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "keep at most this many examples (first N after the source's deterministic order)"},
+    )
+    tag: str | None = field(
+        default=None,
+        metadata={"help": "source tag written on each example (default: the source name or file stem)"},
+    )
 
 
 @dataclass
 class PoolConfig:
     """The instruction pool a selector chooses from."""
 
-    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])  # sources concatenated in order
-    max_length: int = 128  # truncate prompt+response to this many tokens (response kept first)
-    on_error: str = "raise"  # raise | skip: what to do with a malformed record
-    system_prompt: str | None = None  # optional system message put before every prompt
+    sources: list[SourceConfig] = field(
+        default_factory=lambda: [SourceConfig()],
+        metadata={"help": "sources concatenated in order"},
+    )
+    max_length: int = field(
+        default=128,
+        metadata={"help": "truncate prompt+response to this many tokens (response kept first)"},
+    )
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "raise | skip: what to do with a malformed record"},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "optional system message put before every prompt"},
+    )
 
 
 @dataclass
 class TargetConfig:
     """The target task whose validation loss is the reward and whose test metric is reported."""
 
-    name: str = "gsm8k"  # bundled target (gsm8k, mmlu, humaneval, synthetic) or a path to a JSONL file with the pool formats
-    n_validation: int = 32  # validation examples used for the reward (fixed, small: evaluated every decision)
-    n_test: int = 50  # held-out test examples for the task metric
-    metric: str = "auto"  # auto | exact_match | multiple_choice | none
-    max_new_tokens: int = 128  # generation length for exact-match metrics
-    answer_pattern: str | None = None  # regex with one group extracting the answer (exact match); default per task
+    name: str = field(
+        default="gsm8k",
+        metadata={"help": "bundled target (gsm8k, mmlu, humaneval, synthetic) or a path to a JSONL file with the pool "
+                          "formats"},
+    )
+    n_validation: int = field(
+        default=32,
+        metadata={"help": "validation examples used for the reward (fixed, small: evaluated every decision)"},
+    )
+    n_test: int = field(
+        default=50,
+        metadata={"help": "held-out test examples for the task metric"},
+    )
+    metric: str = field(
+        default="auto",
+        metadata={"help": "auto | exact_match | multiple_choice | none"},
+    )
+    max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "generation length for exact-match metrics"},
+    )
+    answer_pattern: str | None = field(
+        default=None,
+        metadata={"help": "regex with one group extracting the answer (exact match); default per task"},
+    )
 
 
 @dataclass
 class ModelConfig:
     """The causal LM being fine-tuned."""
 
-    name: str = "smollm2"  # bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging Face cache
-    finetune: str = "lora"  # lora | full
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: int = 16  # LoRA scaling numerator
-    lora_dropout: float = 0.0  # LoRA dropout (0 keeps CPU runs deterministic and cheap)
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
-    precision: str = "fp32"  # fp32 | bf16 (bf16 = autocast; master weights stay fp32)
-    device: str = "auto"  # auto | cpu | cuda
+    name: str = field(
+        default="smollm2",
+        metadata={"help": "bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging "
+                          "Face cache"},
+    )
+    finetune: str = field(
+        default="lora",
+        metadata={"help": "lora | full"},
+    )
+    lora_r: int = field(
+        default=8,
+        metadata={"help": "LoRA rank"},
+    )
+    lora_alpha: int = field(
+        default=16,
+        metadata={"help": "LoRA scaling numerator"},
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "LoRA dropout (0 keeps CPU runs deterministic and cheap)"},
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "modules that get adapters"},
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "fp32 | bf16 (bf16 = autocast; master weights stay fp32)"},
+    )
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto | cpu | cuda"},
+    )
 
 
 @dataclass
 class TrainConfig:
     """The fine-tuning loop the selector drives."""
 
-    batch_size: int = 8  # examples per optimizer update (B)
-    learning_rate: float = 2e-4  # AdamW learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
-    warmup_steps: int = 0  # linear learning-rate warmup over the first N updates of every run (transformers' constant_with_warmup: the first update has lr 0)
-    budget_steps: int | None = None  # optimizer updates per run; overrides budget_fraction
-    budget_fraction: float | None = 0.01  # budget as a fraction of full-data steps
-    full_data_epochs: int = 3  # E in "full data = E epochs over the pool at batch size B"
-    eval_batch_size: int = 16  # batch size of validation/test evaluation
-    eval_every: int = 1  # evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)
-    decision_interval: int = 1  # M: optimizer updates per selection decision
-    max_budget_epochs: float = 20.0  # refuse budgets of more passes over the pool than this (raise it to confirm a long run)
+    batch_size: int = field(
+        default=8,
+        metadata={"help": "examples per optimizer update (B)"},
+    )
+    learning_rate: float = field(
+        default=2e-4,
+        metadata={"help": "AdamW learning rate"},
+    )
+    weight_decay: float = field(
+        default=0.0,
+        metadata={"help": "AdamW weight decay"},
+    )
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata={"help": "gradient clipping (0 disables)"},
+    )
+    warmup_steps: int = field(
+        default=0,
+        metadata={"help": "linear learning-rate warmup over the first N updates of every run (transformers' "
+                          "constant_with_warmup: the first update has lr 0)"},
+    )
+    budget_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimizer updates per run; overrides budget_fraction"},
+    )
+    budget_fraction: float | None = field(
+        default=0.01,
+        metadata={"help": "budget as a fraction of full-data steps"},
+    )
+    full_data_epochs: int = field(
+        default=3,
+        metadata={"help": 'E in "full data = E epochs over the pool at batch size B"'},
+    )
+    eval_batch_size: int = field(
+        default=16,
+        metadata={"help": "batch size of validation/test evaluation"},
+    )
+    eval_every: int = field(
+        default=1,
+        metadata={"help": "evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)"},
+    )
+    decision_interval: int = field(
+        default=1,
+        metadata={"help": "M: optimizer updates per selection decision"},
+    )
+    max_budget_epochs: float = field(
+        default=20.0,
+        metadata={"help": "refuse budgets of more passes over the pool than this (raise it to confirm a long run)"},
+    )
 
 
 @dataclass
 class FeatureConfig:
     """Static per-instruction features from an auxiliary model."""
 
-    aux_model: str | None = None  # model for features; None = the model being tuned
-    pca_dim: int = 32  # semantic embedding dims after PCA
-    batch_size: int = 16  # forward-pass batch size
-    cache: bool = True  # reuse cached features when the key matches
+    aux_model: str | None = field(
+        default=None,
+        metadata={"help": "model for features; None = the model being tuned"},
+    )
+    pca_dim: int = field(
+        default=32,
+        metadata={"help": "semantic embedding dims after PCA"},
+    )
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "forward-pass batch size"},
+    )
+    cache: bool = field(
+        default=True,
+        metadata={"help": "reuse cached features when the key matches"},
+    )
 
 
 @dataclass
 class RaiseConfig:
     """The RAISE acquisition function and its PPO training."""
 
-    clusters: int = 2  # C: k-means clusters; each decision takes b = B / C per cluster
-    hidden_size: int = 64  # acquisition MLP width
-    temperature: float = 1.0  # tau in softmax(F / tau) of the Plackett-Luce sampler
-    fresh_first: bool = True  # prefer examples not yet selected this episode (sampling and greedy) [ours]
-    repeat_penalty: float = 2.0  # with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain; a few units: repeat a much better example rather than take a much worse fresh one)
-    head_dims: int = 5  # k: a linear head over the first k static fused columns (5: difficulty + target_similarity), its weights drawn once per training episode from a Gaussian whose mean NES moves (0: none) [ours]
-    head_std: float = 2.0  # spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))
-    head_learning_rate: float = 0.5  # NES step of the head's mean per PPO update, in units of its std
-    episodes: int = 32  # K: fine-tuning episodes in all (a multiple of episodes_per_update)
-    episodes_per_update: int = 8  # E: episodes played with one policy before each PPO update [ours]
-    baseline: str = "fitted"  # group: per-step leave-one-out mean over the update's episodes | fitted: leave-one-out linear regression on the stage features | critic: GAE with V(s)
-    episode_steps: int | None = None  # optimizer updates per training episode (default: the finetune budget)
-    gamma: float = 1.0  # discount (1: the return telescopes to the total validation-loss drop)
-    gae_lambda: float = 1.0  # GAE lambda (1: each decision is credited with the whole return-to-go against the baseline; per-step rewards explain ~2 % of their own variance on the testbed, see bench/reward_signal.py)
-    clip_coef: float = 0.2  # PPO clip range
-    value_coef: float = 0.5  # value-loss weight
-    entropy_coef: float = 0.01  # entropy bonus weight
-    learning_rate: float = 3e-3  # policy and critic Adam learning rate
-    update_epochs: int = 4  # epochs over the stored decisions per PPO update
-    minibatch_size: int = 8  # decisions per minibatch
-    target_kl: float | None = 0.05  # stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables
-    max_grad_norm: float = 0.5  # policy gradient clipping
-    normalize_advantages: bool = True  # standardize advantages per update
-    reward_scale: float = 10.0  # rewards (loss drops) are multiplied by this before GAE (keeps critic targets O(1))
-    policy: str | None = None  # path of a trained selector for `finetune --selector raise`
-    rollout_workers: int = 0  # Ray actors that play each update's episodes (0: one after another in this process); needs pip install raise-select[ray]
-    ray_address: str | None = None  # Ray cluster for rollout_workers ("auto": the one `ray start` runs on this machine, or an address such as ray://head:10001); None: start a local one
-    worker_cpus: int = 1  # CPUs each rollout worker reserves on the cluster, also its torch thread count
-    worker_gpus: float = 0.0  # GPUs each rollout worker reserves (then model.device=auto puts its model there)
+    clusters: int = field(
+        default=2,
+        metadata={"help": "C: k-means clusters; each decision takes b = B / C per cluster"},
+    )
+    hidden_size: int = field(
+        default=64,
+        metadata={"help": "acquisition MLP width"},
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "tau in softmax(F / tau) of the Plackett-Luce sampler"},
+    )
+    fresh_first: bool = field(
+        default=True,
+        metadata={"help": "prefer examples not yet selected this episode (sampling and greedy) [ours]"},
+    )
+    repeat_penalty: float = field(
+        default=2.0,
+        metadata={"help": "with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain;"
+                          " a few units: repeat a much better example rather than take a much worse fresh one)"},
+    )
+    head_dims: int = field(
+        default=5,
+        metadata={"help": "k: a linear head over the first k static fused columns (5: difficulty + target_similarity), its "
+                          "weights drawn once per training episode from a Gaussian whose mean NES moves (0: none) [ours]"},
+    )
+    head_std: float = field(
+        default=2.0,
+        metadata={"help": "spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))"},
+    )
+    head_learning_rate: float = field(
+        default=0.5,
+        metadata={"help": "NES step of the head's mean per PPO update, in units of its std"},
+    )
+    episodes: int = field(
+        default=32,
+        metadata={"help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)"},
+    )
+    episodes_per_update: int = field(
+        default=8,
+        metadata={"help": "E: episodes played with one policy before each PPO update [ours]"},
+    )
+    baseline: str = field(
+        default="fitted",
+        metadata={"help": "group: per-step leave-one-out mean over the update's episodes | fitted: leave-one-out linear "
+                          "regression on the stage features | critic: GAE with V(s)"},
+    )
+    episode_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimizer updates per training episode (default: the finetune budget)"},
+    )
+    gamma: float = field(
+        default=1.0,
+        metadata={"help": "discount (1: the return telescopes to the total validation-loss drop)"},
+    )
+    gae_lambda: float = field(
+        default=1.0,
+        metadata={"help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline; "
+                          "per-step rewards explain ~2 % of their own variance on the testbed, see bench/reward_signal.py)"},
+    )
+    clip_coef: float = field(
+        default=0.2,
+        metadata={"help": "PPO clip range"},
+    )
+    value_coef: float = field(
+        default=0.5,
+        metadata={"help": "value-loss weight"},
+    )
+    entropy_coef: float = field(
+        default=0.01,
+        metadata={"help": "entropy bonus weight"},
+    )
+    learning_rate: float = field(
+        default=3e-3,
+        metadata={"help": "policy and critic Adam learning rate"},
+    )
+    update_epochs: int = field(
+        default=4,
+        metadata={"help": "epochs over the stored decisions per PPO update"},
+    )
+    minibatch_size: int = field(
+        default=8,
+        metadata={"help": "decisions per minibatch"},
+    )
+    target_kl: float | None = field(
+        default=0.05,
+        metadata={"help": "stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables"},
+    )
+    max_grad_norm: float = field(
+        default=0.5,
+        metadata={"help": "policy gradient clipping"},
+    )
+    normalize_advantages: bool = field(
+        default=True,
+        metadata={"help": "standardize advantages per update"},
+    )
+    reward_scale: float = field(
+        default=10.0,
+        metadata={"help": "rewards (loss drops) are multiplied by this before GAE (keeps critic targets O(1))"},
+    )
+    policy: str | None = field(
+        default=None,
+        metadata={"help": "path of a trained selector for `finetune --selector raise`"},
+    )
+    rollout_workers: int = field(
+        default=0,
+        metadata={"help": "Ray actors that play each update's episodes (0: one after another in this process); needs pip "
+                          "install raise-select[ray]"},
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": 'Ray cluster for rollout_workers ("auto": the one `ray start` runs on this machine, or an address'
+                          " such as ray://head:10001); None: start a local one"},
+    )
+    worker_cpus: int = field(
+        default=1,
+        metadata={"help": "CPUs each rollout worker reserves on the cluster, also its torch thread count"},
+    )
+    worker_gpus: float = field(
+        default=0.0,
+        metadata={"help": "GPUs each rollout worker reserves (then model.device=auto puts its model there)"},
+    )
 
 
 @dataclass
 class CompareConfig:
     """Equal-budget comparisons (raise-select compare)."""
 
-    methods: list[str] = field(default_factory=lambda: ["raise", "random", "longest", "ifd"])  # selectors to compare ("full" runs once at 100 %)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds per method
-    selector_seeds: list[int] = field(default_factory=lambda: [0])  # RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over `seeds`
-    budgets: list[float] = field(default_factory=lambda: [0.01])  # budgets as fractions of full-data steps
-    budget_steps: list[int] = field(default_factory=list)  # budgets in optimizer updates (used instead of `budgets` when given)
-    test_metric: bool = True  # compute the test metric for every run (generation can be slow)
+    methods: list[str] = field(
+        default_factory=lambda: ["raise", "random", "longest", "ifd"],
+        metadata={"help": 'selectors to compare ("full" runs once at 100 %)'},
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata={"help": "fine-tuning seeds per method"},
+    )
+    selector_seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over "
+                          "`seeds`"},
+    )
+    budgets: list[float] = field(
+        default_factory=lambda: [0.01],
+        metadata={"help": "budgets as fractions of full-data steps"},
+    )
+    budget_steps: list[int] = field(
+        default_factory=list,
+        metadata={"help": "budgets in optimizer updates (used instead of `budgets` when given)"},
+    )
+    test_metric: bool = field(
+        default=True,
+        metadata={"help": "compute the test metric for every run (generation can be slow)"},
+    )
 
 
 @dataclass
 class Config:
     """A whole run: model, pool, target, training loop, features, selector and comparison."""
 
-    seed: int = 0  # seeds data order, model init (tiny models), dropout and the selector
-    output: str | None = None  # run folder (default: runs/<command>-<timestamp>)
-    selector: str = "random"  # selector for `finetune` (random, full, raise, or a baseline name)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    raise_: RaiseConfig = field(default_factory=RaiseConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
+    seed: int = field(
+        default=0,
+        metadata={"help": "seeds data order, model init (tiny models), dropout and the selector"},
+    )
+    output: str | None = field(
+        default=None,
+        metadata={"help": "run folder (default: runs/<command>-<timestamp>)"},
+    )
+    selector: str = field(
+        default="random",
+        metadata={"help": "selector for `finetune` (random, full, raise, or a baseline name)"},
+    )
+    model: ModelConfig = field(
+        default_factory=ModelConfig,
+        metadata={"help": "the causal LM being fine-tuned (the model.* fields)"},
+    )
+    pool: PoolConfig = field(
+        default_factory=PoolConfig,
+        metadata={"help": "the instruction pool a selector chooses from (the pool.* fields)"},
+    )
+    target: TargetConfig = field(
+        default_factory=TargetConfig,
+        metadata={"help": "the target task whose validation loss is the reward and whose test metric is reported (the "
+                          "target.* fields)"},
+    )
+    train: TrainConfig = field(
+        default_factory=TrainConfig,
+        metadata={"help": "the fine-tuning loop the selector drives (the train.* fields)"},
+    )
+    features: FeatureConfig = field(
+        default_factory=FeatureConfig,
+        metadata={"help": "static per-instruction features from an auxiliary model (the features.* fields)"},
+    )
+    raise_: RaiseConfig = field(
+        default_factory=RaiseConfig,
+        metadata={"help": "the RAISE acquisition function and its PPO training (the raise.* fields; `raise` in YAML)"},
+    )
+    compare: CompareConfig = field(
+        default_factory=CompareConfig,
+        metadata={"help": "equal-budget comparisons, raise-select compare (the compare.* fields)"},
+    )
 
 
 # YAML uses "raise" for the RaiseConfig section (``raise`` is a Python keyword).
@@ -456,3 +722,53 @@ def changed_settings(saved: Config, wanted: Config, may_change: Iterable[str] = 
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One setting as ``raise-select config`` shows it: its override path, annotation, default and help."""
+
+    name: str  # "section.field" with YAML names (raise.episodes); "pool.sources[].name" for list elements
+    type: str  # the annotation as written in the dataclass (e.g. "int | None")
+    default: Any  # the default value (a list element's field: its dataclass's default)
+    help: str
+
+
+def sections() -> list[str]:
+    """The top-level names ``describe_fields`` accepts: the sections (YAML names) and the top-level fields."""
+    return _yaml_names(Config)
+
+
+def describe_fields(section: str | None = None) -> list[FieldDoc]:
+    """Every leaf setting in declaration order, with its help; ``section`` keeps one section (YAML name,
+    e.g. "raise") or one top-level field (e.g. "seed"). An unknown section is a one-line UserError."""
+    if section is not None and section not in sections():
+        raise UserError(f"unknown config section '{section}'; valid: {', '.join(sections())}")
+    docs: list[FieldDoc] = []
+
+    def walk(cls: type, prefix: str, instance: Any) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yaml_name = "raise" if cls is Config and f.name == "raise_" else f.name
+            name = f"{prefix}{yaml_name}"
+            value = getattr(instance, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{name}.", value)
+                continue
+            shown = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value] \
+                if isinstance(value, list) else value
+            docs.append(FieldDoc(name, str(f.type), shown, f.metadata.get("help", "")))
+            args = typing.get_args(hints[f.name])
+            if typing.get_origin(hints[f.name]) is list and args and dataclasses.is_dataclass(args[0]):
+                walk(args[0], f"{name}[].", args[0]())
+
+    walk(Config, "", Config())
+    if section is not None:
+        docs = [d for d in docs if d.name == section or d.name.startswith(f"{section}.")]
+    return docs
+
+
+def format_value(value: Any) -> str:
+    """A value as it would be written in YAML or a ``field=value`` override (null, true, [0, 1], ...)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False).strip()
+    return text.removesuffix("...").strip()

@@ -61,7 +61,7 @@ _COMPUTE_OPENINGS = ("compute", "please compute", "calculate", "can you calculat
 _TELL_OPENINGS = ("tell me the sum", "sum up", "give me the total of", "add up")
 
 TARGET_NAME = "synthetic"
-TARGET_ANSWER_PATTERN = r"(-?\d+)"  # the first integer in the generated answer
+TARGET_ANSWER_PATTERN = r"(-?\d+)"  # the last integer in the generated answer (extract_answer takes the last match)
 _TARGET_PAIRS = 300  # unordered operand pairs reserved for the target's validation + test splits
 _PAIR_SPLIT_SEED = "synthetic-pairs"  # fixes which pairs are reserved, independent of any pool seed
 

@@ -72,7 +72,14 @@ class Selector(Protocol):
     requires_features: bool  # the runner computes static features and puts them in the context
 
     def setup(self, context: SelectionContext) -> None:
-        """Called once per run (and again after each environment reset is NOT needed: use reset())."""
+        """Prepare for a run: called once per run, before its first episode, with the run's pool,
+        features and budget; build here whatever holds for every episode (rankings, subsets, clusters).
+
+        It is not called per episode: per-episode state belongs in :meth:`reset`, which the runner
+        calls after ``setup`` and before every episode. Calling ``setup`` again with another context
+        prepares the selector for that run. A context the selector cannot serve (missing features, a
+        pool too small for one decision) is a one-line ``UserError`` raised here, before any training.
+        """
 
     def reset(self, seed: int) -> None:
         """Called at the start of every episode, after the environment's reset."""

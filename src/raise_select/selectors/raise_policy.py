@@ -94,7 +94,11 @@ SCORE_CHUNK_ROWS = 65_536  # rows per MLP chunk: bounds activation memory at any
 
 
 def fused_feature_layout(static_names: Sequence[str], pca_dim: int) -> list[dict]:
-    """The module docstring's table as data: one {name, block, transform} per fused column."""
+    """The module docstring's table as data: one {name, block, transform} per fused column.
+
+    ``static_names`` are the features' ``names`` as the selector sees them: the four columns of
+    ``features.py`` and the runner's ``target_similarity`` (41 columns in all at ``pca_dim`` 32).
+    """
     layout = [
         {"name": name, "block": "static", "transform": "log1p+zscore" if name in LOG_COLUMNS else "zscore"}
         for name in static_names
