@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from raise_select.errors import UserError
-from raise_select.report import format_results_table, summarize, write_report
+from raise_select.analysis import format_results_table, ranking_facts, summarize
+from raise_select.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BUDGET_STEPS = 10
@@ -262,14 +263,12 @@ def test_corrupt_file_is_a_user_error(tmp_path):
 
 
 def test_reading_says_where_raise_stands_when_it_is_not_first():
-    from raise_select.report import _ranking_facts
-
     summary = summarize([
         {"method": "random", "budget": 0.01, "seed": 0, "validation_loss": 1.1, "test_score": 0.5, "steps": 10},
         {"method": "longest", "budget": 0.01, "seed": 0, "validation_loss": 1.2, "test_score": 0.4, "steps": 10},
         {"method": "raise", "budget": 0.01, "seed": 0, "validation_loss": 1.3, "test_score": 0.6, "steps": 10},
     ])
-    facts = _ranking_facts(summary, "accuracy")
+    facts = ranking_facts(summary, "accuracy")
     assert "random: lowest validation loss at budget 1% (1.1000 vs longest 1.2000; n = 1 vs 1 seeds)" in facts
     assert "raise: rank 3 of 3 by validation loss at budget 1% (1.3000 vs random 1.1000)" in facts
     assert any(f.startswith("raise: highest test accuracy at budget 1% (0.600 vs random 0.500") for f in facts)
