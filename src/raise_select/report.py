@@ -42,7 +42,6 @@ from .io_utils import read_json, write_text
 from .plots import plot_ppo_curve, plot_score_drivers, plot_selection_composition, plot_test_scores, plot_validation_curves
 from .run_folders import (
     EPISODES_FILE,
-    EXPLAIN_FILE,
     LEDGER_FILE,
     METRICS_FILE,
     PLOTS_DIR,
@@ -52,7 +51,6 @@ from .run_folders import (
     load_run,
     read_config,
     read_episodes,
-    read_explain,
     read_selector_metadata,
     result_row,
     selector_trainings,
@@ -218,7 +216,6 @@ def _selector_report(report: _Report) -> None:
     report.what_was_run = _describe_setup(config, {}) + [f"episodes recorded: {len(episodes)}"]
     _ppo_section(report, episodes)
     _episode_head_fact(report, report.run_dir / SELECTOR_DIR)
-    _score_driver_section(report, read_explain(report.run_dir / EXPLAIN_FILE))
 
 
 # ----------------------------------------------------------------------------- sections
