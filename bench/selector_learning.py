@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from raise_select.config import load_config
-from raise_select.experiments import recipe_path, run_comparison, selector_training_dir
+from raise_select.experiments import recipe_path, run_comparison
 from raise_select.io_utils import read_jsonl
+from raise_select.run_folders import selector_training_dir
 
 BASELINES = ["random", "oracle", "targeted", "sspl", "high_loss", "ifd", "longest", "perplexity_low", "full"]
 

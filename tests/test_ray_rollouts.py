@@ -22,8 +22,8 @@ from raise_select.cli import main
 from raise_select.config import ModelConfig, dump_config, load_config
 from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
-from raise_select.io_utils import read_jsonl
-from raise_select.pipeline import Workbench, read_json
+from raise_select.io_utils import read_json, read_jsonl
+from raise_select.pipeline import Workbench
 
 from raise_select.ppo import EPISODES_FILE, SELECTOR_DIR, train_selector
 from raise_select.ray_rollouts import RayRollouts, WorkerSetup, make_rollouts

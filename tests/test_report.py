@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from raise_select.errors import UserError
-from raise_select.report import format_results_table, summarize, write_report
+from raise_select.analysis import comparison_results, format_results_table, ranking_facts, summarize
+from raise_select.report import write_report
+from raise_select.run_folders import comparison_run_dir, load_run, result_row
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BUDGET_STEPS = 10
@@ -112,25 +114,17 @@ def make_episodes(folder: Path, n: int = 6) -> None:
 
 
 def make_compare(folder: Path, with_selector: bool = True) -> Path:
+    """A comparison of raise (selector seed 0) and random over seeds 0 and 1, its results.json built from
+    the run folders the way compare builds it (rows by result_row, statistics by comparison_results)."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(_config()), encoding="utf-8")
     rows = []
     for method in ("raise", "random"):
         for seed in (0, 1):
-            name = f"{method}-b0.01-s{seed}"
-            make_finetune_run(folder / "runs" / name, method, seed)
-            loss, score = FINAL[(method, seed)]
-            rows.append({"method": method, "budget": 0.01, "budget_steps": BUDGET_STEPS, "seed": seed, "validation_loss": loss,
-                         "test_metric": "exact_match", "test_score": score, "test_loss": loss + 0.1, "steps": BUDGET_STEPS,
-                         "tokens": 1000, "seconds": 5.0, "run_dir": f"runs/{name}"})
-    # The summary in the documented results.json format (no test_metric key), hand-computed.
-    summary = [
-        {"method": "raise", "budget": 0.01, "n_seeds": 2, "validation_loss_mean": 1.25, "validation_loss_std": math.sqrt(0.005),
-         "test_score_mean": 0.45, "test_score_std": math.sqrt(0.005), "steps": 10, "tokens_mean": 1000, "seconds_mean": 5.0},
-        {"method": "random", "budget": 0.01, "n_seeds": 2, "validation_loss_mean": 1.5, "validation_loss_std": math.sqrt(0.02),
-         "test_score_mean": 0.3, "test_score_std": 0.0, "steps": 10, "tokens_mean": 1000, "seconds_mean": 5.0},
-    ]
-    _write_json(folder / "results.json", {"rows": rows, "summary": summary, "ledger": LEDGER})
+            selector_seed = 0 if method == "raise" else None
+            run_dir = make_finetune_run(comparison_run_dir(folder, method, BUDGET_STEPS, seed, selector_seed), method, seed)
+            rows.append({**result_row(load_run(run_dir), method, folder), "selector_seed": selector_seed})
+    _write_json(folder / "results.json", {**comparison_results(rows), "ledger": LEDGER})
     if with_selector:
         make_episodes(folder / "selector-s0")
     return folder
@@ -184,6 +178,7 @@ def test_compare_report(tmp_path):
     assert "test exact_match" in text
     assert "raise: lowest validation loss at budget 1% (1.2500 vs random 1.5000" in text
     assert "raise: highest test exact_match at budget 1% (0.450 vs random 0.300" in text
+    assert "| 1% | 0 | 1.2500 | 1.2000, 1.3000 | 1.5000 | yes |" in text  # RAISE per selector seed vs random
     assert "| selector training | 75.0 | 150,000 | 1.500 |" in text and "| **total** | 100.0 | 191,000 | 1.910 |" in text
     assert "selector training took 40.0 s elapsed for 75.0 s of compute" in text
     assert "## What raise selected" in text and "## What drives the RAISE score" in text and "## Selector training (PPO)" in text
@@ -234,12 +229,13 @@ def test_partial_folders_still_report(tmp_path):
 def test_selector_training_report(tmp_path):
     folder = tmp_path / "selector"
     make_episodes(folder, n=12)
-    write_explain(folder / "explain.csv")
     text = write_report(folder).read_text(encoding="utf-8")
     assert "PPO: episode return 0.0000 (episode 0) → 1.1000 (episode 11); best 1.1000 at episode 11" in text
     assert "first and last 5 episodes shown" in text
     _assert_png(folder / "plots" / "ppo_learning_curve.png")
-    _assert_png(folder / "plots" / "score_drivers.png")
+    # explain.csv belongs to RAISE's finetune runs; a selector training has none, and its report does not look for one
+    assert "explain.csv" not in text and "What drives the RAISE score" not in text
+    assert not (folder / "plots" / "score_drivers.png").exists()
 
 
 @pytest.mark.parametrize("setup", ["missing", "empty", "unknown"])
@@ -262,14 +258,12 @@ def test_corrupt_file_is_a_user_error(tmp_path):
 
 
 def test_reading_says_where_raise_stands_when_it_is_not_first():
-    from raise_select.report import _ranking_facts
-
     summary = summarize([
         {"method": "random", "budget": 0.01, "seed": 0, "validation_loss": 1.1, "test_score": 0.5, "steps": 10},
         {"method": "longest", "budget": 0.01, "seed": 0, "validation_loss": 1.2, "test_score": 0.4, "steps": 10},
         {"method": "raise", "budget": 0.01, "seed": 0, "validation_loss": 1.3, "test_score": 0.6, "steps": 10},
     ])
-    facts = _ranking_facts(summary, "accuracy")
+    facts = ranking_facts(summary, "accuracy")
     assert "random: lowest validation loss at budget 1% (1.1000 vs longest 1.2000; n = 1 vs 1 seeds)" in facts
     assert "raise: rank 3 of 3 by validation loss at budget 1% (1.3000 vs random 1.1000)" in facts
     assert any(f.startswith("raise: highest test accuracy at budget 1% (0.600 vs random 0.500") for f in facts)

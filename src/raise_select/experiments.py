@@ -1,10 +1,10 @@
 """Selector training, equal-budget comparisons with a compute ledger, and the demo.
 
 A comparison folder holds ``config.yaml``, ``selector-s<S>/`` (one RAISE selector training per
-selector seed S in ``compare.selector_seeds``), ``runs/<method>-<steps>steps-s<seed>/`` (one
-fine-tuning run folder each, see :mod:`pipeline`; RAISE's are ``raise-sel<S>-<steps>steps-s<seed>``),
-and ``results.json`` / ``results.csv`` / ``results.md``. Finished runs (their ``evaluation.json``
-exists) are not redone, so an interrupted comparison resumes by running the same command again.
+selector seed S in ``compare.selector_seeds``), ``runs/`` (one fine-tuning run folder per method,
+budget and seed) and ``results.json`` / ``results.csv`` / ``results.md``; :mod:`run_folders` names
+them all. Finished runs (their ``evaluation.json`` exists) are not redone, so an interrupted
+comparison resumes by running the same command again.
 """
 
 from __future__ import annotations
@@ -20,30 +20,40 @@ from typing import Sequence
 from .config import Config, changed_settings, dump_config, load_config
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
-from .io_utils import atomic_write, read_jsonl, write_json, write_text
-from .pipeline import PhaseCost, Workbench, ledger, read_json, run_finetune
+from .io_utils import atomic_write, write_json, write_text
+from .pipeline import PhaseCost, Workbench, ledger, run_finetune
 from .callbacks import Callback
-from .run_folders import COMPARISON, SELECTOR_TRAINING, FolderSwap, check_output
+from .run_folders import (
+    CHECKPOINT_FILE,
+    COMPARISON,
+    CONFIG_FILE,
+    EVALUATION_FILE,
+    LEDGER_FILE,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_MD,
+    SELECTOR_DIR,
+    SELECTOR_FILE,
+    SELECTOR_TRAINING,
+    FolderSwap,
+    check_output,
+    comparison_run_dir,
+    load_run,
+    read_episodes,
+    result_row,
+    selector_training_dir,
+)
 from .selectors import build_selector
-
-SELECTOR_DIR = "selector"
-
-
-def selector_training_dir(output: Path, selector_seed: int) -> Path:
-    """Where a comparison trains (or finds) its RAISE selector for one selector seed."""
-    return Path(output) / f"selector-s{selector_seed}"
 
 
 def selector_training_cost(train_dir: Path) -> PhaseCost:
     """Seconds (episodes and their share of the PPO updates; summed over rollout workers), elapsed
     seconds and tokens of a selector training, from its episodes.jsonl."""
     cost = PhaseCost()
-    episodes = Path(train_dir) / "episodes.jsonl"
-    if episodes.is_file():
-        for row in read_jsonl(episodes):
-            wall = row.get("wall_seconds")
-            cost.add(float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)), int(row.get("tokens", 0)),
-                     None if wall is None else float(wall))
+    for row in read_episodes(train_dir):
+        wall = row.get("wall_seconds")
+        cost.add(float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)), int(row.get("tokens", 0)),
+                 None if wall is None else float(wall))
     return cost
 
 
@@ -51,9 +61,9 @@ def check_resume(output: Path, config: Config, pool_fingerprint: str | None = No
     """Refuse a ``--resume`` that would mix two set-ups in one selector: every setting except
     ``ppo.RESUMABLE_RUN_CHANGES`` must equal the run's ``config.yaml``, the raise settings and seed the
     checkpoint's, and (when given) the pool's contents the trained pool's. Returns the checkpoint."""
-    from .ppo import CHECKPOINT_FILE, RESUMABLE_RUN_CHANGES, load_checkpoint
+    from .ppo import RESUMABLE_RUN_CHANGES, load_checkpoint
 
-    saved_config = output / "config.yaml"
+    saved_config = output / CONFIG_FILE
     if saved_config.is_file():
         changed = changed_settings(load_config(saved_config), config, RESUMABLE_RUN_CHANGES)
         if changed:
@@ -76,7 +86,7 @@ class _AfterFirstEpisode(Callback):
 
     def on_episode_end(self, episode: int, summary: dict) -> None:
         if not self.done:
-            write_text(self.output / "config.yaml", dump_config(self.config))
+            write_text(self.output / CONFIG_FILE, dump_config(self.config))
             if self.swap is not None:
                 self.swap.commit()
             self.done = True
@@ -137,7 +147,7 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
             rollouts.close()
     first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
     cost = selector_training_cost(output)
-    write_json(output / "ledger.json", ledger(bench.phi(), {"features": bench.feature_cost,
+    write_json(output / LEDGER_FILE, ledger(bench.phi(), {"features": bench.feature_cost,
                                                             "selector_training": cost}, None))
     return output / SELECTOR_DIR
 
@@ -158,7 +168,7 @@ def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
 
 def run_comparison(config: Config, output: Path, progress: bool = True, bench: Workbench | None = None) -> dict:
     """Every method x budget x seed at equal step budgets on one model, pool and target."""
-    from .report import format_results_table, format_selector_seed_table, gap_sentence, oracle_gaps, selector_seed_breakdown, summarize
+    from .analysis import comparison_results, results_markdown
 
     if not config.compare.methods:
         raise UserError("compare.methods is empty; list selectors to compare (e.g. [raise, random, longest])")
@@ -173,7 +183,7 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     check_output(output, COMPARISON)
     bench = bench or Workbench.build(config)
     budgets = _budget_list(config, len(bench.pool))
-    write_text(output / "config.yaml", dump_config(config))  # after the set-up: a failed one leaves no folder
+    write_text(output / CONFIG_FILE, dump_config(config))  # after the set-up: a failed one leaves no folder
     full_steps = full_data_steps(len(bench.pool), config.train)
 
     # RAISE: one selector per selector seed (trained here unless raise.policy gives one).
@@ -184,12 +194,12 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
             policies[None], selector_phases[None] = config.raise_.policy, PhaseCost()
         for selector_seed in ([] if config.raise_.policy is not None else config.compare.selector_seeds):
             train_dir = selector_training_dir(output, selector_seed)
-            if not (train_dir / SELECTOR_DIR / "selector.json").is_file():
+            if not (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
                 train_config = copy.deepcopy(config)
                 train_config.seed = selector_seed  # policy init, k-means, episode sampling
                 train_config.raise_.episode_steps = config.raise_.episode_steps or budgets[0][1]
                 trainer_bench = replace(bench, config=train_config)
-                resume = (train_dir / "checkpoint.pt").is_file()
+                resume = (train_dir / CHECKPOINT_FILE).is_file()
                 train_raise_selector(trainer_bench, train_dir, resume=resume, overwrite=not resume, progress=progress)
                 bench.feature_cost = trainer_bench.feature_cost
                 bench.features, bench.target_embedding = trainer_bench.features, trainer_bench.target_embedding
@@ -202,17 +212,15 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
         for selector_seed, policy in (policies.items() if method == "raise" else [(None, None)]):
             method_config = copy.deepcopy(config)
             method_config.raise_.policy = policy
-            for fraction, steps in method_budgets:
+            for _, steps in method_budgets:
                 for seed in config.compare.seeds:
-                    name = method if selector_seed is None else f"{method}-sel{selector_seed}"
-                    run_dir = output / "runs" / f"{name}-{steps}steps-s{seed}"
-                    if not (run_dir / "evaluation.json").is_file():
+                    run_dir = comparison_run_dir(output, method, steps, seed, selector_seed)
+                    if not (run_dir / EVALUATION_FILE).is_file():
                         selector = build_selector(method, method_config)
                         extra = {"selector_training": selector_phases[selector_seed]} if method == "raise" else None
                         run_finetune(bench, selector, run_dir, steps, seed, test_metric=config.compare.test_metric,
                                      extra_phases=extra, progress=progress)
-                    row = _row_from_folder(run_dir, output, method, fraction, steps, seed)
-                    rows.append({**row, "selector_seed": selector_seed})
+                    rows.append({**result_row(load_run(run_dir), method, output), "selector_seed": selector_seed})
 
     selector_phase = PhaseCost()  # one selector training: what a user pays once per selector
     if selector_phases:
@@ -220,23 +228,17 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
         walls = [p.wall_seconds for p in phases if p.wall_seconds is not None]
         selector_phase.add(sum(p.seconds for p in phases) / len(phases), round(sum(p.tokens for p in phases) / len(phases)),
                            sum(walls) / len(walls) if walls else None)
-    summary = summarize(rows)
-    by_selector_seed = selector_seed_breakdown(rows)
-    gaps = oracle_gaps(summary)
-    results = {"rows": rows, "summary": summary, "selector_seeds": by_selector_seed, "oracle_gap": gaps,
-               "ledger": _comparison_ledger(bench, rows, selector_phase)}
-    write_json(output / "results.json", results)
-    _write_csv(output / "results.csv", rows)
-    write_text(output / "results.md", "\n\n".join(
-        [format_results_table(summary)] + ([format_selector_seed_table(by_selector_seed)] if by_selector_seed else [])
-        + [gap_sentence(g) for g in gaps]) + "\n")
+    results = {**comparison_results(rows), "ledger": _comparison_ledger(bench, rows, selector_phase)}
+    write_json(output / RESULTS_JSON, results)
+    _write_csv(output / RESULTS_CSV, rows)
+    write_text(output / RESULTS_MD, results_markdown(results))
     return results
 
 
 def _check_resumable(output: Path, config: Config) -> None:
     """Finished runs in ``output`` are reused, so they must come from the same settings; only the
     comparison's run list (the ``compare`` section, except ``test_metric``) may change between invocations."""
-    previous = output / "config.yaml"
+    previous = output / CONFIG_FILE
     if not previous.is_file():
         return
     saved = load_config(previous)
@@ -248,29 +250,6 @@ def _check_resumable(output: Path, config: Config) -> None:
     if saved.compare.test_metric != config.compare.test_metric:
         raise UserError(f"{output} was run with compare.test_metric={str(saved.compare.test_metric).lower()}: its finished "
                         "runs would not change; rerun with that value or choose a new output folder")
-
-
-def _row_from_folder(run_dir: Path, root: Path, method: str, fraction: float, steps: int, seed: int) -> dict:
-    evaluation = read_json(run_dir / "evaluation.json")
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    test = evaluation.get("test") or {}
-    metric = test.get("metric")
-    score_key = {"exact_match": "exact_match", "multiple_choice": "accuracy"}.get(metric)
-    return {
-        "method": method,
-        "budget": fraction,
-        "budget_steps": steps,
-        "seed": seed,
-        "validation_loss": evaluation["validation_loss_final"],
-        "validation_loss_initial": evaluation["validation_loss_initial"],
-        "test_metric": metric,
-        "test_score": test.get(score_key) if score_key else None,
-        "test_loss": test.get("test_loss"),
-        "steps": metrics[-1]["step"],
-        "tokens": metrics[-1]["tokens"],
-        "seconds": metrics[-1]["seconds"],
-        "run_dir": str(run_dir.relative_to(root)),
-    }
 
 
 def _comparison_ledger(bench: Workbench, rows: list[dict], selector_phase: PhaseCost) -> dict:

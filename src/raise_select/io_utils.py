@@ -1,5 +1,6 @@
 """Atomic file writes (a temporary file or folder in the same place, then a rename over the target),
-and the one boundary where OS errors on the user's paths become one-line :class:`UserError` s."""
+JSON / JSONL reading and writing, and the one boundary where OS errors on the user's paths become
+one-line :class:`UserError` s."""
 
 from __future__ import annotations
 
@@ -142,9 +143,27 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         handle.flush()
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's contents; an unreadable or invalid file is a one-line :class:`UserError`."""
+    with user_path(path, "read"):
+        text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (line {exc.lineno}); re-run the command that wrote it") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """One value per non-blank line; an unreadable file or invalid line is a one-line :class:`UserError`."""
+    rows = []
     with user_path(path, "read"), open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise UserError(f"{path} line {number} is not valid JSON; re-run the command that wrote it") from None
+    return rows
 
 
 def _jsonable(value: Any) -> Any:

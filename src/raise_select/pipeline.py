@@ -1,26 +1,14 @@
 """The recipe behind every command: pool + target -> features -> selector -> environment -> run folder.
 
 ``Workbench`` holds what a command sets up once (pool, target, model, tokenized sets, features);
-``run_finetune`` drives one selector for one budget and writes a run folder:
-
-========================  =====================================================================
-file                      contents
-========================  =====================================================================
-``config.yaml``           the resolved configuration
-``summary.json``          method, seed, budget, pool size, model, target
-``metrics.jsonl``         per decision: step, train loss, validation loss, reward, time, tokens
-``selections.jsonl``      per decision: chosen indices, ids, sources, families, clusters, labels
-``evaluation.json``       validation loss before/after and the test-split metric
-``ledger.json``           compute ledger: features, selector training, fine-tuning, in Φ units
-``explain.csv``           (RAISE) acquisition scores of pool examples at three training stages
-========================  =====================================================================
+``run_finetune`` drives one selector for one budget and writes a finetune run folder (its files are
+listed in :mod:`run_folders`, which names them).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -38,9 +26,19 @@ from .data.types import Pool, TargetTask
 from .environment import FineTuneEnv, full_data_steps, resolve_budget
 from .evaluation import evaluate_test
 from .features import StaticFeatures, compute_static_features, embed_examples, with_target_similarity
-from .io_utils import append_jsonl, atomic_write, staged_folder, user_path, write_json, write_text
+from .io_utils import append_jsonl, atomic_write, staged_folder, write_json, write_text
 from .model import LoadedModel, load_model, seed_everything
-from .run_folders import FINETUNE, check_output
+from .run_folders import (
+    CONFIG_FILE,
+    EVALUATION_FILE,
+    EXPLAIN_FILE,
+    FINETUNE,
+    LEDGER_FILE,
+    METRICS_FILE,
+    SELECTIONS_FILE,
+    SUMMARY_FILE,
+    check_output,
+)
 from .selectors.base import SelectionContext, Selector
 
 
@@ -227,8 +225,8 @@ def run_finetune(
     # folder is replaced whole, and a failed or interrupted run leaves nothing behind.
     check_output(output, FINETUNE)
     with staged_folder(output) as folder:
-        write_text(folder / "config.yaml", dump_config(config))
-        write_json(folder / "summary.json", {
+        write_text(folder / CONFIG_FILE, dump_config(config))
+        write_json(folder / SUMMARY_FILE, {
             "method": selector.name,
             "seed": seed,
             "budget_steps": budget_steps,
@@ -242,7 +240,7 @@ def run_finetune(
         state = env.reset(seed)
         selector.reset(seed)
         clusters = getattr(selector, "clusters", None)
-        metrics_path, selections_path = folder / "metrics.jsonl", folder / "selections.jsonl"
+        metrics_path, selections_path = folder / METRICS_FILE, folder / SELECTIONS_FILE
         append_jsonl(metrics_path, {"decision": 0, "step": 0, "train_loss": None, "validation_loss": state.validation_loss,
                                     "reward": None, "seconds": 0.0, "tokens": 0})
         total_seconds, total_tokens, decision = 0.0, 0, 0
@@ -271,7 +269,7 @@ def run_finetune(
         if test_metric and len(bench.target.test):
             test = evaluate_test(bench.lm, bench.target, config.pool.max_length, batch_size=config.train.eval_batch_size,
                                  max_new_tokens=config.target.max_new_tokens)
-        write_json(folder / "evaluation.json", {
+        write_json(folder / EVALUATION_FILE, {
             "validation_loss_initial": state.validation_history[0],
             "validation_loss_final": final_validation,
             "test": test,
@@ -280,9 +278,9 @@ def run_finetune(
         if selector.requires_features:
             phases.setdefault("features", bench.feature_cost)
         phases["finetune"] = PhaseCost(total_seconds, total_tokens)
-        write_json(folder / "ledger.json", ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
+        write_json(folder / LEDGER_FILE, ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
         if hasattr(selector, "explain"):
-            write_explain_csv(folder / "explain.csv", selector.explain(), bench.pool)
+            write_explain_csv(folder / EXPLAIN_FILE, selector.explain(), bench.pool)
     result = RunResult(selector.name, seed, budget_steps, state.validation_history[0], final_validation, test,
                        state.step, total_tokens, total_seconds, output)
     events.on_run_end(result)
@@ -307,8 +305,3 @@ def write_explain_csv(path: Path, rows: list[dict], pool: Pool) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-def read_json(path: Path) -> dict:
-    with user_path(path, "read"):
-        return json.loads(Path(path).read_text(encoding="utf-8"))

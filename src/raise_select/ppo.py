@@ -72,6 +72,7 @@ from .callbacks import Callback, with_progress
 from .config import RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
+from .run_folders import CHECKPOINT_FILE, EPISODES_FILE, SELECTOR_DIR
 from .selector_artifact import RaiseArtifact, artifact_from_payload, artifact_to_payload, save_selector
 from .selectors.base import SelectionContext
 from .selectors.raise_policy import (
@@ -85,10 +86,7 @@ from .selectors.raise_policy import (
 if TYPE_CHECKING:
     from .environment import FineTuneEnv
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per update of several episodes
-EPISODES_FILE = "episodes.jsonl"
-SELECTOR_DIR = "selector"
 # A resumed run may extend the episode count, and play its episodes elsewhere (none of these shapes an episode).
 RESUMABLE_CONFIG_CHANGES = ("episodes", "policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
 # Settings of the whole run a resume may change (checked against the run's config.yaml): none of them

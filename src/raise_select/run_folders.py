@@ -1,6 +1,32 @@
-"""What may be written where: every command checks its ``--output`` here before any expensive work.
+"""The run-folder schema: every file name the commands write, the readers of those folders, and
+what may be written where (every command checks its ``--output`` here before any expensive work).
 
-A folder's kind is read from the files the commands write (see :mod:`pipeline` and :mod:`experiments`):
+A **finetune run folder** (``finetune``; one run of a comparison, see :func:`pipeline.run_finetune`):
+
+========================  =====================================================================
+``config.yaml``           the resolved configuration
+``summary.json``          method, seed, budget (steps and fraction of full-data steps), pool size, model, target
+``metrics.jsonl``         per decision: step, train loss, validation loss, reward, time, tokens
+``selections.jsonl``      per decision: chosen indices, ids, sources, families, clusters, labels
+``evaluation.json``       validation loss before/after and the test-split metric
+``ledger.json``           compute ledger: features, selector training, fine-tuning, in Φ units
+``explain.csv``           (RAISE only) acquisition scores of pool examples at several training stages
+========================  =====================================================================
+
+A **selector-training folder** (``train-selector``, see :mod:`ppo`): ``config.yaml``,
+``episodes.jsonl`` (one row per episode), ``checkpoint.pt`` (what ``--resume`` continues),
+``ledger.json`` and ``selector/`` (the trained selector: ``selector.json`` + ``weights.safetensors``,
+see :mod:`selector_artifact`).
+
+A **comparison folder** (``compare``, ``demo``): ``config.yaml``, ``selector-s<S>/`` (a
+selector-training folder per selector seed S; folders written before selector seeds existed hold one
+``selector/`` training instead), ``runs/<method>-<steps>steps-s<seed>/`` (finetune run folders; RAISE's
+are ``raise-sel<S>-<steps>steps-s<seed>``) and ``results.json`` / ``results.csv`` / ``results.md``.
+``report`` adds ``report.md`` and ``plots/*.png`` to any of them.
+
+The names' values never change: folders written by earlier versions must still be read.
+
+A folder's kind is read from the files it holds:
 
 =====================  ==========================================================================
 kind                   recognised by
@@ -22,12 +48,40 @@ refused with a one-line error naming ``--resume``/``--overwrite`` or another ``-
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 from .errors import UserError
-from .io_utils import make_dirs, user_path
+from .io_utils import make_dirs, read_json, read_jsonl, user_path
+
+# -- file names (shared by every kind of folder)
+CONFIG_FILE = "config.yaml"
+LEDGER_FILE = "ledger.json"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+# -- finetune run folder
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+SELECTIONS_FILE = "selections.jsonl"
+EVALUATION_FILE = "evaluation.json"
+EXPLAIN_FILE = "explain.csv"
+
+# -- selector-training folder
+EPISODES_FILE = "episodes.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+SELECTOR_DIR = "selector"
+SELECTOR_FILE = "selector.json"  # inside SELECTOR_DIR (and any trained-selector folder)
+SELECTOR_WEIGHTS_FILE = "weights.safetensors"
+
+# -- comparison folder
+RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.md"
+RUNS_DIR = "runs"
+SELECTOR_SEED_PREFIX = "selector-s"
 
 FINETUNE, SELECTOR_TRAINING, COMPARISON, SELECTOR, OTHER = "finetune", "selector-training", "comparison", "selector", "other"
 
@@ -49,17 +103,17 @@ def folder_kind(folder: Path) -> str | None:
         names = {entry.name for entry in folder.iterdir()}
     if not names:
         return None
-    selector_dir = folder / "selector"
-    unfinished_training = selector_dir.is_dir() and not (selector_dir / "selector.json").is_file()
-    seed_trainings = any(name.startswith("selector-s") and (folder / name).is_dir() for name in names)
-    if ("results.json" in names or (folder / "runs").is_dir() or unfinished_training or seed_trainings
-            or names == {"config.yaml"}):
+    selector_dir = folder / SELECTOR_DIR
+    unfinished_training = selector_dir.is_dir() and not (selector_dir / SELECTOR_FILE).is_file()
+    seed_trainings = any(name.startswith(SELECTOR_SEED_PREFIX) and (folder / name).is_dir() for name in names)
+    if (RESULTS_JSON in names or (folder / RUNS_DIR).is_dir() or unfinished_training or seed_trainings
+            or names == {CONFIG_FILE}):
         return COMPARISON  # finished, or interrupted while training its selector or before its first run
-    if names & {"checkpoint.pt", "episodes.jsonl"} or (folder / "selector" / "selector.json").is_file():
+    if names & {CHECKPOINT_FILE, EPISODES_FILE} or (selector_dir / SELECTOR_FILE).is_file():
         return SELECTOR_TRAINING
-    if "summary.json" in names:
+    if SUMMARY_FILE in names:
         return FINETUNE
-    if "selector.json" in names:
+    if SELECTOR_FILE in names:
         return SELECTOR
     return OTHER
 
@@ -80,7 +134,7 @@ def check_output(folder: Path, kind: str, resume: bool = False, overwrite: bool 
     found = folder_kind(folder)
     if kind == SELECTOR_TRAINING:
         if resume:
-            if found != SELECTOR_TRAINING or not (folder / "checkpoint.pt").is_file():
+            if found != SELECTOR_TRAINING or not (folder / CHECKPOINT_FILE).is_file():
                 raise UserError(f"--resume: no checkpoint in {folder}; pass the --output folder of the interrupted run, "
                                 "or start without --resume")
             return
@@ -126,3 +180,126 @@ class FolderSwap:
         if self.previous is not None:
             os.replace(self.previous, self.folder)
         self.done = True
+
+
+# ----------------------------------------------------------------------------- naming
+
+
+def selector_training_dir(output: Path, selector_seed: int) -> Path:
+    """Where a comparison trains (or finds) its RAISE selector for one selector seed."""
+    return Path(output) / f"{SELECTOR_SEED_PREFIX}{selector_seed}"
+
+
+def comparison_run_dir(output: Path, method: str, steps: int, seed: int, selector_seed: int | None = None) -> Path:
+    """A comparison's finetune run folder: ``runs/<method>[-sel<S>]-<steps>steps-s<seed>``."""
+    name = method if selector_seed is None else f"{method}-sel{selector_seed}"
+    return Path(output) / RUNS_DIR / f"{name}-{steps}steps-s{seed}"
+
+
+def selector_trainings(comparison: Path) -> list[Path]:
+    """A comparison's selector-training folders that hold episodes: ``selector-s*`` in name order,
+    then the single ``selector/`` of folders written before selector seeds existed."""
+    comparison = Path(comparison)
+    candidates = sorted(comparison.glob(f"{SELECTOR_SEED_PREFIX}*")) + [comparison / SELECTOR_DIR]
+    return [folder for folder in candidates if (folder / EPISODES_FILE).is_file()]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_config(folder: Path) -> dict:
+    """A folder's ``config.yaml`` as plain data ({} when it has none); invalid YAML is a UserError."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    with user_path(path, "read"):
+        text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{path} is not valid YAML; re-run the command that wrote it") from None
+
+
+def read_optional_json(path: Path) -> dict:
+    """A JSON file of a run folder, or {} when it is missing (optional files of older or partial folders)."""
+    return read_json(path) if Path(path).is_file() else {}
+
+
+def read_explain(path: Path) -> list[dict] | None:
+    """``explain.csv`` rows as dicts of strings, or None when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with user_path(path, "read"), open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_episodes(folder: Path) -> list[dict]:
+    """A selector-training folder's ``episodes.jsonl`` rows ([] when it has none)."""
+    path = Path(folder) / EPISODES_FILE
+    return read_jsonl(path) if path.is_file() else []
+
+
+def read_selector_metadata(selector_dir: Path) -> dict:
+    """A trained selector's ``selector.json`` as plain data ({} when missing), without loading its weights."""
+    return read_optional_json(Path(selector_dir) / SELECTOR_FILE)
+
+
+def load_run(folder: Path) -> dict | None:
+    """One finetune run folder as plain data, or None when it is no run folder (no ``metrics.jsonl``).
+
+    Keys: path, config, summary, metrics, selections, evaluation, ledger ({} or [] when the file is
+    missing) and explain (None when missing).
+    """
+    folder = Path(folder)
+    if not (folder / METRICS_FILE).is_file():
+        return None
+    selections = folder / SELECTIONS_FILE
+    return {
+        "path": folder,
+        "config": read_config(folder),
+        "summary": read_optional_json(folder / SUMMARY_FILE),
+        "metrics": read_jsonl(folder / METRICS_FILE),
+        "selections": read_jsonl(selections) if selections.is_file() else [],
+        "evaluation": read_optional_json(folder / EVALUATION_FILE),
+        "ledger": read_optional_json(folder / LEDGER_FILE),
+        "explain": read_explain(folder / EXPLAIN_FILE),
+    }
+
+
+# evaluation.json's "test" key holding the score of each test metric (evaluation.evaluate_test)
+_TEST_SCORE_KEYS = {"exact_match": "exact_match", "multiple_choice": "accuracy"}
+
+
+def result_row(run: dict, method: str, root: Path | None = None) -> dict:
+    """One run as a row of a comparison's results (``results.json`` rows, ``results.csv`` lines).
+
+    ``run`` is :func:`load_run`'s. Budget and seed come from ``summary.json``; the final validation
+    loss from ``evaluation.json``, else the last one in ``metrics.jsonl``; the test score is the value
+    of the metric ``evaluation.json`` names (None for ``none`` or no test); steps, tokens and seconds
+    are ``metrics.jsonl``'s last row. Missing values are None. ``run_dir`` (the folder relative to
+    ``root``) is added when ``root`` is given.
+    """
+    summary, evaluation, metrics = run["summary"], run["evaluation"], run["metrics"]
+    test = evaluation.get("test") or {}
+    metric = test.get("metric")
+    score_key = _TEST_SCORE_KEYS.get(metric)
+    losses = [m["validation_loss"] for m in metrics if m.get("validation_loss") is not None]
+    last = metrics[-1] if metrics else {}
+    row = {
+        "method": method,
+        "budget": summary.get("budget_fraction"),
+        "budget_steps": summary.get("budget_steps"),
+        "seed": summary.get("seed"),
+        "validation_loss": evaluation.get("validation_loss_final", losses[-1] if losses else None),
+        "validation_loss_initial": evaluation.get("validation_loss_initial", losses[0] if losses else None),
+        "test_metric": metric,
+        "test_score": test.get(score_key) if score_key else None,
+        "test_loss": test.get("test_loss"),
+        "steps": last.get("step"),
+        "tokens": last.get("tokens"),
+        "seconds": last.get("seconds"),
+    }
+    if root is not None:
+        row["run_dir"] = str(Path(run["path"]).relative_to(root))
+    return row

@@ -30,11 +30,10 @@ from safetensors.torch import load_file, save_file
 from .config import RaiseConfig, from_dict
 from .errors import UserError
 from .io_utils import staged_folder, user_path
+from .run_folders import SELECTOR_FILE as METADATA_FILE, SELECTOR_WEIGHTS_FILE as WEIGHTS_FILE
 
 FORMAT_NAME = "raise-select-selector"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-METADATA_FILE = "selector.json"
 
 
 @dataclass

@@ -57,14 +57,14 @@ from ..data.types import Pool
 from ..environment import resolve_budget
 from ..errors import UserError
 from ..evaluation import per_example_losses, validation_loss
-from ..io_utils import append_jsonl, read_jsonl, write_json, write_jsonl
+from ..io_utils import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ..model import LoadedModel
-from ..pipeline import Workbench, _selection_record, read_json
+from ..pipeline import Workbench, _selection_record
+from ..run_folders import METRICS_FILE as METRICS, SELECTIONS_FILE as SELECTIONS
 from ..selectors.base import EnvState, Selector
 from ..selectors.state import load_selector_state, selector_state
 
 SELECTION_STATE = "raise_selection.json"  # the session's state inside a Trainer checkpoint folder
-SELECTIONS, METRICS = "selections.jsonl", "metrics.jsonl"
 
 
 class SelectionSession:
