@@ -26,6 +26,8 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/raise-select demo --quick
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

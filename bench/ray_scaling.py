@@ -48,17 +48,26 @@ def main() -> None:
 
     recipe, default_steps = RECIPES[args.model]
     steps = args.episode_steps or default_steps
-    config = load_config(recipe_path(recipe), [
-        f"raise.episode_steps={steps}", f"raise.episodes_per_update={args.episodes_per_update}",
-        f"raise.episodes={args.updates * args.episodes_per_update}", *args.overrides,
-    ])
+    config = load_config(
+        recipe_path(recipe),
+        [
+            f"raise.episode_steps={steps}",
+            f"raise.episodes_per_update={args.episodes_per_update}",
+            f"raise.episodes={args.updates * args.episodes_per_update}",
+            *args.overrides,
+        ],
+    )
     torch.set_num_threads(config.raise_.worker_cpus)
     bench = Workbench.build(config)
     bench.ensure_features(progress=False)
-    print(f"{args.model}: {len(bench.pool)} pool examples, {steps}-step episodes, {args.episodes_per_update} episodes per "
-          f"update, {args.updates} updates, {config.raise_.worker_cpus} torch thread(s) per worker")
-    print(f"{'workers':>7} {'start-up s':>10} {'update wall s (each)':>28} {'mean':>7} {'episode s':>10} {'speed-up':>8} "
-          f"{'weights checksum':>18}")
+    print(
+        f"{args.model}: {len(bench.pool)} pool examples, {steps}-step episodes, {args.episodes_per_update} episodes per "
+        f"update, {args.updates} updates, {config.raise_.worker_cpus} torch thread(s) per worker"
+    )
+    print(
+        f"{'workers':>7} {'start-up s':>10} {'update wall s (each)':>28} {'mean':>7} {'episode s':>10} {'speed-up':>8} "
+        f"{'weights checksum':>18}"
+    )
     baseline = None
     root = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
     try:
@@ -73,8 +82,10 @@ def main() -> None:
             mean = float(np.mean(per_update))
             baseline = mean if baseline is None else baseline
             checksum = sum(float(t.double().sum()) for t in load_selector(selector_dir).tensors.values())
-            print(f"{workers:>7} {total - sum(per_update):>10.1f} {' '.join(f'{s:.1f}' for s in per_update):>28} "
-                  f"{mean:>7.1f} {episode_seconds:>10.1f} {baseline / mean:>7.2f}x {checksum:>18.10f}")
+            print(
+                f"{workers:>7} {total - sum(per_update):>10.1f} {' '.join(f'{s:.1f}' for s in per_update):>28} "
+                f"{mean:>7.1f} {episode_seconds:>10.1f} {baseline / mean:>7.2f}x {checksum:>18.10f}"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

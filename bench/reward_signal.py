@@ -63,13 +63,19 @@ def main() -> None:
     corrupted = np.array([bool(e.meta.get("corrupted")) for e in examples])
     head_dims = config.raise_.head_dims or 5
     plain = load_config(args.config, [*args.overrides, f"train.budget_steps={args.budget_steps}", "raise.head_dims=0"])
-    headed = load_config(args.config, [*args.overrides, f"train.budget_steps={args.budget_steps}", f"raise.head_dims={head_dims}"])
-    runs = {"no head": play(bench, plain, args.budget_steps, args.episodes, helpful, corrupted),
-            f"head ({head_dims} columns)": play(bench, headed, args.budget_steps, args.episodes, helpful, corrupted)}
+    headed = load_config(
+        args.config, [*args.overrides, f"train.budget_steps={args.budget_steps}", f"raise.head_dims={head_dims}"]
+    )
+    runs = {
+        "no head": play(bench, plain, args.budget_steps, args.episodes, helpful, corrupted),
+        f"head ({head_dims} columns)": play(bench, headed, args.budget_steps, args.episodes, helpful, corrupted),
+    }
 
-    print(f"\n{args.episodes} episodes x {args.budget_steps} decisions, batch {config.train.batch_size}, "
-          f"lr {config.train.learning_rate}, untrained policy; pool: {helpful.mean():.2f} helpful-clean, "
-          f"{corrupted.mean():.2f} corrupted\n")
+    print(
+        f"\n{args.episodes} episodes x {args.budget_steps} decisions, batch {config.train.batch_size}, "
+        f"lr {config.train.learning_rate}, untrained policy; pool: {helpful.mean():.2f} helpful-clean, "
+        f"{corrupted.mean():.2f} corrupted\n"
+    )
     decisions = runs["no head"][0].copy()
     steps, counts, rewards = decisions[:, 0], decisions[:, 1:3], decisions[:, 3]
     for t in np.unique(steps):  # what a per-step baseline removes
@@ -85,15 +91,21 @@ def main() -> None:
         coefficients, *_ = np.linalg.lstsq(counts[part], rewards[part], rcond=None)
         residual = rewards[part] - counts[part] @ coefficients
         r2 = 1.0 - residual.var() / max(rewards[part].var(), 1e-12)
-        print(f"| {low}-{high - 1} | {rewards[part].std():.4f} | {coefficients[0]:+.4f} | {coefficients[1]:+.4f} | {r2:.3f} |")
+        print(
+            f"| {low}-{high - 1} | {rewards[part].std():.4f} | {coefficients[0]:+.4f} | {coefficients[1]:+.4f} | {r2:.3f} |"
+        )
 
     print("\nPer episode:\n")
-    print("| sampler | helpful-clean share (mean ± std) | corrupted share | return (mean ± std) | corr(return, helpful-clean share) |")
+    print(
+        "| sampler | helpful-clean share (mean ± std) | corrupted share | return (mean ± std) | corr(return, helpful-clean share) |"
+    )
     print("|---|---|---|---|---|")
     for name, (_, per_episode, _, _) in runs.items():
         h, c, r = per_episode.T
-        print(f"| {name} | {h.mean():.3f} ± {h.std():.3f} | {c.mean():.3f} ± {c.std():.3f} | {r.mean():.3f} ± {r.std():.3f} | "
-              f"{np.corrcoef(r, h)[0, 1]:+.2f} |")
+        print(
+            f"| {name} | {h.mean():.3f} ± {h.std():.3f} | {c.mean():.3f} ± {c.std():.3f} | {r.mean():.3f} ± {r.std():.3f} | "
+            f"{np.corrcoef(r, h)[0, 1]:+.2f} |"
+        )
 
     _, per_episode, heads, selector = runs[f"head ({head_dims} columns)"]
     weights, returns = np.stack(heads).astype(np.float64), per_episode[:, 2]

@@ -50,11 +50,18 @@ def main() -> None:
     args = parser.parse_args()
 
     methods = ["raise"] + [m for m in args.methods if m != "raise"]
-    config = load_config(args.config, [
-        f"raise.episodes={args.episodes}", *args.overrides, f"compare.methods=[{', '.join(methods)}]", f"compare.budget_steps=[{args.budget_steps}]",
-        f"compare.seeds=[{', '.join(map(str, args.seeds))}]",
-        f"compare.selector_seeds=[{', '.join(map(str, args.selector_seeds))}]", "compare.test_metric=false",
-    ])
+    config = load_config(
+        args.config,
+        [
+            f"raise.episodes={args.episodes}",
+            *args.overrides,
+            f"compare.methods=[{', '.join(methods)}]",
+            f"compare.budget_steps=[{args.budget_steps}]",
+            f"compare.seeds=[{', '.join(map(str, args.seeds))}]",
+            f"compare.selector_seeds=[{', '.join(map(str, args.selector_seeds))}]",
+            "compare.test_metric=false",
+        ],
+    )
     output = Path(args.output)
     results = run_comparison(config, output, progress=True)
     rows = results["rows"]
@@ -62,8 +69,13 @@ def main() -> None:
     def group_stats(group: list[dict]) -> dict:
         losses = [r["validation_loss"] for r in group]
         helpful, corrupted = zip(*(shares(output / r["run_dir"]) for r in group))
-        return {"mean": float(np.mean(losses)), "std": float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
-                "helpful": float(np.mean(helpful)), "corrupted": float(np.mean(corrupted)), "n": len(group)}
+        return {
+            "mean": float(np.mean(losses)),
+            "std": float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
+            "helpful": float(np.mean(helpful)),
+            "corrupted": float(np.mean(corrupted)),
+            "n": len(group),
+        }
 
     by_method = {m: group_stats([r for r in rows if r["method"] == m]) for m in methods}
     random_loss = by_method["random"]["mean"]
@@ -75,17 +87,23 @@ def main() -> None:
         return f"{100 * (random_loss - loss) / (random_loss - oracle_loss):.0f} %"
 
     pool = config.pool.sources[0].limit
-    print(f"\nsynthetic testbed, pool {pool}, budget {args.budget_steps} steps, fine-tuning seeds {args.seeds}, "
-          f"selector seeds {args.selector_seeds} ({output})\n")
+    print(
+        f"\nsynthetic testbed, pool {pool}, budget {args.budget_steps} steps, fine-tuning seeds {args.seeds}, "
+        f"selector seeds {args.selector_seeds} ({output})\n"
+    )
     print("| method | runs | validation loss | gap closed | helpful-clean share | corrupted share |")
     print("|---|---|---|---|---|---|")
     for method in sorted(methods, key=lambda m: by_method[m]["mean"]):
         s = by_method[method]
-        print(f"| {method} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} | {closed(s['mean'])} | "
-              f"{s['helpful']:.2f} | {s['corrupted']:.2f} |")
+        print(
+            f"| {method} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} | {closed(s['mean'])} | "
+            f"{s['helpful']:.2f} | {s['corrupted']:.2f} |"
+        )
 
-    print("\n| RAISE selector seed | validation loss (per fine-tuning seed) | below random | gap closed | "
-          "helpful-clean | corrupted | selector training (s) |")
+    print(
+        "\n| RAISE selector seed | validation loss (per fine-tuning seed) | below random | gap closed | "
+        "helpful-clean | corrupted | selector training (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     per_seed = {}
     for selector_seed in args.selector_seeds:
@@ -95,9 +113,13 @@ def main() -> None:
         seconds = sum(e["seconds"] + e.get("update_seconds", 0.0) for e in episodes)
         per_seed[selector_seed] = {**s, "seconds": seconds}
         values = ", ".join(f"{r['validation_loss']:.3f}" for r in group)
-        print(f"| {selector_seed} | {s['mean']:.4f} ({values}) | {'yes' if s['mean'] < random_loss else 'NO'} | "
-              f"{closed(s['mean'])} | {s['helpful']:.2f} | {s['corrupted']:.2f} | {seconds:.0f} |")
-    (output / "selector_learning.json").write_text(json.dumps({"methods": by_method, "selector_seeds": per_seed}, indent=1))
+        print(
+            f"| {selector_seed} | {s['mean']:.4f} ({values}) | {'yes' if s['mean'] < random_loss else 'NO'} | "
+            f"{closed(s['mean'])} | {s['helpful']:.2f} | {s['corrupted']:.2f} | {seconds:.0f} |"
+        )
+    (output / "selector_learning.json").write_text(
+        json.dumps({"methods": by_method, "selector_seeds": per_seed}, indent=1)
+    )
 
 
 if __name__ == "__main__":

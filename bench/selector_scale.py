@@ -70,23 +70,38 @@ def measure(pool_size: int, update_epochs: int, threads: int | None) -> dict:
     pca_dim, batch_size = 32, 8
     features = StaticFeatures(
         names=STATIC_FEATURE_NAMES,
-        values=np.column_stack([rng.gamma(2.0, 1.0, pool_size), rng.uniform(0.2, 1.2, pool_size),
-                                rng.integers(5, 500, pool_size), rng.integers(1, 800, pool_size)]).astype(np.float32),
+        values=np.column_stack(
+            [
+                rng.gamma(2.0, 1.0, pool_size),
+                rng.uniform(0.2, 1.2, pool_size),
+                rng.integers(5, 500, pool_size),
+                rng.integers(1, 800, pool_size),
+            ]
+        ).astype(np.float32),
         embedding=rng.normal(size=(pool_size, pca_dim)).astype(np.float32),
-        pca_mean=np.zeros(64, np.float32), pca_components=rng.normal(size=(pca_dim, 64)).astype(np.float32),
-        key=f"synthetic-{pool_size}", aux_model="synthetic",
+        pca_mean=np.zeros(64, np.float32),
+        pca_components=rng.normal(size=(pca_dim, 64)).astype(np.float32),
+        key=f"synthetic-{pool_size}",
+        aux_model="synthetic",
     )
     config = RaiseConfig(clusters=2, hidden_size=64, update_epochs=update_epochs, minibatch_size=8)
-    context = SelectionContext(pool=None, batch_size=batch_size, budget_steps=ROLLOUT_DECISIONS, decision_interval=1,
-                               seed=0, features=features)
+    context = SelectionContext(
+        pool=None, batch_size=batch_size, budget_steps=ROLLOUT_DECISIONS, decision_interval=1, seed=0, features=features
+    )
     selector = RaiseSelector(config)
     started = time.perf_counter()
     selector.setup(context)
     setup_seconds = time.perf_counter() - started
 
     def state_at(step: int, counts: np.ndarray) -> EnvState:
-        return EnvState(step=step, budget=ROLLOUT_DECISIONS, batch_size=batch_size, decision_interval=1,
-                        validation_history=[2.0] + [2.0 - 0.01 * i for i in range(1, step + 1)], selection_counts=counts)
+        return EnvState(
+            step=step,
+            budget=ROLLOUT_DECISIONS,
+            batch_size=batch_size,
+            decision_interval=1,
+            validation_history=[2.0] + [2.0 - 0.01 * i for i in range(1, step + 1)],
+            selection_counts=counts,
+        )
 
     counts = np.zeros(pool_size, dtype=np.int64)
     greedy, sampled_ms = [], []
@@ -128,27 +143,37 @@ def measure(pool_size: int, update_epochs: int, threads: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--update-epochs", type=int, default=1, help="PPO epochs in the measured update (time scales linearly)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)")
+    parser.add_argument(
+        "--update-epochs", type=int, default=1, help="PPO epochs in the measured update (time scales linearly)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.update_epochs, args.threads)))
         return
 
-    print(f"RAISE selector scale (C=2, B=8, hidden 64, pca_dim 32; PPO update = {args.update_epochs} epoch(s) "
-          f"over {ROLLOUT_DECISIONS} decisions, minibatch 8; torch threads: {args.threads or 'default'}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-    print(f"{'pool':>9} {'setup s':>8} {'greedy ms':>10} {'sample ms':>10} {'update s':>9} {'RSS before':>11} "
-          f"{'update peak':>12}  peak source")
+    print(
+        f"RAISE selector scale (C=2, B=8, hidden 64, pca_dim 32; PPO update = {args.update_epochs} epoch(s) "
+        f"over {ROLLOUT_DECISIONS} decisions, minibatch 8; torch threads: {args.threads or 'default'}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"{'pool':>9} {'setup s':>8} {'greedy ms':>10} {'sample ms':>10} {'update s':>9} {'RSS before':>11} "
+        f"{'update peak':>12}  peak source"
+    )
     for size in args.sizes:
         command = [sys.executable, __file__, "--child", str(size), "--update-epochs", str(args.update_epochs)]
         if args.threads:
             command += ["--threads", str(args.threads)]
         child = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{row['pool_size']:>9} {row['setup_s']:>8.2f} {row['greedy_ms']:>10.1f} {row['sample_ms']:>10.1f} "
-              f"{row['update_s']:>9.1f} {row['rss_before_mib']:>8.0f} MiB {row['peak_mib']:>8.0f} MiB  {row['peak_source']}")
+        print(
+            f"{row['pool_size']:>9} {row['setup_s']:>8.2f} {row['greedy_ms']:>10.1f} {row['sample_ms']:>10.1f} "
+            f"{row['update_s']:>9.1f} {row['rss_before_mib']:>8.0f} MiB {row['peak_mib']:>8.0f} MiB  {row['peak_source']}"
+        )
     print("targets: selection < 68 ms at 100K (2 % of a ~3.4 s SmolLM2 step); 1M-candidate PPO update peak < 4096 MiB")
 
 

@@ -46,10 +46,19 @@ def tiny_model_name(workdir: Path) -> tuple[str, str]:
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"t{i}": i + 3 for i in range(1000 - 3)}}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>")),
-        pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
     )
-    config = LlamaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                         intermediate_size=512, vocab_size=len(vocab), max_position_embeddings=512)
+    config = LlamaConfig(
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=512,
+        vocab_size=len(vocab),
+        max_position_embeddings=512,
+    )
     folder = workdir / "tiny-llama"
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -119,14 +128,18 @@ def main() -> None:
             runs += [("smollm2", ModelConfig(name="smollm2", lora_r=8, precision=p)) for p in ("bf16", "fp32")]
         rows = [measure(label, config, args.steps) for label, config in runs]
 
-    print(f"\nbatch {BATCH_SIZE} x {SEQUENCE_LENGTH} tokens, validation {VALIDATION_EXAMPLES} examples, "
-          f"median of {args.steps}, torch threads {torch.get_num_threads()}")
+    print(
+        f"\nbatch {BATCH_SIZE} x {SEQUENCE_LENGTH} tokens, validation {VALIDATION_EXAMPLES} examples, "
+        f"median of {args.steps}, torch threads {torch.get_num_threads()}"
+    )
     header = f"{'model':<30} {'setup':<16} {'device':<7} {'s/step':>8} {'s/eval':>8} {'train tok/s':>12}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['model']:<30} {row['setup']:<16} {row['device']:<7} {row['step_s']:>8.3f} "
-              f"{row['eval_s']:>8.3f} {row['tokens_per_s']:>12.0f}")
+        print(
+            f"{row['model']:<30} {row['setup']:<16} {row['device']:<7} {row['step_s']:>8.3f} "
+            f"{row['eval_s']:>8.3f} {row['tokens_per_s']:>12.0f}"
+        )
 
 
 if __name__ == "__main__":

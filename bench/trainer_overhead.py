@@ -30,9 +30,16 @@ MODELS = {  # name -> overrides on top of the testbed
     "synthetic-tiny (full)": ["model.name=synthetic-tiny", "model.finetune=full"],
     "SmolLM2-135M (LoRA r=8)": ["model.name=smollm2", "model.finetune=lora"],
 }
-TESTBED = ["pool.sources=[{name: synthetic, limit: 256}]", "pool.max_length=48", "target.name=synthetic",
-           "target.n_validation=32", "train.batch_size=8", "train.learning_rate=1e-4", "features.pca_dim=8",
-           "raise.clusters=2"]
+TESTBED = [
+    "pool.sources=[{name: synthetic, limit: 256}]",
+    "pool.max_length=48",
+    "target.name=synthetic",
+    "target.n_validation=32",
+    "train.batch_size=8",
+    "train.learning_rate=1e-4",
+    "features.pca_dim=8",
+    "raise.clusters=2",
+]
 
 
 class StepClock(TrainerCallback):
@@ -57,12 +64,23 @@ def measure(bench: Workbench, steps: int, warmup: int, eval_every: int | None, o
     bench.config.train.budget_steps = steps
     bench.config.train.eval_every = eval_every or 1
     session = SelectionSession.from_workbench(bench, RaiseSelector(bench.config.raise_), budget_steps=steps)
-    args = TrainingArguments(output_dir=output, report_to="none", save_strategy="no", disable_tqdm=True,
-                             logging_steps=steps, **session.training_arguments(world_size=1))
+    args = TrainingArguments(
+        output_dir=output,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=steps,
+        **session.training_arguments(world_size=1),
+    )
     clock = StepClock(warmup)
     if eval_every is None:
-        trainer = Trainer(model=bench.lm.model, args=args, train_dataset=session.train_dataset(),
-                          data_collator=session.collate, callbacks=[clock])
+        trainer = Trainer(
+            model=bench.lm.model,
+            args=args,
+            train_dataset=session.train_dataset(),
+            data_collator=session.collate,
+            callbacks=[clock],
+        )
     else:
         trainer = RaiseTrainer(model=bench.lm.model, args=args, selection=session, callbacks=[clock])
     trainer.train()
@@ -87,8 +105,12 @@ def main() -> None:
             continue
         bench = Workbench.build(load_config(None, [*TESTBED, *overrides]))
         steps = args.steps if "tiny" in label else args.smollm2_steps
-        variants = {"plain Trainer": None, "+ RAISE, validate every decision": 1, "+ RAISE, validate every 4": 4,
-                    "+ RAISE, selection only": steps}
+        variants = {
+            "plain Trainer": None,
+            "+ RAISE, validate every decision": 1,
+            "+ RAISE, validate every 4": 4,
+            "+ RAISE, selection only": steps,
+        }
         best = {name: 0.0 for name in variants}
         for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit every variant
             for name, eval_every in variants.items():

@@ -16,7 +16,10 @@ from raise_select.integrations.scripts import run_script
 
 def train(args, bench, session):
     training = TrainingArguments(
-        output_dir=args.output, report_to=args.report_to, logging_steps=1, save_strategy="no",
+        output_dir=args.output,
+        report_to=args.report_to,
+        logging_steps=1,
+        save_strategy="no",
         **session.training_arguments(gradient_accumulation_steps=args.grad_accum),  # world size from torchrun
     )
     trainer = RaiseTrainer(model=bench.lm.model, args=training, selection=session, processing_class=bench.lm.tokenizer)

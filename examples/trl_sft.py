@@ -13,15 +13,22 @@ from raise_select.integrations.scripts import run_script
 
 
 def train(args, bench, session):
-    from raise_select.integrations import RaiseSFTTrainer  # without TRL: "error: ... pip install raise-select[trl]"
     from trl import SFTConfig
 
+    from raise_select.integrations import RaiseSFTTrainer  # without TRL: "error: ... pip install raise-select[trl]"
+
     training = SFTConfig(
-        output_dir=args.output, report_to=args.report_to, logging_steps=1, save_strategy="no",
-        bf16=bench.config.model.precision == "bf16", activation_checkpointing=False,  # TRL defaults both to True
+        output_dir=args.output,
+        report_to=args.report_to,
+        logging_steps=1,
+        save_strategy="no",
+        bf16=bench.config.model.precision == "bf16",
+        activation_checkpointing=False,  # TRL defaults both to True
         **session.training_arguments(gradient_accumulation_steps=args.grad_accum),  # world size from torchrun
     )
-    trainer = RaiseSFTTrainer(model=bench.lm.model, args=training, selection=session, processing_class=bench.lm.tokenizer)
+    trainer = RaiseSFTTrainer(
+        model=bench.lm.model, args=training, selection=session, processing_class=bench.lm.tokenizer
+    )
     trainer.train()
     return trainer
 

@@ -9,9 +9,8 @@ import os
 import pytest
 import torch
 
-from raise_select.config import load_config
-
 from helpers import SYNTHETIC_OVERRIDES
+from raise_select.config import load_config
 
 torch.set_num_threads(1)
 

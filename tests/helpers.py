@@ -4,8 +4,8 @@ import from here, never from each other or from conftest). Fixtures live in ``co
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -57,29 +57,51 @@ def assert_one_line_error(status: int, captured, expected: list[str]) -> None:
 
 def make_pool(n: int) -> Pool:
     """Toy examples labelled like the synthetic testbed: every third is helpful, every fifth of those corrupted."""
-    return Pool([
-        Example(id=f"toy/{i}", source="toy", messages=({"role": "user", "content": f"q{i}"},), response=f"a{i}",
-                meta={"helpful": i % 3 == 0, "corrupted": i % 15 == 0})
-        for i in range(n)
-    ])
+    return Pool(
+        [
+            Example(
+                id=f"toy/{i}",
+                source="toy",
+                messages=({"role": "user", "content": f"q{i}"},),
+                response=f"a{i}",
+                meta={"helpful": i % 3 == 0, "corrupted": i % 15 == 0},
+            )
+            for i in range(n)
+        ]
+    )
 
 
-def make_features(n: int = 120, *, fill: str = "random", seed: int = 0, pca_dim: int = 6, outliers: int = 0,
-                  aux_model: str = "aux-a", response_loss=None, ifd=None, prompt_tokens=None, response_tokens=None,
-                  embedding=None) -> StaticFeatures:
+def make_features(
+    n: int = 120,
+    *,
+    fill: str = "random",
+    seed: int = 0,
+    pca_dim: int = 6,
+    outliers: int = 0,
+    aux_model: str = "aux-a",
+    response_loss=None,
+    ifd=None,
+    prompt_tokens=None,
+    response_tokens=None,
+    embedding=None,
+) -> StaticFeatures:
     """Static features of ``n`` examples: the columns given are used as they are; the others are
 
     * ``fill="random"``: drawn from ``seed``: two well-separated embedding blobs of ``pca_dim`` dims
       (plus ``outliers`` far-away last rows) and random difficulty columns;
     * ``fill="constant"``: constant, so they cannot drive a ranking (embedding: zeros in 2 dims).
     """
-    given = {"response_loss": response_loss, "ifd": ifd, "prompt_tokens": prompt_tokens,
-             "response_tokens": response_tokens}
+    given = {
+        "response_loss": response_loss,
+        "ifd": ifd,
+        "prompt_tokens": prompt_tokens,
+        "response_tokens": response_tokens,
+    }
     if fill == "random":
         rng = np.random.default_rng(seed)
         drawn_embedding = rng.normal(size=(n, pca_dim)).astype(np.float32)
         drawn_embedding[: n // 2, 0] += 8.0
-        drawn_embedding[n - outliers:, 1] += 200.0
+        drawn_embedding[n - outliers :, 1] += 200.0
         columns = {
             "response_loss": rng.uniform(0.5, 3.0, n),
             "ifd": rng.uniform(0.2, 1.2, n),
@@ -90,8 +112,12 @@ def make_features(n: int = 120, *, fill: str = "random", seed: int = 0, pca_dim:
         key = f"fake-{n}-{seed}"
     elif fill == "constant":
         drawn_embedding = np.zeros((n, 2), dtype=np.float32)
-        columns = {"response_loss": np.ones(n), "ifd": np.full(n, 0.5), "prompt_tokens": np.full(n, 5.0),
-                   "response_tokens": np.full(n, 10.0)}
+        columns = {
+            "response_loss": np.ones(n),
+            "ifd": np.full(n, 0.5),
+            "prompt_tokens": np.full(n, 5.0),
+            "response_tokens": np.full(n, 10.0),
+        }
         hidden = None  # PCA in the embedding's own dimensions
         key = "hand-made"
     else:
@@ -102,35 +128,67 @@ def make_features(n: int = 120, *, fill: str = "random", seed: int = 0, pca_dim:
     dims = embedding.shape[1]
     hidden = dims if hidden is None else hidden
     return StaticFeatures(
-        names=STATIC_FEATURE_NAMES, values=values, embedding=embedding,
-        pca_mean=np.zeros(hidden, dtype=np.float32), pca_components=np.eye(dims, hidden, dtype=np.float32),
-        key=key, aux_model=aux_model,
+        names=STATIC_FEATURE_NAMES,
+        values=values,
+        embedding=embedding,
+        pca_mean=np.zeros(hidden, dtype=np.float32),
+        pca_components=np.eye(dims, hidden, dtype=np.float32),
+        key=key,
+        aux_model=aux_model,
     )
 
 
-def make_context(n: int | None = None, features: StaticFeatures | None = None, *, batch_size: int = 4,
-                 budget_steps: int = 6, decision_interval: int = 1, seed: int = 0, target_embedding=None,
-                 **extra) -> SelectionContext:
+def make_context(
+    n: int | None = None,
+    features: StaticFeatures | None = None,
+    *,
+    batch_size: int = 4,
+    budget_steps: int = 6,
+    decision_interval: int = 1,
+    seed: int = 0,
+    target_embedding=None,
+    **extra,
+) -> SelectionContext:
     """A context over ``make_pool(n)`` (``n`` defaults to the features' row count); ``extra`` goes to
     ``SelectionContext.extra``."""
     if n is None:
         if features is None:
             raise ValueError("give the pool size n or the features")
         n = features.values.shape[0]
-    return SelectionContext(pool=make_pool(n), batch_size=batch_size, budget_steps=budget_steps,
-                            decision_interval=decision_interval, seed=seed, features=features,
-                            target_embedding=target_embedding, extra=extra)
+    return SelectionContext(
+        pool=make_pool(n),
+        batch_size=batch_size,
+        budget_steps=budget_steps,
+        decision_interval=decision_interval,
+        seed=seed,
+        features=features,
+        target_embedding=target_embedding,
+        extra=extra,
+    )
 
 
-def make_state(pool_size: int, batch_size: int = 4, step: int = 0, budget: int = 6, *, decision_interval: int = 1,
-               validation_loss: float = 2.0, counts: np.ndarray | None = None,
-               loss_probe: Callable[[np.ndarray], np.ndarray] | None = None) -> EnvState:
+def make_state(
+    pool_size: int,
+    batch_size: int = 4,
+    step: int = 0,
+    budget: int = 6,
+    *,
+    decision_interval: int = 1,
+    validation_loss: float = 2.0,
+    counts: np.ndarray | None = None,
+    loss_probe: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> EnvState:
     """The environment's state before a decision: ``validation_loss`` after reset, nothing selected
     yet unless ``counts`` says otherwise."""
-    return EnvState(step=step, budget=budget, batch_size=batch_size, decision_interval=decision_interval,
-                    validation_history=[validation_loss],
-                    selection_counts=np.zeros(pool_size, dtype=np.int64) if counts is None else counts,
-                    loss_probe=loss_probe)
+    return EnvState(
+        step=step,
+        budget=budget,
+        batch_size=batch_size,
+        decision_interval=decision_interval,
+        validation_history=[validation_loss],
+        selection_counts=np.zeros(pool_size, dtype=np.int64) if counts is None else counts,
+        loss_probe=loss_probe,
+    )
 
 
 # -- tiny random Llamas --------------------------------------------------------------------------------
@@ -145,7 +203,9 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     # BPE without merges splits text into single characters; Fuse joins them back on decode.
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
     config = LlamaConfig(
         hidden_size=64,
         num_hidden_layers=2,

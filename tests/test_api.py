@@ -55,7 +55,9 @@ def test_callbacks_see_every_decision_and_can_stop_a_run(synthetic_config):
     result = rs.run_finetune(bench, selector, None, 4, seed=0, progress=False, callbacks=[stopper, watcher])
     assert result.output is None and result.steps == 2  # stopped after decision 2; no folder kept
     # both callbacks saw the same events, the stopper's False included
-    assert watcher.events == stopper.events == [("start", "random", 4), ("decision", 1, 1), ("decision", 2, 2), ("end", 2)]
+    assert (
+        watcher.events == stopper.events == [("start", "random", 4), ("decision", 1, 1), ("decision", 2, 2), ("end", 2)]
+    )
     full = rs.run_finetune(bench, rs.build_selector("random", synthetic_config), None, 4, seed=0, progress=False)
     assert full.steps == 4
 

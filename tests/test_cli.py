@@ -8,11 +8,10 @@ import json
 import pytest
 import yaml
 
+from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select.cli import main
 from raise_select.config import dump_config, load_config
 from raise_select.io_utils import read_jsonl
-
-from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 
 POOL_SIZE = 12
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "selections.jsonl", "evaluation.json", "ledger.json")
@@ -45,8 +44,11 @@ def _finetune(workspace, output, *extra: str) -> list[str]:
 def finished_run(workspace):
     """The folder of a successful CLI finetune (random selector, 2 steps) on the user file."""
     output = workspace / "run"
-    status = main(_finetune(workspace, output, "--pool", str(workspace / "mydata.jsonl"),
-                            "--selector", "random", "train.budget_steps=2"))
+    status = main(
+        _finetune(
+            workspace, output, "--pool", str(workspace / "mydata.jsonl"), "--selector", "random", "train.budget_steps=2"
+        )
+    )
     assert status == 0
     return output
 
@@ -63,7 +65,9 @@ def test_finetune_on_a_user_file_writes_a_run_folder(finished_run, workspace):
     assert {source for s in selections for source in s["sources"]} == {"mydata"}
     assert all(i.startswith("mydata/") for s in selections for i in s["ids"])
     saved = yaml.safe_load((finished_run / "config.yaml").read_text())
-    assert saved["pool"]["sources"][0]["name"] == str(workspace / "mydata.jsonl") and saved["train"]["budget_steps"] == 2
+    assert (
+        saved["pool"]["sources"][0]["name"] == str(workspace / "mydata.jsonl") and saved["train"]["budget_steps"] == 2
+    )
     evaluation = json.loads((finished_run / "evaluation.json").read_text())
     assert evaluation["test"]["n"] == 4
 
@@ -178,8 +182,20 @@ def test_report_and_list_succeed(finished_run, tmp_path, capsys):
 def trained_selector(workspace):
     """A RAISE selector trained through the CLI on the user file (one 2-step episode)."""
     output = workspace / "selector-training"
-    status = main(["train-selector", "--config", str(workspace / "config.yaml"), "--output", str(output), "--no-progress",
-                   f"pool.sources=[{{name: {workspace / 'mydata.jsonl'}}}]", "raise.episodes=2", "raise.episodes_per_update=2", "raise.episode_steps=2"])
+    status = main(
+        [
+            "train-selector",
+            "--config",
+            str(workspace / "config.yaml"),
+            "--output",
+            str(output),
+            "--no-progress",
+            f"pool.sources=[{{name: {workspace / 'mydata.jsonl'}}}]",
+            "raise.episodes=2",
+            "raise.episodes_per_update=2",
+            "raise.episode_steps=2",
+        ]
+    )
     assert status == 0
     return output / "selector"
 
@@ -188,8 +204,20 @@ def test_trained_selector_drives_a_finetune(trained_selector, workspace, capsys)
     assert (trained_selector / "selector.json").is_file()
     assert len(read_jsonl(trained_selector.parent / "episodes.jsonl")) == 2
     output = workspace / "raise-run"
-    status = main(_finetune(workspace, output, "--pool", str(workspace / "mydata.jsonl"), "--selector", "raise",
-                            "--policy", str(trained_selector), "--no-test", "train.budget_steps=2"))
+    status = main(
+        _finetune(
+            workspace,
+            output,
+            "--pool",
+            str(workspace / "mydata.jsonl"),
+            "--selector",
+            "raise",
+            "--policy",
+            str(trained_selector),
+            "--no-test",
+            "train.budget_steps=2",
+        )
+    )
     assert status == 0
     assert "run folder" in capsys.readouterr().out
     assert json.loads((output / "summary.json").read_text())["method"] == "raise"
@@ -200,7 +228,18 @@ def test_trained_selector_drives_a_finetune(trained_selector, workspace, capsys)
 def test_failed_selector_setup_keeps_the_finished_run(trained_selector, workspace, finished_run, capsys):
     before = _snapshot(finished_run)
     # One decision of 2 x 8 examples cannot be drawn from 12: RaiseSelector.setup refuses.
-    status = main(_finetune(workspace, finished_run, "--pool", str(workspace / "mydata.jsonl"), "--selector", "raise",
-                            "--policy", str(trained_selector), "train.decision_interval=2"))
+    status = main(
+        _finetune(
+            workspace,
+            finished_run,
+            "--pool",
+            str(workspace / "mydata.jsonl"),
+            "--selector",
+            "raise",
+            "--policy",
+            str(trained_selector),
+            "train.decision_interval=2",
+        )
+    )
     assert status == 2 and capsys.readouterr().err.startswith("error: ")
     assert _snapshot(finished_run) == before

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import SYNTHETIC_OVERRIDES
 from raise_select import experiments
 from raise_select.config import load_config
 from raise_select.errors import UserError
@@ -17,8 +18,6 @@ from raise_select.experiments import run_comparison
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench
 from raise_select.report import write_report
-
-from helpers import SYNTHETIC_OVERRIDES
 
 METHODS = ["raise", "random", "longest", "targeted"]
 SEEDS = [0, 1]
@@ -33,8 +32,10 @@ COMPARE_OVERRIDES = [
     "raise.episodes=2",
     "raise.episodes_per_update=2",
 ]
-RUN_NAMES = [f"{'raise-sel0' if method == 'raise' else method}-{BUDGET_STEPS}steps-s{seed}"
-             for method, seed in itertools.product(METHODS, SEEDS)]
+RUN_NAMES = [
+    f"{'raise-sel0' if method == 'raise' else method}-{BUDGET_STEPS}steps-s{seed}"
+    for method, seed in itertools.product(METHODS, SEEDS)
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,7 +100,9 @@ def test_ledger_covers_features_selector_training_and_finetune(comparison):
     episodes = read_jsonl(output / "selector-s0" / "episodes.jsonl")
     assert len(episodes) == 2
     assert phases["selector_training"]["tokens"] == sum(e["tokens"] for e in episodes)
-    assert phases["selector_training"]["wall_seconds"] == pytest.approx(sum(e["wall_seconds"] for e in episodes), abs=1e-2)
+    assert phases["selector_training"]["wall_seconds"] == pytest.approx(
+        sum(e["wall_seconds"] for e in episodes), abs=1e-2
+    )
     raise_seed0 = comparison.results["rows"][0]
     assert phases["finetune"]["tokens"] == raise_seed0["tokens"]
 

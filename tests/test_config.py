@@ -5,12 +5,11 @@ import typing
 
 import pytest
 
+from helpers import assert_one_line_error
 from raise_select import config as config_module
 from raise_select.cli import main
 from raise_select.config import Config, describe_fields, dump_config, load_config
 from raise_select.errors import UserError
-
-from helpers import assert_one_line_error
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
@@ -20,8 +19,16 @@ def test_defaults_round_trip_through_yaml(tmp_path):
 
 
 def test_overrides_parse_values_as_yaml(tmp_path):
-    config = load_config(None, ["train.learning_rate=1e-4", "raise.clusters=4", "compare.seeds=[1,2]",
-                                "train.budget_steps=7", "model.lora_target_modules=[q_proj]"])
+    config = load_config(
+        None,
+        [
+            "train.learning_rate=1e-4",
+            "raise.clusters=4",
+            "compare.seeds=[1,2]",
+            "train.budget_steps=7",
+            "model.lora_target_modules=[q_proj]",
+        ],
+    )
     assert config.train.learning_rate == pytest.approx(1e-4)
     assert config.raise_.clusters == 4
     assert config.compare.seeds == [1, 2]
@@ -75,8 +82,11 @@ def _config_dataclasses() -> list[type]:
 
 def test_every_config_field_has_a_help_text():
     classes = _config_dataclasses()
-    declared = [obj for obj in vars(config_module).values()
-                if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__name__.endswith("Config")]
+    declared = [
+        obj
+        for obj in vars(config_module).values()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__name__.endswith("Config")
+    ]
     assert set(declared) <= set(classes), "a config dataclass is not reachable from Config"
     for cls in classes:
         for f in dataclasses.fields(cls):
@@ -103,5 +113,8 @@ def test_config_command_lists_every_field_and_refuses_an_unknown_section(capsys)
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names[:3] == ["seed", "output", "selector"]
     assert {"model.name", "pool.sources", "pool.sources[].limit", "train.learning_rate", "compare.seeds"} <= set(names)
-    assert_one_line_error(main(["config", "rais"]), capsys.readouterr(),
-                          ["unknown config section 'rais'", "valid: seed, output, selector, model", "raise"])
+    assert_one_line_error(
+        main(["config", "rais"]),
+        capsys.readouterr(),
+        ["unknown config section 'rais'", "valid: seed, output, selector, model", "raise"],
+    )

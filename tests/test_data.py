@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from raise_select.config import PoolConfig, SourceConfig, TargetConfig
 from raise_select.data import bundled
-from raise_select.data.bundled import bundled_examples, build_pool, build_target
+from raise_select.data.bundled import build_pool, build_target, bundled_examples
 from raise_select.data.formats import load_source_file
 from raise_select.data.tokenize import IGNORE_INDEX, render_prompt_ids, tokenize_examples
 from raise_select.data.types import Example
@@ -107,7 +107,9 @@ def test_json_list_and_datasets_folder(tmp_path):
 
 
 def test_ids_are_stable_across_loads_and_record_ids_win(tmp_path):
-    path = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a", "response": "b"}, "", {"id": 17, "prompt": "c", "response": "d"}])
+    path = write_jsonl(
+        tmp_path / "pool.jsonl", [{"prompt": "a", "response": "b"}, "", {"id": 17, "prompt": "c", "response": "d"}]
+    )
     first, _ = load(path)
     second, _ = load(path)
     assert [e.id for e in first] == [e.id for e in second] == ["pool/1", "17"]
@@ -119,7 +121,13 @@ def test_system_prompt_is_prepended_unless_the_record_has_one(tmp_path):
         tmp_path / "s.jsonl",
         [
             {"prompt": "a", "response": "b"},
-            {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]},
+            {
+                "messages": [
+                    {"role": "system", "content": "own"},
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "v"},
+                ]
+            },
         ],
     )
     examples, _ = load_source_file(SourceConfig(name=str(path)), "raise", "Be nice.")
@@ -130,10 +138,16 @@ def test_system_prompt_is_prepended_unless_the_record_has_one(tmp_path):
 @pytest.mark.parametrize(
     "lines, pattern",
     [
-        ([{"prompt": "a", "response": "b"}, {"instruction": "x"}], r"bad\.jsonl:2: missing field 'output'.*alpaca.*fields"),
+        (
+            [{"prompt": "a", "response": "b"}, {"instruction": "x"}],
+            r"bad\.jsonl:2: missing field 'output'.*alpaca.*fields",
+        ),
         ([{"prompt": "a", "response": "b"}, "{not json"], r"bad\.jsonl:2: bad JSON"),
         (["[1, 2]"], r"bad\.jsonl:1: record is a list, not a JSON object"),
-        ([{"question": "q", "answer": "a"}], r"bad\.jsonl:1: record matches no format.*found fields: answer, question.*fields"),
+        (
+            [{"question": "q", "answer": "a"}],
+            r"bad\.jsonl:1: record matches no format.*found fields: answer, question.*fields",
+        ),
         ([{"messages": [{"role": "user", "content": "q"}]}], r"bad\.jsonl:1: 'messages' has no assistant message"),
         ([{"messages": [{"role": "user"}]}], r"bad\.jsonl:1: messages\[0\] must be an object"),
         ([{"prompt": "a", "response": ""}], r"bad\.jsonl:1: the response is empty"),
@@ -257,7 +271,11 @@ def test_collate_pads_right_and_masks_padding(chat_tokenizer):
 def test_truncation_keeps_prompt_end_and_at_least_one_response_token(chat_tokenizer):
     long_text = " ".join(f"word{i}" for i in range(200))
     generation_prompt = chat_tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    cases = [make_example(long_text, long_text), make_example(long_text, "ok"), make_example("hi", long_text, system="s")]
+    cases = [
+        make_example(long_text, long_text),
+        make_example(long_text, "ok"),
+        make_example("hi", long_text, system="s"),
+    ]
     for max_length in (2, 3, 17, 64):
         tokenized = tokenize_examples(cases, chat_tokenizer, max_length=max_length)
         assert (tokenized.lengths <= max_length).all()
@@ -394,7 +412,9 @@ def test_missing_asset_package_names_the_pip_command(monkeypatch):
 
 
 def test_build_pool_concatenates_limits_tags_and_system_prompt(tmp_path):
-    user_file = write_jsonl(tmp_path / "mine.jsonl", [{"prompt": "a", "response": "b"}, "{bad", {"prompt": "c", "response": "d"}])
+    user_file = write_jsonl(
+        tmp_path / "mine.jsonl", [{"prompt": "a", "response": "b"}, "{bad", {"prompt": "c", "response": "d"}]
+    )
     config = PoolConfig(
         sources=[
             SourceConfig(name="gsm8k", limit=5),
@@ -414,7 +434,9 @@ def test_build_pool_concatenates_limits_tags_and_system_prompt(tmp_path):
 
 
 def test_build_pool_errors(tmp_path):
-    with pytest.raises(UserError, match=r"appears in pool sources #1 \(gsm8k\) and #2 \(gsm8k\); give the sources distinct `tag`s"):
+    with pytest.raises(
+        UserError, match=r"appears in pool sources #1 \(gsm8k\) and #2 \(gsm8k\); give the sources distinct `tag`s"
+    ):
         build_pool(PoolConfig(sources=[SourceConfig(name="gsm8k"), SourceConfig(name="gsm8k")]))
     with pytest.raises(UserError, match="the pool is empty"):
         build_pool(PoolConfig(sources=[SourceConfig(name="humaneval", limit=0)]))
@@ -500,4 +522,7 @@ def test_smollm2_tokenizer_labels_exactly_the_response():
         full = tokenizer.apply_chat_template(
             [*map(dict, example.messages), {"role": "assistant", "content": example.response}], tokenize=False
         )
-        assert tokenized.input_ids[row].tolist() == tokenizer(full.removesuffix("\n"), add_special_tokens=False)["input_ids"]
+        assert (
+            tokenized.input_ids[row].tolist()
+            == tokenizer(full.removesuffix("\n"), add_special_tokens=False)["input_ids"]
+        )

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import SYNTHETIC_OVERRIDES
 from raise_select.config import load_config
 from raise_select.environment import FineTuneEnv, full_data_steps, resolve_budget
 from raise_select.errors import UserError
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector
-
-from helpers import SYNTHETIC_OVERRIDES
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +69,28 @@ def test_decision_interval_runs_several_updates_per_decision(bench):
 
 def test_same_seed_gives_identical_selections_and_losses(bench, tmp_path):
     for name in ("a", "b"):
-        run_finetune(bench, build_selector("random", bench.config), tmp_path / name, budget_steps=3, seed=7,
-                     test_metric=False, progress=False)
+        run_finetune(
+            bench,
+            build_selector("random", bench.config),
+            tmp_path / name,
+            budget_steps=3,
+            seed=7,
+            test_metric=False,
+            progress=False,
+        )
     metrics = [read_jsonl(tmp_path / n / "metrics.jsonl") for n in ("a", "b")]
     strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]  # noqa: E731
     assert strip(metrics[0]) == strip(metrics[1])
     assert read_jsonl(tmp_path / "a" / "selections.jsonl") == read_jsonl(tmp_path / "b" / "selections.jsonl")
-    other = run_finetune(bench, build_selector("random", bench.config), tmp_path / "c", budget_steps=3, seed=8,
-                         test_metric=False, progress=False)
+    other = run_finetune(
+        bench,
+        build_selector("random", bench.config),
+        tmp_path / "c",
+        budget_steps=3,
+        seed=8,
+        test_metric=False,
+        progress=False,
+    )
     assert read_jsonl(other.output / "selections.jsonl") != read_jsonl(tmp_path / "a" / "selections.jsonl")
 
 

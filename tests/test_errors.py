@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select import io_utils, run_folders
 from raise_select.cli import main, parse_args
 from raise_select.config import SourceConfig, dump_config, load_config
@@ -26,8 +27,6 @@ from raise_select.data import synthetic
 from raise_select.data.formats import load_source_file
 from raise_select.errors import UserError
 from raise_select.selector_artifact import load_selector, save_selector
-
-from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +37,36 @@ def ws(tmp_path_factory):
     (root / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     common = ["--config", str(root / "config.yaml"), "--no-progress"]
     assert main(["finetune", *common, "--output", str(root / "run")]) == 0
-    assert main(["train-selector", *common, "--output", str(root / "training"),
-                 "raise.episodes=2", "raise.episode_steps=2"]) == 0
-    assert main(["compare", *common, "--output", str(root / "comparison"), "compare.methods=[random]",
-                 "compare.seeds=[0]", "compare.budget_steps=[2]", "compare.test_metric=false"]) == 0
+    assert (
+        main(
+            ["train-selector", *common, "--output", str(root / "training"), "raise.episodes=2", "raise.episode_steps=2"]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "compare",
+                *common,
+                "--output",
+                str(root / "comparison"),
+                "compare.methods=[random]",
+                "compare.seeds=[0]",
+                "compare.budget_steps=[2]",
+                "compare.test_metric=false",
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def snapshot(folder) -> dict[str, bytes | None]:
     """Every file's bytes and every folder (None), hidden ones included, by relative path."""
-    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
-            for path in sorted(folder.rglob("*"))}
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
 
 
 def _run(ws, argv):
@@ -86,69 +104,169 @@ def _bad_utf8_pool(ws):
 # before the workspace snapshot. The issue's classes first, then further bad inputs.
 CASES = {
     # results destroyed or silently replaced
-    "rerun with negative learning rate": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "run"), "train.learning_rate=-1"]),
-                                          ["train.learning_rate=-1.0", "must be > 0", "train.learning_rate=0.0002"]),
-    "rerun with zero eval batch": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "run"), "train.eval_batch_size=0"]),
-                                   ["train.eval_batch_size=0", "must be >= 1"]),
-    "train-selector over a trained selector": (lambda ws: _run(ws, ["train-selector", "--output", str(ws / "training")]),
-                                               ["already holds a selector training", "--resume", "--overwrite"]),
-    "finetune into a selector training": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "training")]),
-                                          ["selector-training folder", "choose another --output"]),
-    "finetune into a comparison": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "comparison")]),
-                                   ["comparison folder", "choose another --output"]),
-    "finetune into a folder of other files": (lambda ws: _run(ws, ["finetune", "--output", str(ws)]),
-                                              ["folder of other files", "choose another --output"]),
-    "resume with another budget": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
-                                                        "raise.episode_steps=3"]), ["--resume", "raise.episode_steps"]),
-    "resume with another pool": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
-                                                      "raise.episode_steps=2", "pool.sources=[{name: synthetic, limit: 200}]"]),
-                                 ["--resume", "different pool.sources"]),
-    "resume with another target": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
-                                                        "raise.episode_steps=2", "target.n_validation=20"]),
-                                   ["different target.n_validation"]),
-    "resume with another learning rate": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
-                                                               "raise.episode_steps=2", "train.learning_rate=0.01"]),
-                                          ["different train.learning_rate"]),
-    "resume with another batch size": (lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"),
-                                                            "raise.episode_steps=2", "train.batch_size=4"]),
-                                       ["different train.batch_size"]),
-    "resume and overwrite together": (lambda ws: _run(ws, ["train-selector", "--resume", "--overwrite", "--output",
-                                                           str(ws / "training")]), ["contradict"]),
+    "rerun with negative learning rate": (
+        lambda ws: _run(ws, ["finetune", "--output", str(ws / "run"), "train.learning_rate=-1"]),
+        ["train.learning_rate=-1.0", "must be > 0", "train.learning_rate=0.0002"],
+    ),
+    "rerun with zero eval batch": (
+        lambda ws: _run(ws, ["finetune", "--output", str(ws / "run"), "train.eval_batch_size=0"]),
+        ["train.eval_batch_size=0", "must be >= 1"],
+    ),
+    "train-selector over a trained selector": (
+        lambda ws: _run(ws, ["train-selector", "--output", str(ws / "training")]),
+        ["already holds a selector training", "--resume", "--overwrite"],
+    ),
+    "finetune into a selector training": (
+        lambda ws: _run(ws, ["finetune", "--output", str(ws / "training")]),
+        ["selector-training folder", "choose another --output"],
+    ),
+    "finetune into a comparison": (
+        lambda ws: _run(ws, ["finetune", "--output", str(ws / "comparison")]),
+        ["comparison folder", "choose another --output"],
+    ),
+    "finetune into a folder of other files": (
+        lambda ws: _run(ws, ["finetune", "--output", str(ws)]),
+        ["folder of other files", "choose another --output"],
+    ),
+    "resume with another budget": (
+        lambda ws: _run(ws, ["train-selector", "--resume", "--output", str(ws / "training"), "raise.episode_steps=3"]),
+        ["--resume", "raise.episode_steps"],
+    ),
+    "resume with another pool": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                str(ws / "training"),
+                "raise.episode_steps=2",
+                "pool.sources=[{name: synthetic, limit: 200}]",
+            ],
+        ),
+        ["--resume", "different pool.sources"],
+    ),
+    "resume with another target": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                str(ws / "training"),
+                "raise.episode_steps=2",
+                "target.n_validation=20",
+            ],
+        ),
+        ["different target.n_validation"],
+    ),
+    "resume with another learning rate": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                str(ws / "training"),
+                "raise.episode_steps=2",
+                "train.learning_rate=0.01",
+            ],
+        ),
+        ["different train.learning_rate"],
+    ),
+    "resume with another batch size": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                str(ws / "training"),
+                "raise.episode_steps=2",
+                "train.batch_size=4",
+            ],
+        ),
+        ["different train.batch_size"],
+    ),
+    "resume and overwrite together": (
+        lambda ws: _run(ws, ["train-selector", "--resume", "--overwrite", "--output", str(ws / "training")]),
+        ["contradict"],
+    ),
     # garbage that used to be accepted
-    "selector with NaN weights": (_new("finetune", "--selector", "raise", "--policy", lambda ws: str(_nan_selector(ws))),
-                                  ["non-finite", "policy."]),
-    "test metric switched on a comparison re-run": (lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"),
-                                                                         "compare.methods=[random]", "compare.seeds=[0]",
-                                                                         "compare.budget_steps=[2]", "compare.test_metric=true"]),
-                                                    ["compare.test_metric=false", "choose a new output folder"]),
-    "scalar seeds": (_new("compare", "compare.seeds=3"),
-                     ["compare.seeds", "must be a list", "compare.seeds=[3]"]),
-    "architecture override with --policy": (_new("finetune", "--selector", "raise", "--policy",
-                                                 lambda ws: str(ws / "training" / "selector"), "raise.clusters=4"),
-                                            ["raise.clusters", "cannot change a trained selector"]),
-    "empty config file": (lambda ws: ["finetune", "--config", str(_write(ws / "empty.yaml", b"")), "--output", str(ws / "new")],
-                          ["empty.yaml is empty", "examples/configs"]),
+    "selector with NaN weights": (
+        _new("finetune", "--selector", "raise", "--policy", lambda ws: str(_nan_selector(ws))),
+        ["non-finite", "policy."],
+    ),
+    "test metric switched on a comparison re-run": (
+        lambda ws: _run(
+            ws,
+            [
+                "compare",
+                "--output",
+                str(ws / "comparison"),
+                "compare.methods=[random]",
+                "compare.seeds=[0]",
+                "compare.budget_steps=[2]",
+                "compare.test_metric=true",
+            ],
+        ),
+        ["compare.test_metric=false", "choose a new output folder"],
+    ),
+    "scalar seeds": (_new("compare", "compare.seeds=3"), ["compare.seeds", "must be a list", "compare.seeds=[3]"]),
+    "architecture override with --policy": (
+        _new(
+            "finetune",
+            "--selector",
+            "raise",
+            "--policy",
+            lambda ws: str(ws / "training" / "selector"),
+            "raise.clusters=4",
+        ),
+        ["raise.clusters", "cannot change a trained selector"],
+    ),
+    "empty config file": (
+        lambda ws: ["finetune", "--config", str(_write(ws / "empty.yaml", b"")), "--output", str(ws / "new")],
+        ["empty.yaml is empty", "examples/configs"],
+    ),
     "empty --pool": (_new("finetune", "--pool", ""), ["--pool is empty"]),
-    "budget of many epochs": (_new("finetune", "train.budget_steps=100000"),
-                              ["train.budget_steps=100000", "passes over the 240-example pool", "train.max_budget_epochs=3334"]),
+    "budget of many epochs": (
+        _new("finetune", "train.budget_steps=100000"),
+        ["train.budget_steps=100000", "passes over the 240-example pool", "train.max_budget_epochs=3334"],
+    ),
     # tracebacks that are now one line
-    "non-UTF-8 pool": (_new("finetune", "--pool", lambda ws: str(_bad_utf8_pool(ws))),
-                       ["latin1.jsonl:4", "not UTF-8", "pool.on_error=skip"]),
-    "non-UTF-8 target": (_new("finetune", lambda ws: f"target.name={_bad_utf8_pool(ws)}", "target.n_validation=4",
-                              "target.n_test=2"), ["latin1.jsonl:4", "not UTF-8"]),
-    "non-UTF-8 config": (lambda ws: ["finetune", "--config", str(_write(ws / "latin1.yaml", b"seed: 0 # caf\xe9\n")),
-                                     "--output", str(ws / "new")], ["latin1.yaml is not UTF-8", "convert the file"]),
-    "malformed override value": (_new("compare", "compare.seeds=[0,1"),
-                                 ["compare.seeds=[0,1", "not valid YAML"]),
-    "empty seed list": (lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"), "compare.seeds=[]"]),
-                        ["compare.seeds is empty"]),
+    "non-UTF-8 pool": (
+        _new("finetune", "--pool", lambda ws: str(_bad_utf8_pool(ws))),
+        ["latin1.jsonl:4", "not UTF-8", "pool.on_error=skip"],
+    ),
+    "non-UTF-8 target": (
+        _new("finetune", lambda ws: f"target.name={_bad_utf8_pool(ws)}", "target.n_validation=4", "target.n_test=2"),
+        ["latin1.jsonl:4", "not UTF-8"],
+    ),
+    "non-UTF-8 config": (
+        lambda ws: [
+            "finetune",
+            "--config",
+            str(_write(ws / "latin1.yaml", b"seed: 0 # caf\xe9\n")),
+            "--output",
+            str(ws / "new"),
+        ],
+        ["latin1.yaml is not UTF-8", "convert the file"],
+    ),
+    "malformed override value": (_new("compare", "compare.seeds=[0,1"), ["compare.seeds=[0,1", "not valid YAML"]),
+    "empty seed list": (
+        lambda ws: _run(ws, ["compare", "--output", str(ws / "comparison"), "compare.seeds=[]"]),
+        ["compare.seeds is empty"],
+    ),
     "output is a file": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml")]), ["is a file"]),
-    "output under a file": (lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml" / "run")]),
-                            ["lies under the file", "config.yaml"]),
-    "unknown hub model": (_new("finetune", "model.name=org/absent-model"),
-                          ["unknown model 'org/absent-model'", "huggingface-cli download"]),
-    "unknown option": (_new("finetune", "--budget", "3"),
-                       ["unrecognized arguments: --budget", "--help"]),
+    "output under a file": (
+        lambda ws: _run(ws, ["finetune", "--output", str(ws / "config.yaml" / "run")]),
+        ["lies under the file", "config.yaml"],
+    ),
+    "unknown hub model": (
+        _new("finetune", "model.name=org/absent-model"),
+        ["unknown model 'org/absent-model'", "huggingface-cli download"],
+    ),
+    "unknown option": (_new("finetune", "--budget", "3"), ["unrecognized arguments: --budget", "--help"]),
 }
 
 # Out of range (the issue's own examples): (command, override, what the rule says).
@@ -159,8 +277,12 @@ OUT_OF_RANGE = {
     "zero batch size": ("finetune", "train.batch_size=0", "must be >= 1"),
     "zero pca dim": ("finetune", "features.pca_dim=0", "must be >= 1"),
 }
-CASES.update({name: (_new(command, override), [override.split("=")[0], rule])
-              for name, (command, override, rule) in OUT_OF_RANGE.items()})
+CASES.update(
+    {
+        name: (_new(command, override), [override.split("=")[0], rule])
+        for name, (command, override, rule) in OUT_OF_RANGE.items()
+    }
+)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -263,8 +385,20 @@ def test_failed_run_into_a_new_folder_leaves_nothing(ws, monkeypatch, capsys):
 
 
 def test_options_and_overrides_mix_in_any_order():
-    args = parse_args(["finetune", "--config", "c.yaml", "train.budget_steps=2", "--output", "o",
-                       "train.learning_rate=1e-4", "--seed", "3", "raise.clusters=2"])
+    args = parse_args(
+        [
+            "finetune",
+            "--config",
+            "c.yaml",
+            "train.budget_steps=2",
+            "--output",
+            "o",
+            "train.learning_rate=1e-4",
+            "--seed",
+            "3",
+            "raise.clusters=2",
+        ]
+    )
     assert args.output == "o" and args.seed == 3
     assert args.overrides == ["train.budget_steps=2", "train.learning_rate=1e-4", "raise.clusters=2"]
 
@@ -294,7 +428,9 @@ def test_overwrite_keeps_the_old_training_until_the_first_new_episode(ws, tmp_pa
     folder = tmp_path / "training"
     shutil.copytree(ws / "training", folder)
     before = snapshot(folder)
-    argv = _run(ws, ["train-selector", "--overwrite", "--output", str(folder), "raise.episodes=2", "raise.episode_steps=2"])
+    argv = _run(
+        ws, ["train-selector", "--overwrite", "--output", str(folder), "raise.episodes=2", "raise.episode_steps=2"]
+    )
 
     from raise_select import ppo
 
@@ -315,7 +451,9 @@ def test_resume_that_only_extends_the_episodes_continues(ws, tmp_path, monkeypat
     folder = tmp_path / "training"
     shutil.copytree(ws / "training", folder)
     before = snapshot(folder)
-    argv = _run(ws, ["train-selector", "--resume", "--output", str(folder), "raise.episodes=4", "raise.episode_steps=2"])
+    argv = _run(
+        ws, ["train-selector", "--resume", "--output", str(folder), "raise.episodes=4", "raise.episode_steps=2"]
+    )
     with monkeypatch.context() as patch:  # a resume that fails in its first new episode changes nothing
         patch.setattr(ppo, "run_episode", _failing_episode)
         assert_one_line_error(main(argv), capsys.readouterr(), ["the episode failed"])
@@ -356,8 +494,19 @@ def test_comparison_interrupted_while_training_its_selector_resumes(ws, tmp_path
     """Ctrl-C in the first PPO update's episodes (nothing kept) or the second's (a checkpoint kept): the same command resumes."""
     from raise_select import ppo
 
-    argv = _run(ws, ["compare", "--output", str(tmp_path / "comparison"), "compare.methods=[raise]", "compare.seeds=[0]",
-                     "compare.budget_steps=[2]", "compare.test_metric=false", "raise.episodes=4"])
+    argv = _run(
+        ws,
+        [
+            "compare",
+            "--output",
+            str(tmp_path / "comparison"),
+            "compare.methods=[raise]",
+            "compare.seeds=[0]",
+            "compare.budget_steps=[2]",
+            "compare.test_metric=false",
+            "raise.episodes=4",
+        ],
+    )
     real_episode, calls = ppo.run_episode, []
 
     def interrupted(*args, **kwargs):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import build_tiny_llama, load_tiny
 from raise_select.data.tokenize import render_prompt_ids, tokenize_examples
 from raise_select.data.types import Example, TargetTask
 from raise_select.errors import UserError
@@ -20,11 +21,11 @@ from raise_select.evaluation import (
 )
 from raise_select.model import LoadedModel, per_example_loss, sequence_logprob
 
-from helpers import build_tiny_llama, load_tiny
-
 
 def example(i: int, question: str, response: str, **meta) -> Example:
-    return Example(id=f"t/{i}", source="t", messages=({"role": "user", "content": question},), response=response, meta=meta)
+    return Example(
+        id=f"t/{i}", source="t", messages=({"role": "user", "content": question},), response=response, meta=meta
+    )
 
 
 QUESTIONS = ["What is 3+4?", "Spell cat.", "2*8?", "Name a prime number bigger than ten.", "1", "Say hello to the team"]
@@ -76,12 +77,22 @@ def test_multiple_choice_picks_the_most_likely_choice(tiny):
         target = TargetTask(
             name="mc",
             validation=[],
-            test=[example(0, question.messages[0]["content"], choices[answer_index], choices=choices, answer_index=answer_index)],
+            test=[
+                example(
+                    0,
+                    question.messages[0]["content"],
+                    choices[answer_index],
+                    choices=choices,
+                    answer_index=answer_index,
+                )
+            ],
             metric="multiple_choice",
         )
         result = evaluate_test(tiny, target, max_length=64, batch_size=3)
         assert result["accuracy"] == expected and result["n"] == 1 and result["metric"] == "multiple_choice"
-        assert result["test_loss"] == pytest.approx(-logprobs[answer_index] / (len(choices[answer_index]) + 1), rel=1e-5)
+        assert result["test_loss"] == pytest.approx(
+            -logprobs[answer_index] / (len(choices[answer_index]) + 1), rel=1e-5
+        )
 
 
 def test_batched_left_padded_generation_matches_one_at_a_time(tiny):
@@ -104,8 +115,12 @@ def test_exact_match_scores_greedy_generations(tiny):
     result = evaluate_test(tiny, target, max_length=64, batch_size=4, max_new_tokens=8)
     assert result["exact_match"] == pytest.approx(0.5)
     assert len(result["samples"]) == 5
-    assert result["samples"][0] == {"prompt": QUESTIONS[0], "generated": generations[0],
-                                    "extracted": generations[0], "answer": generations[0].strip()}
+    assert result["samples"][0] == {
+        "prompt": QUESTIONS[0],
+        "generated": generations[0],
+        "extracted": generations[0],
+        "answer": generations[0].strip(),
+    }
 
 
 def test_metric_none_reports_only_the_test_loss(tiny):

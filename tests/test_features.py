@@ -28,10 +28,20 @@ def tiny_lm(lora: bool = False) -> LoadedModel:
     """A random 2-layer Llama with a character-level tokenizer (no chat template: plain rendering)."""
     vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", "<unk>", *CHARACTERS])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # no merges: one token per character
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
     config = LlamaConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
-        vocab_size=len(vocab), max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        vocab_size=len(vocab),
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -40,8 +50,14 @@ def tiny_lm(lora: bool = False) -> LoadedModel:
 
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     model.train()  # as the fine-tuning code leaves it; features must switch to eval and back
-    return LoadedModel(model=model, tokenizer=tokenizer, config=ModelConfig(device="cpu"), name="tiny",
-                       path="/nonexistent/tiny", device=torch.device("cpu"))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=ModelConfig(device="cpu"),
+        name="tiny",
+        path="/nonexistent/tiny",
+        device=torch.device("cpu"),
+    )
 
 
 EXAMPLES = [
@@ -78,8 +94,15 @@ def lm() -> LoadedModel:
 
 
 def compute(lm, cache_dir, fingerprint="pool-a", **config) -> features_module.StaticFeatures:
-    return compute_static_features(lm, EXAMPLES, FeatureConfig(batch_size=4, **config), MAX_LENGTH, fingerprint,
-                                   cache_dir=cache_dir, progress=False)
+    return compute_static_features(
+        lm,
+        EXAMPLES,
+        FeatureConfig(batch_size=4, **config),
+        MAX_LENGTH,
+        fingerprint,
+        cache_dir=cache_dir,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +214,18 @@ def test_cache_miss_when_the_key_changes_or_the_cache_is_off(lm, cache_dir, monk
 
 def test_cache_key_depends_on_every_input():
     base = feature_cache_key("pool", "model", 128, 32)
-    assert len({base, feature_cache_key("pool2", "model", 128, 32), feature_cache_key("pool", "model2", 128, 32),
-                feature_cache_key("pool", "model", 64, 32), feature_cache_key("pool", "model", 128, 16)}) == 5
+    assert (
+        len(
+            {
+                base,
+                feature_cache_key("pool2", "model", 128, 32),
+                feature_cache_key("pool", "model2", 128, 32),
+                feature_cache_key("pool", "model", 64, 32),
+                feature_cache_key("pool", "model", 128, 16),
+            }
+        )
+        == 5
+    )
 
 
 @pytest.mark.parametrize("corruption", [b"not a zip file", b"PK\x03\x04 truncated"])
@@ -212,9 +245,14 @@ def test_target_similarity_is_the_cosine_to_the_target_mean():
     from raise_select.features import with_target_similarity
 
     base = features_module.StaticFeatures(
-        names=features_module.STATIC_FEATURE_NAMES, values=np.zeros((3, 4), dtype=np.float32),
-        embedding=np.array([[1, 0], [0, 2], [-3, 0]], dtype=np.float32), pca_mean=np.zeros(2, dtype=np.float32),
-        pca_components=np.eye(2, dtype=np.float32), key="k", aux_model="m")
+        names=features_module.STATIC_FEATURE_NAMES,
+        values=np.zeros((3, 4), dtype=np.float32),
+        embedding=np.array([[1, 0], [0, 2], [-3, 0]], dtype=np.float32),
+        pca_mean=np.zeros(2, dtype=np.float32),
+        pca_components=np.eye(2, dtype=np.float32),
+        key="k",
+        aux_model="m",
+    )
     target = np.array([[2, 0], [4, 0]], dtype=np.float32)  # mean points along the first axis
     extended = with_target_similarity(base, target)
     assert extended.names[-1] == "target_similarity" and extended.values.shape == (3, 5)

@@ -36,8 +36,10 @@ MARGIN = 0.1  # validation loss (nats/token) by which RAISE's mean over selector
 
 @pytest.fixture(scope="module")
 def bench():
-    config = load_config(recipe_path("demo_quick"), [f"train.budget_steps={BUDGET}", f"raise.episodes={EPISODES}",
-                                                     "features.cache=false"])
+    config = load_config(
+        recipe_path("demo_quick"),
+        [f"train.budget_steps={BUDGET}", f"raise.episodes={EPISODES}", "features.cache=false"],
+    )
     return Workbench.build(config)
 
 
@@ -57,12 +59,26 @@ def outcomes(bench, tmp_path_factory):
         config.seed = seed
         policy = train_raise_selector(replace(bench, config=config), root / f"selector-s{seed}", progress=False)
         config.raise_.policy = str(policy)
-        run = run_finetune(bench, build_selector("raise", config), root / f"raise-s{seed}", BUDGET, 0,
-                           test_metric=False, progress=False)
+        run = run_finetune(
+            bench,
+            build_selector("raise", config),
+            root / f"raise-s{seed}",
+            BUDGET,
+            0,
+            test_metric=False,
+            progress=False,
+        )
         results[seed] = (run.validation_loss_final, *_shares(run.output))
     random_losses = [
-        run_finetune(bench, build_selector("random", bench.config), root / f"random-{seed}", BUDGET, seed,
-                     test_metric=False, progress=False).validation_loss_final
+        run_finetune(
+            bench,
+            build_selector("random", bench.config),
+            root / f"random-{seed}",
+            BUDGET,
+            seed,
+            test_metric=False,
+            progress=False,
+        ).validation_loss_final
         for seed in RANDOM_SEEDS
     ]
     return results, float(np.mean(random_losses)), root
@@ -84,7 +100,16 @@ def test_raise_prefers_helpful_clean_examples_and_avoids_corrupted_ones(outcomes
     pool_corrupted = float(np.mean([bool(e.meta["corrupted"]) for e in examples]))
     helpful = {seed: share for seed, (_, share, _) in results.items()}
     corrupted = {seed: share for seed, (_, _, share) in results.items()}
-    print("helpful-clean share", helpful, "pool", round(pool_helpful, 2), "corrupted", corrupted, "pool", round(pool_corrupted, 2))
+    print(
+        "helpful-clean share",
+        helpful,
+        "pool",
+        round(pool_helpful, 2),
+        "corrupted",
+        corrupted,
+        "pool",
+        round(pool_corrupted, 2),
+    )
     assert np.mean(list(helpful.values())) >= 2.0 * pool_helpful
     assert np.mean(list(corrupted.values())) < pool_corrupted
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import build_tiny_llama, load_tiny
 from raise_select.config import ModelConfig
 from raise_select.errors import UserError
 from raise_select.model import (
@@ -22,12 +23,12 @@ from raise_select.model import (
     training_loss,
 )
 
-from helpers import build_tiny_llama, load_tiny
-
 
 def make_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Right-padded batch of (prompt, response) strings; labels -100 on prompt and padding."""
-    rows = [(tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(r, add_special_tokens=False)) for p, r in pairs]
+    rows = [
+        (tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(r, add_special_tokens=False)) for p, r in pairs
+    ]
     width = max(len(p) + len(r) for p, r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

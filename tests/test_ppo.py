@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import make_context, make_features, make_state
 from raise_select.config import RaiseConfig
 from raise_select.errors import UserError
 from raise_select.io_utils import read_jsonl
@@ -25,16 +26,14 @@ from raise_select.ppo import (
     fitted_baselines,
     group_baselines,
     nes_mean_step,
-    stage_basis,
     ppo_update,
     run_episode,
+    stage_basis,
     train_selector,
 )
 from raise_select.selector_artifact import load_selector
 from raise_select.selectors.base import EnvState
 from raise_select.selectors.raise_policy import RaiseSelector
-
-from helpers import make_context, make_features, make_state
 
 POOL_SIZE, BATCH_SIZE, BUDGET = 120, 4, 7
 
@@ -99,8 +98,16 @@ def one_torch_thread():
 
 
 def fast_config(**overrides) -> RaiseConfig:
-    settings = dict(clusters=2, hidden_size=16, episodes=4, episodes_per_update=2, update_epochs=2, minibatch_size=2,
-                    learning_rate=3e-3, target_kl=None)
+    settings = dict(
+        clusters=2,
+        hidden_size=16,
+        episodes=4,
+        episodes_per_update=2,
+        update_epochs=2,
+        minibatch_size=2,
+        learning_rate=3e-3,
+        target_kl=None,
+    )
     settings.update(overrides)
     return RaiseConfig(**settings)
 
@@ -196,23 +203,44 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path, head_dims):
         def on_episode_end(self, episode, summary):
             self.episodes.append(episode)
 
-    uninterrupted = train_selector(BanditEnv(features), make_context(features=features), config, tmp_path / "a", seed=3,
-                                   progress=False)
+    uninterrupted = train_selector(
+        BanditEnv(features), make_context(features=features), config, tmp_path / "a", seed=3, progress=False
+    )
     first, second = Recorder(), Recorder()
-    train_selector(BanditEnv(features), make_context(features=features), config, tmp_path / "b", seed=3, progress=False,
-                   max_updates=1, callbacks=[first])
+    train_selector(
+        BanditEnv(features),
+        make_context(features=features),
+        config,
+        tmp_path / "b",
+        seed=3,
+        progress=False,
+        max_updates=1,
+        callbacks=[first],
+    )
     torch.manual_seed(1234)  # global RNG state of the "new process" must not matter
     np.random.seed(1234)
-    resumed = train_selector(BanditEnv(features), make_context(features=features), config, tmp_path / "b", seed=3,
-                             progress=False, resume=True, callbacks=[second])
+    resumed = train_selector(
+        BanditEnv(features),
+        make_context(features=features),
+        config,
+        tmp_path / "b",
+        seed=3,
+        progress=False,
+        resume=True,
+        callbacks=[second],
+    )
     assert first.episodes == [0, 1] and second.episodes == [2, 3]
     for name, tensor in uninterrupted.tensors.items():
         torch.testing.assert_close(resumed.tensors[name], tensor, rtol=0, atol=0)
 
     def without_timing(rows):
-        return [{k: v for k, v in row.items() if k not in ("seconds", "update_seconds", "wall_seconds")} for row in rows]
+        return [
+            {k: v for k, v in row.items() if k not in ("seconds", "update_seconds", "wall_seconds")} for row in rows
+        ]
 
-    assert without_timing(read_jsonl(tmp_path / "a" / EPISODES_FILE)) == without_timing(read_jsonl(tmp_path / "b" / EPISODES_FILE))
+    assert without_timing(read_jsonl(tmp_path / "a" / EPISODES_FILE)) == without_timing(
+        read_jsonl(tmp_path / "b" / EPISODES_FILE)
+    )
     assert len(read_jsonl(tmp_path / "b" / EPISODES_FILE)) == 4
     saved = load_selector(tmp_path / "b" / SELECTOR_DIR)
     assert saved.provenance["episodes"] == 4 and saved.provenance["seed"] == 3
@@ -222,21 +250,39 @@ def test_resume_errors_and_early_stop(tmp_path):
     features = make_features()
     config = fast_config(episodes=4)
     with pytest.raises(UserError, match="no checkpoint"):
-        train_selector(BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False)
+        train_selector(
+            BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False
+        )
 
     class StopAfterFirst(Callback):
         def on_episode_end(self, episode, summary):
             return False
 
-    train_selector(BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, progress=False,
-                   callbacks=[StopAfterFirst()])
+    train_selector(
+        BanditEnv(features),
+        make_context(features=features),
+        config,
+        tmp_path,
+        seed=0,
+        progress=False,
+        callbacks=[StopAfterFirst()],
+    )
     assert len(read_jsonl(tmp_path / EPISODES_FILE)) == config.episodes_per_update  # stops after the first update
     with pytest.raises(UserError, match="raise.hidden_size"):
-        train_selector(BanditEnv(features), make_context(features=features), fast_config(episodes=4, hidden_size=8), tmp_path,
-                       seed=0, resume=True, progress=False)
+        train_selector(
+            BanditEnv(features),
+            make_context(features=features),
+            fast_config(episodes=4, hidden_size=8),
+            tmp_path,
+            seed=0,
+            resume=True,
+            progress=False,
+        )
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable raise-select checkpoint"):
-        train_selector(BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False)
+        train_selector(
+            BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False
+        )
 
 
 def test_group_baseline_is_the_leave_one_out_mean_return_by_hand():
@@ -256,7 +302,9 @@ def test_fitted_baseline_predicts_returns_that_are_a_function_of_the_stage_exact
         np.testing.assert_allclose(baseline, target, atol=1e-5)
     # leave-one-out: an episode's own return never enters its baseline
     noisy = [r + (5.0 if k == 0 else 0.0) for k, r in enumerate(returns)]
-    np.testing.assert_allclose(fitted_baselines([stage_basis(s) for s in stages], noisy, ridge=1e-9)[0], returns[0], atol=1e-5)
+    np.testing.assert_allclose(
+        fitted_baselines([stage_basis(s) for s in stages], noisy, ridge=1e-9)[0], returns[0], atol=1e-5
+    )
 
 
 def test_group_advantage_credits_each_step_against_the_other_episodes_at_that_step():
@@ -312,16 +360,25 @@ def test_update_stops_early_when_the_policy_leaves_the_trust_region():
     assert 1 <= stats["optimizer_steps"] < 50 * 7  # 7 decisions per episode, 2 per minibatch
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (dict(episodes=5, episodes_per_update=2), "multiple of raise.episodes_per_update"),
-    (dict(episodes=0, episodes_per_update=2), "multiple of raise.episodes_per_update"),
-    (dict(episodes=4, episodes_per_update=1, baseline="group"), "episodes_per_update >= 2"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (dict(episodes=5, episodes_per_update=2), "multiple of raise.episodes_per_update"),
+        (dict(episodes=0, episodes_per_update=2), "multiple of raise.episodes_per_update"),
+        (dict(episodes=4, episodes_per_update=1, baseline="group"), "episodes_per_update >= 2"),
+    ],
+)
 def test_batching_errors_are_one_line(tmp_path, overrides, fragment):
     features = make_features()
     with pytest.raises(UserError, match=fragment):
-        train_selector(BanditEnv(features), make_context(features=features), fast_config(**overrides), tmp_path, seed=0,
-                       progress=False)
+        train_selector(
+            BanditEnv(features),
+            make_context(features=features),
+            fast_config(**overrides),
+            tmp_path,
+            seed=0,
+            progress=False,
+        )
 
 
 def test_centered_ranks_and_the_nes_step_by_hand():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import make_context, make_features, make_state
 from raise_select.config import RaiseConfig
 from raise_select.errors import UserError
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
@@ -25,11 +26,10 @@ from raise_select.selectors.raise_policy import (
     stage_features,
 )
 
-from helpers import make_context, make_features, make_state
 
-
-def make_selector(features: StaticFeatures, clusters: int = 2, batch_size: int = 4, seed: int = 0,
-                  **config) -> RaiseSelector:
+def make_selector(
+    features: StaticFeatures, clusters: int = 2, batch_size: int = 4, seed: int = 0, **config
+) -> RaiseSelector:
     selector = RaiseSelector(RaiseConfig(clusters=clusters, hidden_size=16, **config))
     selector.setup(make_context(features=features, batch_size=batch_size, seed=seed))
     selector.reset(seed)
@@ -160,8 +160,10 @@ def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
     loaded.setup(make_context(features=features))
     state = make_state(120)
     state.validation_history.append(1.7)
-    torch.testing.assert_close(loaded.pool_scores(stage_features(state), state.selection_counts),
-                               trained.pool_scores(stage_features(state), state.selection_counts))
+    torch.testing.assert_close(
+        loaded.pool_scores(stage_features(state), state.selection_counts),
+        trained.pool_scores(stage_features(state), state.selection_counts),
+    )
     assert (loaded.clusters == trained.clusters).all() and loaded.adaptation_notes == []
     metadata = json.loads((folder / METADATA_FILE).read_text())
     assert metadata["provenance"]["episodes"] == 3 and metadata["config"]["hidden_size"] == 16
@@ -239,7 +241,7 @@ def test_the_episode_head_adds_a_linear_term_sampled_in_training_and_its_mean_wh
     plain = make_selector(features)
     selector = make_selector(features, head_dims=3, head_std=2.0)
     head = selector.policy.head_mean
-    assert head.shape == (3,) and torch.allclose(selector.policy.head_std, torch.full((3,), 2.0 / 3 ** 0.5))
+    assert head.shape == (3,) and torch.allclose(selector.policy.head_std, torch.full((3,), 2.0 / 3**0.5))
     state = make_state(120)
     stage = stage_features(state)
     base = plain.pool_scores(stage, state.selection_counts)  # the same seed: the same MLP
@@ -251,8 +253,10 @@ def test_the_episode_head_adds_a_linear_term_sampled_in_training_and_its_mean_wh
     chosen = selector.select(state)
     weights = selector.sample_head(torch.Generator().manual_seed(5))  # training: a draw, kept until the next reset
     assert weights.shape == (3,) and not np.allclose(weights, head.numpy())
-    torch.testing.assert_close(selector.pool_scores(stage, state.selection_counts),
-                               base + selector.fused_static[:, :3] @ torch.from_numpy(weights))
+    torch.testing.assert_close(
+        selector.pool_scores(stage, state.selection_counts),
+        base + selector.fused_static[:, :3] @ torch.from_numpy(weights),
+    )
     np.testing.assert_array_equal(weights, selector.sample_head(torch.Generator().manual_seed(5)))
     selector.reset(1)
     np.testing.assert_array_equal(selector.select(state), chosen)

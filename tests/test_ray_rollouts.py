@@ -24,7 +24,6 @@ from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
 from raise_select.io_utils import read_json, read_jsonl
 from raise_select.pipeline import Workbench
-
 from raise_select.ppo import EPISODES_FILE, SELECTOR_DIR, train_selector
 from raise_select.ray_rollouts import RayRollouts, WorkerSetup, make_rollouts
 from raise_select.selector_artifact import load_selector
@@ -44,13 +43,17 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def bench():
-    config = load_config(None, SYNTHETIC_OVERRIDES + [f"raise.episode_steps={EPISODE_STEPS}", "raise.episodes=4",
-                                                      "features.cache=false"])
+    config = load_config(
+        None, SYNTHETIC_OVERRIDES + [f"raise.episode_steps={EPISODE_STEPS}", "raise.episodes=4", "features.cache=false"]
+    )
     return Workbench.build(config)
 
 
 def _without_worker_details(rows):
-    return [{k: v for k, v in row.items() if k not in ("seconds", "update_seconds", "wall_seconds", "worker")} for row in rows]
+    return [
+        {k: v for k, v in row.items() if k not in ("seconds", "update_seconds", "wall_seconds", "worker")}
+        for row in rows
+    ]
 
 
 def test_two_workers_train_the_same_selector_as_one_process(local_ray, bench, serial, tmp_path):
@@ -87,8 +90,14 @@ def serial(bench, tmp_path_factory):
     config = bench.config
     context = bench.selection_context(RaiseSelector(config.raise_), EPISODE_STEPS, config.seed, progress=False)
     output = tmp_path_factory.mktemp("serial")
-    artifact = train_selector(bench.make_env(EPISODE_STEPS, evaluate_every=1), context, config.raise_, output,
-                              seed=config.seed, progress=False)
+    artifact = train_selector(
+        bench.make_env(EPISODE_STEPS, evaluate_every=1),
+        context,
+        config.raise_,
+        output,
+        seed=config.seed,
+        progress=False,
+    )
     return artifact.tensors, read_jsonl(output / EPISODES_FILE)
 
 
@@ -121,13 +130,15 @@ class KillFirstWorker:
         self.engine.close()
 
 
-def test_a_worker_killed_during_an_episode_is_replaced_and_training_gives_the_same_selector(local_ray, bench, serial,
-                                                                                          tmp_path):
+def test_a_worker_killed_during_an_episode_is_replaced_and_training_gives_the_same_selector(
+    local_ray, bench, serial, tmp_path
+):
     engine, context = _engine(bench)
     faulty = KillFirstWorker(engine)
     try:
-        artifact = train_selector(None, context, bench.config.raise_, tmp_path, seed=bench.config.seed, progress=False,
-                                  rollouts=faulty)
+        artifact = train_selector(
+            None, context, bench.config.raise_, tmp_path, seed=bench.config.seed, progress=False, rollouts=faulty
+        )
         faulty.killer.join()
         assert engine.restarts == 1 and engine._pids[0] != faulty.victim
     finally:
@@ -140,21 +151,37 @@ def test_resume_on_another_number_of_workers(local_ray, bench, serial, tmp_path)
     config = bench.config.raise_
     engine, context = _engine(bench)
     try:
-        train_selector(None, context, config, tmp_path, seed=bench.config.seed, progress=False, max_updates=1,
-                       rollouts=engine)
+        train_selector(
+            None, context, config, tmp_path, seed=bench.config.seed, progress=False, max_updates=1, rollouts=engine
+        )
     finally:
         engine.close()
     assert len(read_jsonl(tmp_path / EPISODES_FILE)) == config.episodes_per_update
-    resumed = train_selector(bench.make_env(EPISODE_STEPS, evaluate_every=1), context, config, tmp_path,
-                             seed=bench.config.seed, progress=False, resume=True)
+    resumed = train_selector(
+        bench.make_env(EPISODE_STEPS, evaluate_every=1),
+        context,
+        config,
+        tmp_path,
+        seed=bench.config.seed,
+        progress=False,
+        resume=True,
+    )
     _assert_same_training(resumed.tensors, read_jsonl(tmp_path / EPISODES_FILE), serial)
     assert (tmp_path / SELECTOR_DIR).is_dir()
 
 
 def test_a_worker_that_cannot_load_the_model_is_one_line_error(local_ray, bench, tmp_path):
     context = bench.selection_context(RaiseSelector(bench.config.raise_), EPISODE_STEPS, 0, progress=False)
-    engine_setup = WorkerSetup(ModelConfig(name=str(tmp_path / "no-model"), finetune="full"), bench.config.train,
-                               EPISODE_STEPS, context, bench.pool_tokens, bench.validation_tokens, bench.base_weights, 1)
+    engine_setup = WorkerSetup(
+        ModelConfig(name=str(tmp_path / "no-model"), finetune="full"),
+        bench.config.train,
+        EPISODE_STEPS,
+        context,
+        bench.pool_tokens,
+        bench.validation_tokens,
+        bench.base_weights,
+        1,
+    )
     with pytest.raises(UserError, match="rollout worker could not start.*unknown model"):
         RayRollouts(dataclasses.replace(bench.config.raise_, rollout_workers=2), engine_setup)
 
@@ -162,7 +189,16 @@ def test_a_worker_that_cannot_load_the_model_is_one_line_error(local_ray, bench,
 def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     (tmp_path / "config.yaml").write_text(dump_config(load_config(None, SYNTHETIC_OVERRIDES)), encoding="utf-8")
-    status = main(["train-selector", "--config", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "out"),
-                   "--no-progress", "raise.rollout_workers=2"])
+    status = main(
+        [
+            "train-selector",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "--output",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "raise.rollout_workers=2",
+        ]
+    )
     assert_one_line_error(status, capsys.readouterr(), ["raise.rollout_workers", "pip install raise-select[ray]"])
     assert not (tmp_path / "out").exists()  # failed before anything was written

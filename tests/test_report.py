@@ -11,15 +11,20 @@ import numpy as np
 import pytest
 import yaml
 
-from raise_select.errors import UserError
 from raise_select.analysis import comparison_results, format_results_table, ranking_facts, summarize
+from raise_select.errors import UserError
 from raise_select.report import write_report
 from raise_select.run_folders import comparison_run_dir, load_run, result_row
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BUDGET_STEPS = 10
 # (method, seed) -> (final validation loss, test exact match); the table's hand-computed stats below.
-FINAL = {("raise", 0): (1.20, 0.40), ("raise", 1): (1.30, 0.50), ("random", 0): (1.40, 0.30), ("random", 1): (1.60, 0.30)}
+FINAL = {
+    ("raise", 0): (1.20, 0.40),
+    ("raise", 1): (1.30, 0.50),
+    ("random", 0): (1.40, 0.30),
+    ("random", 1): (1.60, 0.30),
+}
 SOURCES = ["gsm8k", "chat", "mmlu"]
 LEDGER = {
     "phi": {"steps": 1000, "tokens": 100000, "seconds": 500.0},
@@ -56,14 +61,29 @@ def make_finetune_run(folder: Path, method: str, seed: int, with_explain: bool =
     folder.mkdir(parents=True)
     final_loss, exact_match = FINAL[(method, seed)]
     (folder / "config.yaml").write_text(yaml.safe_dump(_config(method, seed)), encoding="utf-8")
-    _write_json(folder / "summary.json", {
-        "method": method, "seed": seed, "budget_steps": BUDGET_STEPS, "budget_fraction": 0.01,
-        "batch_size": 4, "pool_size": 60, "model": "synthetic-tiny", "target": "synthetic",
-    })
+    _write_json(
+        folder / "summary.json",
+        {
+            "method": method,
+            "seed": seed,
+            "budget_steps": BUDGET_STEPS,
+            "budget_fraction": 0.01,
+            "batch_size": 4,
+            "pool_size": 60,
+            "model": "synthetic-tiny",
+            "target": "synthetic",
+        },
+    )
     metrics = [
-        {"decision": step, "step": step, "train_loss": None if step == 0 else 2.1,
-         "validation_loss": 2.0 + (final_loss - 2.0) * step / BUDGET_STEPS, "reward": None if step == 0 else 0.01,
-         "seconds": 0.5 * step, "tokens": 100 * step}
+        {
+            "decision": step,
+            "step": step,
+            "train_loss": None if step == 0 else 2.1,
+            "validation_loss": 2.0 + (final_loss - 2.0) * step / BUDGET_STEPS,
+            "reward": None if step == 0 else 0.01,
+            "seconds": 0.5 * step,
+            "tokens": 100 * step,
+        }
         for step in range(BUDGET_STEPS + 1)
     ]
     _write_jsonl(folder / "metrics.jsonl", metrics)
@@ -72,17 +92,37 @@ def make_finetune_run(folder: Path, method: str, seed: int, with_explain: bool =
     for decision in range(BUDGET_STEPS):
         indices = rng.choice(60, size=4, replace=False).tolist()
         # RAISE drifts from chat to gsm8k as training goes on; helpful share rises with it.
-        sources = ["gsm8k" if (method == "raise" and i < decision // 2) else SOURCES[idx % 3] for i, idx in enumerate(indices)]
-        selections.append({
-            "decision": decision, "step": decision, "indices": indices, "ids": [f"ex{i}" for i in indices],
-            "sources": sources, "families": [f"fam-{s}" for s in sources], "clusters": [i % 2 for i in indices],
-            "helpful": [s == "gsm8k" for s in sources], "corrupted": [i % 7 == 0 for i in indices],
-        })
+        sources = [
+            "gsm8k" if (method == "raise" and i < decision // 2) else SOURCES[idx % 3] for i, idx in enumerate(indices)
+        ]
+        selections.append(
+            {
+                "decision": decision,
+                "step": decision,
+                "indices": indices,
+                "ids": [f"ex{i}" for i in indices],
+                "sources": sources,
+                "families": [f"fam-{s}" for s in sources],
+                "clusters": [i % 2 for i in indices],
+                "helpful": [s == "gsm8k" for s in sources],
+                "corrupted": [i % 7 == 0 for i in indices],
+            }
+        )
     _write_jsonl(folder / "selections.jsonl", selections)
-    _write_json(folder / "evaluation.json", {
-        "validation_loss_initial": 2.0, "validation_loss_final": final_loss,
-        "test": {"metric": "exact_match", "n": 20, "test_loss": final_loss + 0.1, "exact_match": exact_match, "samples": []},
-    })
+    _write_json(
+        folder / "evaluation.json",
+        {
+            "validation_loss_initial": 2.0,
+            "validation_loss_final": final_loss,
+            "test": {
+                "metric": "exact_match",
+                "n": 20,
+                "test_loss": final_loss + 0.1,
+                "exact_match": exact_match,
+                "samples": [],
+            },
+        },
+    )
     _write_json(folder / "ledger.json", LEDGER)
     if method == "raise" and with_explain:
         write_explain(folder / "explain.csv", seed)
@@ -96,21 +136,60 @@ def write_explain(path: Path, seed: int = 0) -> None:
     length = rng.integers(5, 100, 60)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["index", "id", "source", "cluster", "response_loss", "response_tokens", "constant", "score@0.0", "score@0.5", "score@1.0"])
+        writer.writerow(
+            [
+                "index",
+                "id",
+                "source",
+                "cluster",
+                "response_loss",
+                "response_tokens",
+                "constant",
+                "score@0.0",
+                "score@0.5",
+                "score@1.0",
+            ]
+        )
         for i in range(60):
             noise = rng.normal()
-            writer.writerow([i, f"ex{i}", SOURCES[i % 3], i % 2, response_loss[i], length[i], 1.0,
-                             noise, 0.5 * response_loss[i] + noise, 3 * response_loss[i] + 0.1 * noise])
+            writer.writerow(
+                [
+                    i,
+                    f"ex{i}",
+                    SOURCES[i % 3],
+                    i % 2,
+                    response_loss[i],
+                    length[i],
+                    1.0,
+                    noise,
+                    0.5 * response_loss[i] + noise,
+                    3 * response_loss[i] + 0.1 * noise,
+                ]
+            )
 
 
 def make_episodes(folder: Path, n: int = 6) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(folder / "episodes.jsonl", [
-        {"episode": e, "return": 0.1 * e, "validation_loss_initial": 2.0, "validation_loss_final": 2.0 - 0.1 * e,
-         "seconds": 3.0, "updates": 4, "tokens": 1000, "policy_loss": -0.01, "value_loss": 0.2, "entropy": 1.5,
-         "approx_kl": 0.001, "clip_fraction": 0.05}
-        for e in range(n)
-    ])
+    _write_jsonl(
+        folder / "episodes.jsonl",
+        [
+            {
+                "episode": e,
+                "return": 0.1 * e,
+                "validation_loss_initial": 2.0,
+                "validation_loss_final": 2.0 - 0.1 * e,
+                "seconds": 3.0,
+                "updates": 4,
+                "tokens": 1000,
+                "policy_loss": -0.01,
+                "value_loss": 0.2,
+                "entropy": 1.5,
+                "approx_kl": 0.001,
+                "clip_fraction": 0.05,
+            }
+            for e in range(n)
+        ],
+    )
 
 
 def make_compare(folder: Path, with_selector: bool = True) -> Path:
@@ -122,7 +201,9 @@ def make_compare(folder: Path, with_selector: bool = True) -> Path:
     for method in ("raise", "random"):
         for seed in (0, 1):
             selector_seed = 0 if method == "raise" else None
-            run_dir = make_finetune_run(comparison_run_dir(folder, method, BUDGET_STEPS, seed, selector_seed), method, seed)
+            run_dir = make_finetune_run(
+                comparison_run_dir(folder, method, BUDGET_STEPS, seed, selector_seed), method, seed
+            )
             rows.append({**result_row(load_run(run_dir), method, folder), "selector_seed": selector_seed})
     _write_json(folder / "results.json", {**comparison_results(rows), "ledger": LEDGER})
     if with_selector:
@@ -139,14 +220,68 @@ def _assert_png(path: Path) -> None:
 
 def test_summarize_means_and_stds_by_hand():
     rows = [
-        {"method": "raise", "budget": 0.01, "seed": 0, "validation_loss": 1.0, "test_metric": "exact_match", "test_score": 0.2, "steps": 10, "tokens": 100, "seconds": 1.0},
-        {"method": "raise", "budget": 0.01, "seed": 1, "validation_loss": 2.0, "test_metric": "exact_match", "test_score": 0.4, "steps": 10, "tokens": 300, "seconds": 3.0},
-        {"method": "raise", "budget": 0.01, "seed": 2, "validation_loss": 3.0, "test_metric": "exact_match", "test_score": None, "steps": 10, "tokens": 200, "seconds": 2.0},
-        {"method": "random", "budget": 0.01, "seed": 0, "validation_loss": 1.5, "test_metric": "exact_match", "test_score": 0.1, "steps": 10, "tokens": 100, "seconds": 1.0},
-        {"method": "raise", "budget": 0.05, "seed": 0, "validation_loss": 0.9, "test_metric": "exact_match", "test_score": 0.6, "steps": 50, "tokens": 500, "seconds": 5.0},
+        {
+            "method": "raise",
+            "budget": 0.01,
+            "seed": 0,
+            "validation_loss": 1.0,
+            "test_metric": "exact_match",
+            "test_score": 0.2,
+            "steps": 10,
+            "tokens": 100,
+            "seconds": 1.0,
+        },
+        {
+            "method": "raise",
+            "budget": 0.01,
+            "seed": 1,
+            "validation_loss": 2.0,
+            "test_metric": "exact_match",
+            "test_score": 0.4,
+            "steps": 10,
+            "tokens": 300,
+            "seconds": 3.0,
+        },
+        {
+            "method": "raise",
+            "budget": 0.01,
+            "seed": 2,
+            "validation_loss": 3.0,
+            "test_metric": "exact_match",
+            "test_score": None,
+            "steps": 10,
+            "tokens": 200,
+            "seconds": 2.0,
+        },
+        {
+            "method": "random",
+            "budget": 0.01,
+            "seed": 0,
+            "validation_loss": 1.5,
+            "test_metric": "exact_match",
+            "test_score": 0.1,
+            "steps": 10,
+            "tokens": 100,
+            "seconds": 1.0,
+        },
+        {
+            "method": "raise",
+            "budget": 0.05,
+            "seed": 0,
+            "validation_loss": 0.9,
+            "test_metric": "exact_match",
+            "test_score": 0.6,
+            "steps": 50,
+            "tokens": 500,
+            "seconds": 5.0,
+        },
     ]
     summary = summarize(rows)
-    assert [(s["method"], s["budget"], s["n_seeds"]) for s in summary] == [("raise", 0.01, 3), ("random", 0.01, 1), ("raise", 0.05, 1)]
+    assert [(s["method"], s["budget"], s["n_seeds"]) for s in summary] == [
+        ("raise", 0.01, 3),
+        ("random", 0.01, 1),
+        ("raise", 0.05, 1),
+    ]
     raise_1 = summary[0]
     assert raise_1["validation_loss_mean"] == pytest.approx(2.0)
     assert raise_1["validation_loss_std"] == pytest.approx(1.0)  # ddof=1: sqrt((1 + 0 + 1) / 2)
@@ -158,9 +293,23 @@ def test_summarize_means_and_stds_by_hand():
 
 
 def test_format_results_table_markdown():
-    table = format_results_table(summarize([
-        {"method": "raise", "budget": 0.01, "seed": 0, "validation_loss": 1.2, "test_metric": "accuracy", "test_score": None, "steps": 10, "tokens": 12345, "seconds": 3.0},
-    ]))
+    table = format_results_table(
+        summarize(
+            [
+                {
+                    "method": "raise",
+                    "budget": 0.01,
+                    "seed": 0,
+                    "validation_loss": 1.2,
+                    "test_metric": "accuracy",
+                    "test_score": None,
+                    "steps": 10,
+                    "tokens": 12345,
+                    "seconds": 3.0,
+                },
+            ]
+        )
+    )
     lines = table.splitlines()
     assert lines[0].startswith("| method | budget |") and "test accuracy" in lines[0]
     assert lines[1].count("---") == lines[0].count("|") - 1
@@ -179,9 +328,15 @@ def test_compare_report(tmp_path):
     assert "raise: lowest validation loss at budget 1% (1.2500 vs random 1.5000" in text
     assert "raise: highest test exact_match at budget 1% (0.450 vs random 0.300" in text
     assert "| 1% | 0 | 1.2500 | 1.2000, 1.3000 | 1.5000 | yes |" in text  # RAISE per selector seed vs random
-    assert "| selector training | 75.0 | 150,000 | 1.500 |" in text and "| **total** | 100.0 | 191,000 | 1.910 |" in text
+    assert (
+        "| selector training | 75.0 | 150,000 | 1.500 |" in text and "| **total** | 100.0 | 191,000 | 1.910 |" in text
+    )
     assert "selector training took 40.0 s elapsed for 75.0 s of compute" in text
-    assert "## What raise selected" in text and "## What drives the RAISE score" in text and "## Selector training (PPO)" in text
+    assert (
+        "## What raise selected" in text
+        and "## What drives the RAISE score" in text
+        and "## Selector training (PPO)" in text
+    )
     assert "model: synthetic-tiny" in text and "seeds: 0, 1" in text and "(60 examples)" in text
     for name in ("validation_loss", "test_metric", "selection_raise", "score_drivers", "ppo_learning_curve"):
         _assert_png(folder / "plots" / f"{name}.png")
@@ -245,7 +400,10 @@ def test_not_a_run_folder(tmp_path, setup):
         folder.mkdir()
     if setup == "unknown":
         (folder / "notes.txt").write_text("hello")
-    with pytest.raises(UserError, match="is not a raise-select run folder .* pass a folder written by finetune, compare or train-selector") as info:
+    with pytest.raises(
+        UserError,
+        match="is not a raise-select run folder .* pass a folder written by finetune, compare or train-selector",
+    ) as info:
         write_report(folder)
     assert "\n" not in str(info.value)
 
@@ -258,11 +416,13 @@ def test_corrupt_file_is_a_user_error(tmp_path):
 
 
 def test_reading_says_where_raise_stands_when_it_is_not_first():
-    summary = summarize([
-        {"method": "random", "budget": 0.01, "seed": 0, "validation_loss": 1.1, "test_score": 0.5, "steps": 10},
-        {"method": "longest", "budget": 0.01, "seed": 0, "validation_loss": 1.2, "test_score": 0.4, "steps": 10},
-        {"method": "raise", "budget": 0.01, "seed": 0, "validation_loss": 1.3, "test_score": 0.6, "steps": 10},
-    ])
+    summary = summarize(
+        [
+            {"method": "random", "budget": 0.01, "seed": 0, "validation_loss": 1.1, "test_score": 0.5, "steps": 10},
+            {"method": "longest", "budget": 0.01, "seed": 0, "validation_loss": 1.2, "test_score": 0.4, "steps": 10},
+            {"method": "raise", "budget": 0.01, "seed": 0, "validation_loss": 1.3, "test_score": 0.6, "steps": 10},
+        ]
+    )
     facts = ranking_facts(summary, "accuracy")
     assert "random: lowest validation loss at budget 1% (1.1000 vs longest 1.2000; n = 1 vs 1 seeds)" in facts
     assert "raise: rank 3 of 3 by validation loss at budget 1% (1.3000 vs random 1.1000)" in facts

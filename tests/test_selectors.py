@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 
+from helpers import make_context, make_features, make_state
 from raise_select.config import Config
 from raise_select.data.types import Example
 from raise_select.errors import UserError
@@ -23,13 +24,17 @@ from raise_select.selectors.baselines import (
 )
 from raise_select.selectors.simple import EpochSampler, FullDataSelector, OracleSelector, RandomSelector
 
-from helpers import make_context, make_features, make_state
-
 
 def state_of(context: SelectionContext, **kwargs) -> EnvState:
     """``make_state`` for the context's pool, batch, budget and decision interval (validation loss 1.0)."""
-    return make_state(len(context.pool), context.batch_size, budget=context.budget_steps,
-                      decision_interval=context.decision_interval, validation_loss=1.0, **kwargs)
+    return make_state(
+        len(context.pool),
+        context.batch_size,
+        budget=context.budget_steps,
+        decision_interval=context.decision_interval,
+        validation_loss=1.0,
+        **kwargs,
+    )
 
 
 def run_episode(selector: Selector, context: SelectionContext, seed: int = 0, loss_probe=None) -> list[np.ndarray]:
@@ -59,7 +64,9 @@ def test_top_k_breaks_ties_by_index_and_skips_excluded():
 def test_static_subset_size_spreads_the_budget_over_epochs():
     assert static_subset_size(make_context(100, budget_steps=10, batch_size=4)) == 14  # ceil(40 / 3)
     assert static_subset_size(make_context(100, budget_steps=10, batch_size=4, static_epochs=1)) == 40
-    assert static_subset_size(make_context(20, budget_steps=10, batch_size=4, static_epochs=1)) == 20  # clipped to the pool
+    assert (
+        static_subset_size(make_context(20, budget_steps=10, batch_size=4, static_epochs=1)) == 20
+    )  # clipped to the pool
 
 
 def test_epoch_sampler_continues_across_epoch_boundaries():
@@ -108,7 +115,9 @@ def static_subset(name: str, context: SelectionContext) -> set[int]:
 
 def test_longest_trains_exactly_on_the_k_longest():
     lengths = np.array([5, 40, 12, 33, 8, 50, 21, 7, 45, 3], dtype=float)
-    context = make_context(10, make_features(10, fill="constant", response_tokens=lengths), budget_steps=6, batch_size=2)  # subset of 4
+    context = make_context(
+        10, make_features(10, fill="constant", response_tokens=lengths), budget_steps=6, batch_size=2
+    )  # subset of 4
     assert static_subset("longest", context) == {5, 8, 1, 3}
 
 
@@ -119,13 +128,17 @@ def test_ifd_keeps_the_highest_ratios_below_one():
 
 
 def test_ifd_with_too_few_eligible_examples_warns_and_with_none_fails(caplog):
-    context = make_context(4, make_features(4, fill="constant", ifd=np.array([1.2, 0.8, 1.0, 3.0])), budget_steps=3, batch_size=3)
+    context = make_context(
+        4, make_features(4, fill="constant", ifd=np.array([1.2, 0.8, 1.0, 3.0])), budget_steps=3, batch_size=3
+    )
     selector = IFDSelector()
     with caplog.at_level(logging.WARNING):
         selector.setup(context)
     assert selector.subset.tolist() == [1] and "only 1 eligible" in caplog.text
     with pytest.raises(UserError, match="no eligible pool example"):
-        IFDSelector().setup(make_context(3, make_features(3, fill="constant", ifd=np.array([1.0, 1.1, 4.0])), batch_size=2))
+        IFDSelector().setup(
+            make_context(3, make_features(3, fill="constant", ifd=np.array([1.0, 1.1, 4.0])), batch_size=2)
+        )
 
 
 def test_perplexity_selectors_take_the_low_and_high_ends():
@@ -139,10 +152,14 @@ def test_targeted_picks_the_examples_nearest_the_target_mean():
     angles = np.deg2rad([0, 90, 180, 10, 45, 270, 350, 100])
     embedding = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.arange(1, 9)[:, None]  # norms must not matter
     target = np.array([[1.0, 0.2], [1.0, -0.2]])  # mean points at 0 degrees
-    context = make_context(8, make_features(8, fill="constant", embedding=embedding), budget_steps=3, batch_size=3, target_embedding=target)
+    context = make_context(
+        8, make_features(8, fill="constant", embedding=embedding), budget_steps=3, batch_size=3, target_embedding=target
+    )
     assert static_subset("targeted", context) == {0, 3, 6}
     with pytest.raises(ValueError, match="target_embedding"):
-        build_selector("targeted", Config()).setup(make_context(8, make_features(8, fill="constant", embedding=embedding), batch_size=2))
+        build_selector("targeted", Config()).setup(
+            make_context(8, make_features(8, fill="constant", embedding=embedding), batch_size=2)
+        )
 
 
 def test_static_selectors_need_features():
@@ -218,7 +235,9 @@ def test_every_selector_respects_decision_sizes_including_the_last_partial_one()
         embedding=rng.normal(size=(n, 3)),
     )
     # budget 7 updates at M=3: decisions of 3, 3 and 1 update(s) of batch 2 -> 6, 6, 2 indices
-    context = make_context(n, features, budget_steps=7, batch_size=2, decision_interval=3, target_embedding=rng.normal(size=(4, 3)))
+    context = make_context(
+        n, features, budget_steps=7, batch_size=2, decision_interval=3, target_embedding=rng.normal(size=(4, 3))
+    )
     for name in SELECTORS:
         if name == "raise":
             continue
@@ -262,6 +281,10 @@ def test_oracle_trains_only_on_helpful_clean_examples_and_needs_labels():
     chosen = np.concatenate(run_episode(oracle, context))
     assert set(chosen.tolist()) == {i for i in range(n) if i % 3 == 0 and i % 15 != 0}  # 8 examples, 3 epochs
     unlabelled = make_context(n, None, budget_steps=6, batch_size=4)
-    unlabelled.pool.examples[4] = Example(id="toy/x", source="toy", messages=({"role": "user", "content": "q"},), response="a")
-    with pytest.raises(UserError, match="needs 'helpful' and 'corrupted' labels on every pool example \\(1 of 30 have none\\)"):
+    unlabelled.pool.examples[4] = Example(
+        id="toy/x", source="toy", messages=({"role": "user", "content": "q"},), response="a"
+    )
+    with pytest.raises(
+        UserError, match="needs 'helpful' and 'corrupted' labels on every pool example \\(1 of 30 have none\\)"
+    ):
         OracleSelector().setup(unlabelled)

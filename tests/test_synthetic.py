@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from raise_select.config import load_config
 from raise_select.data import synthetic
 from raise_select.data.synthetic import (
     SYNTHETIC_FAMILIES,
@@ -21,7 +22,6 @@ from raise_select.data.synthetic import (
     synthetic_target,
     synthetic_tokenizer,
 )
-from raise_select.config import load_config
 from raise_select.environment import full_data_steps
 from raise_select.errors import UserError
 from raise_select.evaluation import per_example_losses
@@ -112,9 +112,9 @@ def test_model_dir_loads_and_is_reused(model_dir, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert model.config.vocab_size == len(tokenizer)
-    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False).endswith(
-        "<|assistant|>"
-    )
+    assert tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    ).endswith("<|assistant|>")
 
     def no_rebuild(folder):
         raise AssertionError("the cached model was rebuilt")

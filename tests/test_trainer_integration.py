@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
+from helpers import SYNTHETIC_OVERRIDES
 from raise_select.config import load_config
 from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
@@ -21,8 +22,6 @@ from raise_select.integrations import RaiseTrainer, SelectionSession
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector
-
-from helpers import SYNTHETIC_OVERRIDES
 
 BUDGET = 6
 
@@ -48,25 +47,47 @@ def _session(bench, name="raise"):
     return SelectionSession.from_workbench(bench, build_selector(name, bench.config))
 
 
-def _trainer(bench, session, output, trainer_class=RaiseTrainer, args_class=TrainingArguments,
-             accumulation=1, callbacks=(), **arguments):
-    arguments = {"report_to": "none", "save_strategy": "no", "logging_steps": 1, **arguments,
-                 **session.training_arguments(gradient_accumulation_steps=accumulation)}
-    trainer = trainer_class(model=bench.lm.model, args=args_class(output_dir=str(output), **arguments),
-                            selection=session, processing_class=bench.lm.tokenizer)
+def _trainer(
+    bench,
+    session,
+    output,
+    trainer_class=RaiseTrainer,
+    args_class=TrainingArguments,
+    accumulation=1,
+    callbacks=(),
+    **arguments,
+):
+    arguments = {
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        **arguments,
+        **session.training_arguments(gradient_accumulation_steps=accumulation),
+    }
+    trainer = trainer_class(
+        model=bench.lm.model,
+        args=args_class(output_dir=str(output), **arguments),
+        selection=session,
+        processing_class=bench.lm.tokenizer,
+    )
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
 
 
 def _native(bench, name, output):
-    run_finetune(bench, build_selector(name, bench.config), output, BUDGET, bench.config.seed, test_metric=False,
-                 progress=False)
-    return read_jsonl(output / "selections.jsonl"), [row["validation_loss"] for row in read_jsonl(output / "metrics.jsonl")]
+    run_finetune(
+        bench, build_selector(name, bench.config), output, BUDGET, bench.config.seed, test_metric=False, progress=False
+    )
+    return read_jsonl(output / "selections.jsonl"), [
+        row["validation_loss"] for row in read_jsonl(output / "metrics.jsonl")
+    ]
 
 
 def _logged(output):
-    return read_jsonl(output / "selections.jsonl"), [row["validation_loss"] for row in read_jsonl(output / "metrics.jsonl")]
+    return read_jsonl(output / "selections.jsonl"), [
+        row["validation_loss"] for row in read_jsonl(output / "metrics.jsonl")
+    ]
 
 
 def _weights(bench):
@@ -98,8 +119,16 @@ def test_sft_trainer_reproduces_native_finetune(bench, tmp_path):
     from raise_select.integrations import RaiseSFTTrainer
 
     native_selections, native_losses = _native(bench, "raise", tmp_path / "native")
-    trainer = _trainer(bench, _session(bench), tmp_path / "sft", RaiseSFTTrainer, trl.SFTConfig, accumulation=2,
-                       bf16=False, activation_checkpointing=False)
+    trainer = _trainer(
+        bench,
+        _session(bench),
+        tmp_path / "sft",
+        RaiseSFTTrainer,
+        trl.SFTConfig,
+        accumulation=2,
+        bf16=False,
+        activation_checkpointing=False,
+    )
     trainer.train()
     selections, losses = _logged(tmp_path / "sft")
     assert selections == native_selections
@@ -140,15 +169,22 @@ def test_resume_from_checkpoint_continues_the_same_sequence(bench, tmp_path):
         _trainer(bench, _session(bench, "random"), tmp_path / "whole").train()
         whole_selections, whole_losses = _logged(tmp_path / "whole")
         whole_weights = _weights(bench)
-        _trainer(bench, _session(bench, "random"), tmp_path / "parts", save_strategy="steps", save_steps=3,
-                 callbacks=[_StopAt(4)]).train()
+        _trainer(
+            bench,
+            _session(bench, "random"),
+            tmp_path / "parts",
+            save_strategy="steps",
+            save_steps=3,
+            callbacks=[_StopAt(4)],
+        ).train()
         assert len(read_jsonl(tmp_path / "parts" / "selections.jsonl")) == 4
         checkpoint = tmp_path / "parts" / "checkpoint-3"
         assert json.loads((checkpoint / "raise_selection.json").read_text())["step"] == 3
         shutil.rmtree(tmp_path / "parts" / "checkpoint-4", ignore_errors=True)
         bench.lm.restore(bench.base_weights)  # the resumed trainer must load the checkpoint's weights itself
         _trainer(bench, _session(bench, "random"), tmp_path / "parts", save_strategy="steps", save_steps=3).train(
-            resume_from_checkpoint=str(checkpoint))
+            resume_from_checkpoint=str(checkpoint)
+        )
     finally:
         bench.config.train.eval_every = 1
     selections, losses = _logged(tmp_path / "parts")
@@ -177,8 +213,9 @@ def test_logs_reach_report_to_and_keep_the_trainer_loss(bench, tmp_path):
         def on_log(self, args, state, control, logs=None, **kwargs):
             seen.append(dict(logs))
 
-    trainer = _trainer(bench, _session(bench, "random"), tmp_path / "run", callbacks=[Recorder()],
-                       report_to=["tensorboard"])
+    trainer = _trainer(
+        bench, _session(bench, "random"), tmp_path / "run", callbacks=[Recorder()], report_to=["tensorboard"]
+    )
     trainer.train()
     validation = [row["raise/validation_loss"] for row in seen if "raise/validation_loss" in row]
     assert validation == pytest.approx(_logged(tmp_path / "run")[1])
@@ -192,12 +229,18 @@ def test_misconfigured_trainer_is_one_line_user_error(bench, tmp_path):
     session = _session(bench, "random")
     arguments = {**session.training_arguments(), "per_device_train_batch_size": 4}
     with pytest.raises(UserError, match="train.batch_size=8"):
-        RaiseTrainer(model=bench.lm.model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", **arguments),
-                     selection=session)
+        RaiseTrainer(
+            model=bench.lm.model,
+            args=TrainingArguments(output_dir=str(tmp_path), report_to="none", **arguments),
+            selection=session,
+        )
     with pytest.raises(UserError, match="row i must be pool example i"):
-        RaiseTrainer(model=bench.lm.model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                                                  **session.training_arguments()),
-                     selection=session, train_dataset=list(range(10)))
+        RaiseTrainer(
+            model=bench.lm.model,
+            args=TrainingArguments(output_dir=str(tmp_path), report_to="none", **session.training_arguments()),
+            selection=session,
+            train_dataset=list(range(10)),
+        )
     with pytest.raises(UserError, match="not divisible by world size 3"):
         session.training_arguments(world_size=3)
 
@@ -208,7 +251,7 @@ def test_sft_trainer_without_trl_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "trl", None)  # `import trl` now fails as if it were not installed
     monkeypatch.delitem(sys.modules, "raise_select.integrations.trl_sft", raising=False)
     with pytest.raises(UserError, match=r"pip install raise-select\[trl\]") as error:
-        integrations.RaiseSFTTrainer
+        _ = integrations.RaiseSFTTrainer  # the lazy attribute raises
     assert "\n" not in str(error.value)
 
 
@@ -246,8 +289,22 @@ def test_ddp_ranks_agree_and_together_train_the_single_process_examples(bench, o
     trainer.train()
 
     worker = Path(__file__).with_name("trainer_ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               str(worker), str(tmp_path / "ddp"), "raise", str(policy), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(worker),
+        str(tmp_path / "ddp"),
+        "raise",
+        str(policy),
+        *overrides,
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]

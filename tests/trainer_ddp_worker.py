@@ -34,18 +34,29 @@ def main() -> None:
         trained.append([int(i) for i in indices])
         return session.collate(indices)
 
-    args = TrainingArguments(output_dir=output, report_to="none", save_strategy="no", logging_steps=1,
-                             **session.training_arguments(world_size=2))
+    args = TrainingArguments(
+        output_dir=output,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        **session.training_arguments(world_size=2),
+    )
     trainer = RaiseTrainer(model=bench.lm.model, args=args, selection=session, data_collator=recording_collate)
     trainer.train()
     rank = trainer.args.process_index
     decisions = [row["indices"] for row in session.selections]
     weights = {name: p.detach().clone() for name, p in bench.lm.model.named_parameters()}
     torch.save(weights, Path(output) / f"weights-rank{rank}.pt")
-    (Path(output) / f"rank{rank}.json").write_text(json.dumps({
-        "world_size": trainer.args.world_size, "decisions": decisions, "trained": trained,
-        "validation_history": session.state.validation_history,
-    }))
+    (Path(output) / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "world_size": trainer.args.world_size,
+                "decisions": decisions,
+                "trained": trained,
+                "validation_history": session.state.validation_history,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

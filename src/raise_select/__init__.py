@@ -24,24 +24,65 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # configuration
-    "Config": "config", "load_config": "config", "dump_config": "config", "validate": "config",
+    "Config": "config",
+    "load_config": "config",
+    "dump_config": "config",
+    "validate": "config",
     "recipe_path": "experiments",
     # the pipeline
-    "Workbench": "pipeline", "run_finetune": "pipeline", "RunResult": "pipeline",
-    "train_raise_selector": "experiments", "run_comparison": "experiments",
+    "Workbench": "pipeline",
+    "run_finetune": "pipeline",
+    "RunResult": "pipeline",
+    "train_raise_selector": "experiments",
+    "run_comparison": "experiments",
     "write_report": "report",
     # selectors
-    "build_selector": "selectors", "SELECTORS": "selectors", "Selector": "selectors", "SelectionContext": "selectors",
-    "EnvState": "selectors", "RaiseSelector": "selectors.raise_policy", "load_selector": "selector_artifact",
+    "build_selector": "selectors",
+    "SELECTORS": "selectors",
+    "Selector": "selectors",
+    "SelectionContext": "selectors",
+    "EnvState": "selectors",
+    "RaiseSelector": "selectors.raise_policy",
+    "load_selector": "selector_artifact",
     # selector training, lower level
-    "train_selector": "ppo", "FineTuneEnv": "environment",
+    "train_selector": "ppo",
+    "FineTuneEnv": "environment",
     # callbacks
-    "Callback": "callbacks", "CallbackList": "callbacks", "ProgressBar": "callbacks",
+    "Callback": "callbacks",
+    "CallbackList": "callbacks",
+    "ProgressBar": "callbacks",
     # errors
     "UserError": "errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "SELECTORS",
+    "Callback",
+    "CallbackList",
+    "Config",
+    "EnvState",
+    "FineTuneEnv",
+    "ProgressBar",
+    "RaiseSelector",
+    "RunResult",
+    "SelectionContext",
+    "Selector",
+    "UserError",
+    "Workbench",
+    "__version__",
+    "build_selector",
+    "dump_config",
+    "load_config",
+    "load_selector",
+    "recipe_path",
+    "run_comparison",
+    "run_finetune",
+    "train_raise_selector",
+    "train_selector",
+    "validate",
+    "write_report",
+]
+assert set(__all__) == {"__version__", *_EXPORTS}
 
 
 def __getattr__(name: str):

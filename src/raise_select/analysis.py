@@ -116,23 +116,44 @@ def selector_seed_breakdown(rows: list[dict]) -> list[dict]:
     for (budget, selector_seed), values in raise_groups.items():
         random_mean = mean_std(random_by_budget.get(budget, []))[0]
         raise_mean = float(np.mean(values))
-        breakdown.append({
-            "budget": budget, "steps": steps_of.get(budget), "selector_seed": selector_seed, "raise_mean": raise_mean,
-            "raise_values": values, "random_mean": random_mean,
-            "beats_random": None if random_mean is None else bool(raise_mean < random_mean),
-        })
+        breakdown.append(
+            {
+                "budget": budget,
+                "steps": steps_of.get(budget),
+                "selector_seed": selector_seed,
+                "raise_mean": raise_mean,
+                "raise_values": values,
+                "random_mean": random_mean,
+                "beats_random": None if random_mean is None else bool(raise_mean < random_mean),
+            }
+        )
     return breakdown
 
 
 def format_selector_seed_table(breakdown: list[dict]) -> str:
     """Markdown: RAISE's validation loss per selector seed (mean over fine-tuning seeds) against random."""
-    body = [[
-        format_budget(row["budget"], row.get("steps")), str(row["selector_seed"]), f"{row['raise_mean']:.4f}",
-        ", ".join(f"{v:.4f}" for v in row["raise_values"]), format_number(row.get("random_mean"), 4),
-        {True: "yes", False: "no", None: "–"}[row.get("beats_random")],
-    ] for row in breakdown]
-    return markdown_table(["budget", "selector seed", "raise (mean)", "raise per fine-tuning seed", "random (mean)",
-                            "raise below random"], body)
+    body = [
+        [
+            format_budget(row["budget"], row.get("steps")),
+            str(row["selector_seed"]),
+            f"{row['raise_mean']:.4f}",
+            ", ".join(f"{v:.4f}" for v in row["raise_values"]),
+            format_number(row.get("random_mean"), 4),
+            {True: "yes", False: "no", None: "–"}[row.get("beats_random")],
+        ]
+        for row in breakdown
+    ]
+    return markdown_table(
+        [
+            "budget",
+            "selector seed",
+            "raise (mean)",
+            "raise per fine-tuning seed",
+            "random (mean)",
+            "raise below random",
+        ],
+        body,
+    )
 
 
 def oracle_gaps(summary: list[dict]) -> list[dict]:
@@ -148,12 +169,22 @@ def oracle_gaps(summary: list[dict]) -> list[dict]:
     for budget, methods in by_budget.items():
         if not {"raise", "random", "oracle"} <= methods.keys():
             continue
-        raise_loss, random_loss, oracle_loss = (methods[m]["validation_loss_mean"] for m in ("raise", "random", "oracle"))
+        raise_loss, random_loss, oracle_loss = (
+            methods[m]["validation_loss_mean"] for m in ("raise", "random", "oracle")
+        )
         if None in (raise_loss, random_loss, oracle_loss):
             continue
         gap = random_loss - oracle_loss
-        gaps.append({"budget": budget, "steps": methods["raise"].get("steps"), "raise": raise_loss, "random": random_loss,
-                     "oracle": oracle_loss, "closed": (random_loss - raise_loss) / gap if gap > 0 else None})
+        gaps.append(
+            {
+                "budget": budget,
+                "steps": methods["raise"].get("steps"),
+                "raise": raise_loss,
+                "random": random_loss,
+                "oracle": oracle_loss,
+                "closed": (random_loss - raise_loss) / gap if gap > 0 else None,
+            }
+        )
     return gaps
 
 
@@ -162,25 +193,35 @@ def gap_sentence(gap: dict) -> str:
     budget = format_budget(gap["budget"], gap.get("steps"))
     if gap["closed"] is None:
         return f"At budget {budget} the oracle ({gap['oracle']:.4f}) is not below random ({gap['random']:.4f}): no gap to close."
-    return (f"RAISE closes {100 * gap['closed']:.0f} % of the gap between random and the oracle at budget {budget} "
-            f"(validation loss: random {gap['random']:.4f}, raise {gap['raise']:.4f}, oracle {gap['oracle']:.4f}).")
+    return (
+        f"RAISE closes {100 * gap['closed']:.0f} % of the gap between random and the oracle at budget {budget} "
+        f"(validation loss: random {gap['random']:.4f}, raise {gap['raise']:.4f}, oracle {gap['oracle']:.4f})."
+    )
 
 
 def comparison_results(rows: list[dict]) -> dict:
     """A comparison's results from its per-run rows (:func:`run_folders.result_row`): ``results.json``
     without the compute ledger, i.e. {rows, summary, selector_seeds, oracle_gap}."""
     summary = summarize(rows)
-    return {"rows": rows, "summary": summary, "selector_seeds": selector_seed_breakdown(rows),
-            "oracle_gap": oracle_gaps(summary)}
+    return {
+        "rows": rows,
+        "summary": summary,
+        "selector_seeds": selector_seed_breakdown(rows),
+        "oracle_gap": oracle_gaps(summary),
+    }
 
 
 def results_markdown(results: dict) -> str:
     """``results.md``: the results table, RAISE per selector seed (if any) and the oracle-gap sentences."""
     by_selector_seed = results["selector_seeds"]
-    return "\n\n".join(
-        [format_results_table(results["summary"])] + ([format_selector_seed_table(by_selector_seed)] if by_selector_seed else [])
-        + [gap_sentence(g) for g in results["oracle_gap"]]) + "\n"
-
+    return (
+        "\n\n".join(
+            [format_results_table(results["summary"])]
+            + ([format_selector_seed_table(by_selector_seed)] if by_selector_seed else [])
+            + [gap_sentence(g) for g in results["oracle_gap"]]
+        )
+        + "\n"
+    )
 
 
 # ----------------------------------------------------------------------------- facts, curves, selections, scores
@@ -198,13 +239,19 @@ def ranking_facts(summary: list[dict], test_metric: str | None) -> list[str]:
             ("validation_loss", "validation loss", True, 4),
             ("test_score", f"test {test_metric or 'score'}", False, 3),
         ):
-            ranked = sorted((r for r in group if r.get(f"{key}_mean") is not None), key=lambda r: r[f"{key}_mean"], reverse=not lower_is_better)
+            ranked = sorted(
+                (r for r in group if r.get(f"{key}_mean") is not None),
+                key=lambda r: r[f"{key}_mean"],
+                reverse=not lower_is_better,
+            )
             if len(ranked) < 2:
                 continue
             best, second = ranked[0], ranked[1]
             if best[f"{key}_mean"] == ranked[-1][f"{key}_mean"]:  # no method stands out: say so, name none
-                facts.append(f"all {len(ranked)} methods tie on {name} at budget {budget_text} "
-                             f"({best[f'{key}_mean']:.{digits}f})")
+                facts.append(
+                    f"all {len(ranked)} methods tie on {name} at budget {budget_text} "
+                    f"({best[f'{key}_mean']:.{digits}f})"
+                )
                 continue
             fact = (
                 f"{best['method']}: {'lowest' if lower_is_better else 'highest'} {name} at budget {budget_text} "
@@ -223,7 +270,6 @@ def ranking_facts(summary: list[dict], test_metric: str | None) -> list[str]:
                     f"({ranked[rank][f'{key}_mean']:.{digits}f} vs {best['method']} {best[f'{key}_mean']:.{digits}f})"
                 )
     return facts
-
 
 
 def validation_curve(metrics: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +336,13 @@ def selection_records(run: dict) -> list[dict]:
 
 
 # selections.jsonl list field holding each per-example label
-SELECTION_FIELDS = {"source": "sources", "family": "families", "cluster": "clusters", "helpful": "helpful", "corrupted": "corrupted"}
+SELECTION_FIELDS = {
+    "source": "sources",
+    "family": "families",
+    "cluster": "clusters",
+    "helpful": "helpful",
+    "corrupted": "corrupted",
+}
 
 
 def _item(selection: dict, key: str, i: int) -> Any:
@@ -309,14 +361,17 @@ def pool_reference(explain: list[dict] | None, random_records: list[dict]) -> di
         if explain and key in explain[0] and any(row[key] not in ("", None) for row in explain):
             reference[key] = {"shares": value_shares(_parse_cell(row[key]) for row in explain), "label": "pool"}
         elif key in ("helpful", "corrupted") and any(r[key] is not None for r in random_records):
-            reference[key] = {"shares": value_shares(r[key] for r in random_records if r[key] is not None), "label": "pool, estimated from random's picks"}
+            reference[key] = {
+                "shares": value_shares(r[key] for r in random_records if r[key] is not None),
+                "label": "pool, estimated from random's picks",
+            }
     return reference
 
 
 def score_correlations(explain: list[dict]) -> tuple[list[str], list[str], np.ndarray]:
     """Spearman rho [feature, stage] between each numeric feature column and each score@ column."""
     columns = list(explain[0])
-    stages = [c[len(SCORE_PREFIX):] for c in columns if c.startswith(SCORE_PREFIX)]
+    stages = [c[len(SCORE_PREFIX) :] for c in columns if c.startswith(SCORE_PREFIX)]
     candidates = [c for c in columns if c not in _EXPLAIN_LABEL_COLUMNS and not c.startswith(SCORE_PREFIX)]
     features = [c for c in candidates if numeric_column(explain, c) is not None]
     if not features or not stages:

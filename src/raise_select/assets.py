@@ -15,8 +15,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import UserError
 from .io_utils import make_dirs, replace_folder, user_path, write_json
@@ -71,8 +71,11 @@ def verify_folder(folder: Path) -> str | None:
 
 
 def _describe(folder: Path) -> dict:
-    return {file.name: {"size": file.stat().st_size, "sha256": _sha256(file)}
-            for file in sorted(folder.iterdir()) if file.is_file() and file.name != MANIFEST_FILE}
+    return {
+        file.name: {"size": file.stat().st_size, "sha256": _sha256(file)}
+        for file in sorted(folder.iterdir())
+        if file.is_file() and file.name != MANIFEST_FILE
+    }
 
 
 def _sha256(file: Path) -> str:

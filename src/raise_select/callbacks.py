@@ -10,7 +10,8 @@ Progress bars are one such callback (:class:`ProgressBar`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -29,7 +30,7 @@ class Callback:
     def on_episode_end(self, episode: int, summary: dict) -> bool | None:
         """After each episode's PPO update and checkpoint, with its ``episodes.jsonl`` row; False stops."""
 
-    def on_train_end(self, artifact: "RaiseArtifact") -> None:
+    def on_train_end(self, artifact: RaiseArtifact) -> None:
         """After the selector folder is written."""
 
     # -- fine-tuning runs ------------------------------------------------------------------------
@@ -39,7 +40,7 @@ class Callback:
     def on_decision_end(self, decision: int, metrics: dict) -> bool | None:
         """After each decision's updates (and evaluation), with its ``metrics.jsonl`` row; False stops."""
 
-    def on_run_end(self, result: "RunResult") -> None:
+    def on_run_end(self, result: RunResult) -> None:
         """After the run's evaluation, with its numbers."""
 
 
@@ -59,7 +60,7 @@ class CallbackList(Callback):
     def on_episode_end(self, episode: int, summary: dict) -> bool:
         return self._all("on_episode_end", episode, summary)
 
-    def on_train_end(self, artifact: "RaiseArtifact") -> None:
+    def on_train_end(self, artifact: RaiseArtifact) -> None:
         self._all("on_train_end", artifact)
 
     def on_run_start(self, method: str, total_decisions: int) -> None:
@@ -68,7 +69,7 @@ class CallbackList(Callback):
     def on_decision_end(self, decision: int, metrics: dict) -> bool:
         return self._all("on_decision_end", decision, metrics)
 
-    def on_run_end(self, result: "RunResult") -> None:
+    def on_run_end(self, result: RunResult) -> None:
         self._all("on_run_end", result)
 
 
@@ -82,11 +83,17 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=total_episodes, initial=start_episode, desc="train-selector", unit="episode")
 
     def on_episode_end(self, episode: int, summary: dict) -> None:
-        self.bar.set_postfix({"return": f"{summary['return']:.4f}", "kl": f"{summary.get('approx_kl', 0.0):.3f}",
-                              "s/ep": f"{summary['seconds']:.1f}"}, refresh=False)
+        self.bar.set_postfix(
+            {
+                "return": f"{summary['return']:.4f}",
+                "kl": f"{summary.get('approx_kl', 0.0):.3f}",
+                "s/ep": f"{summary['seconds']:.1f}",
+            },
+            refresh=False,
+        )
         self.bar.update(1)
 
-    def on_train_end(self, artifact: "RaiseArtifact") -> None:
+    def on_train_end(self, artifact: RaiseArtifact) -> None:
         self.close()
 
     def on_run_start(self, method: str, total_decisions: int) -> None:
@@ -99,7 +106,7 @@ class ProgressBar(Callback):
         self.bar.set_postfix(train=f"{metrics['train_loss']:.3f}", val=f"{self.validation_loss:.3f}", refresh=False)
         self.bar.update(1)
 
-    def on_run_end(self, result: "RunResult") -> None:
+    def on_run_end(self, result: RunResult) -> None:
         self.close()
 
     def close(self) -> None:

@@ -42,16 +42,21 @@ def _common(parser: argparse.ArgumentParser, config_required: bool = True) -> No
     parser.add_argument("--output", help="run folder (default: runs/<command>-<timestamp>)")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("overrides", nargs="*",
-                        help="config overrides: field.path=value (e.g. train.learning_rate=1e-4); "
-                             "see `raise-select config` for every field")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides: field.path=value (e.g. train.learning_rate=1e-4); "
+        "see `raise-select config` for every field",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="raise-select", description="RAISE: learned, stage-aware instruction selection.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    finetune = commands.add_parser("finetune", help="fine-tune with a selector for a step budget and write a run folder")
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune with a selector for a step budget and write a run folder"
+    )
     _common(finetune)
     finetune.add_argument("--pool", help="pool file or datasets folder (replaces pool.sources)")
     finetune.add_argument("--selector", help="selector name (raise-select list shows them)")
@@ -77,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="bundled models, sources, targets and selectors")
 
     config = commands.add_parser("config", help="every config field: section.field (type, default) and its help")
-    config.add_argument("section", nargs="?", help="show only this section (model, pool, target, train, features, "
-                                                   "raise, compare) or top-level field (seed, output, selector)")
+    config.add_argument(
+        "section",
+        nargs="?",
+        help="show only this section (model, pool, target, train, features, "
+        "raise, compare) or top-level field (seed, output, selector)",
+    )
     return parser
 
 
-def _load(args) -> "Config":
+def _load(args) -> Config:
     from .config import SourceConfig, load_config, validate
 
     for option in ("config", "output", "pool", "selector", "policy"):
@@ -121,10 +130,13 @@ def cmd_finetune(args) -> int:
     _record_policy_settings(args, config, selector)
     bench = Workbench.build(config)
     budget = resolve_budget(len(bench.pool), config.train)
-    result = run_finetune(bench, selector, output, budget, config.seed, test_metric=not args.no_test,
-                          progress=not args.no_progress)
-    print(f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
-          f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}")
+    result = run_finetune(
+        bench, selector, output, budget, config.seed, test_metric=not args.no_test, progress=not args.no_progress
+    )
+    print(
+        f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
+        f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}"
+    )
     if result.test:
         print("test:", {k: v for k, v in result.test.items() if k != "samples"})
     return 0
@@ -136,11 +148,18 @@ def _record_policy_settings(args, config, selector) -> None:
     trained = getattr(selector, "artifact", None)
     if trained is None:
         return
-    ignored = sorted({item.split("=", 1)[0] for item in args.overrides
-                      if item.startswith("raise.") and not item.startswith("raise.policy=")})
+    ignored = sorted(
+        {
+            item.split("=", 1)[0]
+            for item in args.overrides
+            if item.startswith("raise.") and not item.startswith("raise.policy=")
+        }
+    )
     if ignored:
-        raise UserError(f"{', '.join(ignored)} cannot change a trained selector (--policy {config.raise_.policy} "
-                        "was trained with its own raise settings); drop the override or train a new selector")
+        raise UserError(
+            f"{', '.join(ignored)} cannot change a trained selector (--policy {config.raise_.policy} "
+            "was trained with its own raise settings); drop the override or train a new selector"
+        )
     config.raise_ = dataclasses.replace(trained.config, policy=config.raise_.policy)
 
 
@@ -158,8 +177,9 @@ def cmd_train_selector(args) -> int:
     if args.resume:
         check_resume(output, config)  # the cheap checks, before the model loads
     bench = Workbench.build(config)
-    artifact_dir = train_raise_selector(bench, output, resume=args.resume, overwrite=args.overwrite,
-                                        progress=not args.no_progress)
+    artifact_dir = train_raise_selector(
+        bench, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print(f"selector written to {artifact_dir}; use: raise-select finetune --selector raise --policy {artifact_dir}")
     return 0
 
@@ -196,7 +216,11 @@ def cmd_list(args) -> int:
     from .model import BUNDLED_MODELS
     from .selectors import SELECTORS
 
-    for title, table in (("models", BUNDLED_MODELS), ("sources and targets", BUNDLED_SOURCES), ("selectors", SELECTORS)):
+    for title, table in (
+        ("models", BUNDLED_MODELS),
+        ("sources and targets", BUNDLED_SOURCES),
+        ("selectors", SELECTORS),
+    ):
         print(f"{title}:")
         for name, description in table.items():
             print(f"  {name:18s} {description}")

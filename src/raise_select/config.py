@@ -12,9 +12,10 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -28,8 +29,10 @@ class SourceConfig:
 
     name: str = field(
         default="gsm8k",
-        metadata={"help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic) or a path to "
-                          ".jsonl/.json or a saved `datasets` folder"},
+        metadata={
+            "help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic) or a path to "
+            ".jsonl/.json or a saved `datasets` folder"
+        },
     )
     format: str = field(
         default="auto",
@@ -77,8 +80,9 @@ class TargetConfig:
 
     name: str = field(
         default="gsm8k",
-        metadata={"help": "bundled target (gsm8k, mmlu, humaneval, synthetic) or a path to a JSONL file with the pool "
-                          "formats"},
+        metadata={
+            "help": "bundled target (gsm8k, mmlu, humaneval, synthetic) or a path to a JSONL file with the pool formats"
+        },
     )
     n_validation: int = field(
         default=32,
@@ -108,8 +112,10 @@ class ModelConfig:
 
     name: str = field(
         default="smollm2",
-        metadata={"help": "bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging "
-                          "Face cache"},
+        metadata={
+            "help": "bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging "
+            "Face cache"
+        },
     )
     finetune: str = field(
         default="lora",
@@ -163,8 +169,10 @@ class TrainConfig:
     )
     warmup_steps: int = field(
         default=0,
-        metadata={"help": "linear learning-rate warmup over the first N updates of every run (transformers' "
-                          "constant_with_warmup: the first update has lr 0)"},
+        metadata={
+            "help": "linear learning-rate warmup over the first N updates of every run (transformers' "
+            "constant_with_warmup: the first update has lr 0)"
+        },
     )
     budget_steps: int | None = field(
         default=None,
@@ -184,7 +192,9 @@ class TrainConfig:
     )
     eval_every: int = field(
         default=1,
-        metadata={"help": "evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)"},
+        metadata={
+            "help": "evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)"
+        },
     )
     decision_interval: int = field(
         default=1,
@@ -240,17 +250,23 @@ class RaiseConfig:
     )
     repeat_penalty: float = field(
         default=2.0,
-        metadata={"help": "with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain;"
-                          " a few units: repeat a much better example rather than take a much worse fresh one)"},
+        metadata={
+            "help": "with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain;"
+            " a few units: repeat a much better example rather than take a much worse fresh one)"
+        },
     )
     head_dims: int = field(
         default=5,
-        metadata={"help": "k: a linear head over the first k static fused columns (5: difficulty + target_similarity), its "
-                          "weights drawn once per training episode from a Gaussian whose mean NES moves (0: none) [ours]"},
+        metadata={
+            "help": "k: a linear head over the first k static fused columns (5: difficulty + target_similarity), its "
+            "weights drawn once per training episode from a Gaussian whose mean NES moves (0: none) [ours]"
+        },
     )
     head_std: float = field(
         default=2.0,
-        metadata={"help": "spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))"},
+        metadata={
+            "help": "spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))"
+        },
     )
     head_learning_rate: float = field(
         default=0.5,
@@ -266,8 +282,10 @@ class RaiseConfig:
     )
     baseline: str = field(
         default="fitted",
-        metadata={"help": "group: per-step leave-one-out mean over the update's episodes | fitted: leave-one-out linear "
-                          "regression on the stage features | critic: GAE with V(s)"},
+        metadata={
+            "help": "group: per-step leave-one-out mean over the update's episodes | fitted: leave-one-out linear "
+            "regression on the stage features | critic: GAE with V(s)"
+        },
     )
     episode_steps: int | None = field(
         default=None,
@@ -279,8 +297,10 @@ class RaiseConfig:
     )
     gae_lambda: float = field(
         default=1.0,
-        metadata={"help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline; "
-                          "per-step rewards explain ~2 % of their own variance on the testbed, see bench/reward_signal.py)"},
+        metadata={
+            "help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline; "
+            "per-step rewards explain ~2 % of their own variance on the testbed, see bench/reward_signal.py)"
+        },
     )
     clip_coef: float = field(
         default=0.2,
@@ -308,7 +328,9 @@ class RaiseConfig:
     )
     target_kl: float | None = field(
         default=0.05,
-        metadata={"help": "stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables"},
+        metadata={
+            "help": "stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables"
+        },
     )
     max_grad_norm: float = field(
         default=0.5,
@@ -328,13 +350,17 @@ class RaiseConfig:
     )
     rollout_workers: int = field(
         default=0,
-        metadata={"help": "Ray actors that play each update's episodes (0: one after another in this process); needs pip "
-                          "install raise-select[ray]"},
+        metadata={
+            "help": "Ray actors that play each update's episodes (0: one after another in this process); needs pip "
+            "install raise-select[ray]"
+        },
     )
     ray_address: str | None = field(
         default=None,
-        metadata={"help": 'Ray cluster for rollout_workers ("auto": the one `ray start` runs on this machine, or an address'
-                          " such as ray://head:10001); None: start a local one"},
+        metadata={
+            "help": 'Ray cluster for rollout_workers ("auto": the one `ray start` runs on this machine, or an address'
+            " such as ray://head:10001); None: start a local one"
+        },
     )
     worker_cpus: int = field(
         default=1,
@@ -360,8 +386,9 @@ class CompareConfig:
     )
     selector_seeds: list[int] = field(
         default_factory=lambda: [0],
-        metadata={"help": "RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over "
-                          "`seeds`"},
+        metadata={
+            "help": "RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over `seeds`"
+        },
     )
     budgets: list[float] = field(
         default_factory=lambda: [0.01],
@@ -403,8 +430,10 @@ class Config:
     )
     target: TargetConfig = field(
         default_factory=TargetConfig,
-        metadata={"help": "the target task whose validation loss is the reward and whose test metric is reported (the "
-                          "target.* fields)"},
+        metadata={
+            "help": "the target task whose validation loss is the reward and whose test metric is reported (the "
+            "target.* fields)"
+        },
     )
     train: TrainConfig = field(
         default_factory=TrainConfig,
@@ -466,7 +495,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return from_dict(hint, value, where)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"'{where}' must be a list, got {value!r}; write it in brackets, e.g. {where.split('.', 1)[-1]}=[{value}]")
+            raise UserError(
+                f"'{where}' must be a list, got {value!r}; write it in brackets, e.g. {where.split('.', 1)[-1]}=[{value}]"
+            )
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
@@ -499,12 +530,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
-            raise UserError(f"override '{item}': the value is not valid YAML; close brackets and quotes "
-                            "(e.g. compare.seeds=[0,1], pool.system_prompt='a: b')") from None
+            raise UserError(
+                f"override '{item}': the value is not valid YAML; close brackets and quotes "
+                "(e.g. compare.seeds=[0,1], pool.system_prompt='a: b')"
+            ) from None
         node = data
         parts = key.strip().split(".")
         if not all(parts):
-            raise UserError(f"override '{item}': '{key}' is not a field path; write section.field=value (e.g. train.learning_rate=1e-4)")
+            raise UserError(
+                f"override '{item}': '{key}' is not a field path; write section.field=value (e.g. train.learning_rate=1e-4)"
+            )
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
@@ -609,8 +644,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Strings and lists that must not be empty, and lists that must not repeat an entry.
-NON_EMPTY = ("model.name", "model.lora_target_modules", "pool.sources", "pool.sources[].name", "target.name",
-             "selector", "compare.methods", "compare.seeds", "compare.selector_seeds")
+NON_EMPTY = (
+    "model.name",
+    "model.lora_target_modules",
+    "pool.sources",
+    "pool.sources[].name",
+    "target.name",
+    "selector",
+    "compare.methods",
+    "compare.seeds",
+    "compare.selector_seeds",
+)
 NO_DUPLICATES = ("compare.seeds", "compare.selector_seeds", "compare.budgets", "compare.budget_steps")
 
 
@@ -656,7 +700,11 @@ def validate(config: Config) -> None:
                 if default is not None:
                     fix = f"e.g. {name}={default} (the default)"
                 else:
-                    fix = "give every element in that range" if "[]" in path else "give a value in that range, or null for the default"
+                    fix = (
+                        "give every element in that range"
+                        if "[]" in path
+                        else "give a value in that range, or null for the default"
+                    )
                 raise UserError(f"{name}={value!r} is out of range: it must be {rule}; {fix}")
     for path, allowed in CHOICES.items():
         for name, value in _field_values(config, path):
@@ -674,7 +722,9 @@ def validate(config: Config) -> None:
     if config.train.budget_steps is None and config.train.budget_fraction is None:
         raise UserError("set train.budget_steps or train.budget_fraction")
     if not config.compare.budgets and not config.compare.budget_steps:
-        raise UserError("compare.budgets and compare.budget_steps are both empty; give one (e.g. compare.budget_steps=[24])")
+        raise UserError(
+            "compare.budgets and compare.budget_steps are both empty; give one (e.g. compare.budget_steps=[24])"
+        )
     check_raise_batching(config.raise_)
     if config.train.batch_size % config.raise_.clusters:
         raise UserError(
@@ -691,8 +741,10 @@ def check_raise_batching(config: RaiseConfig) -> None:
             f"{config.episodes_per_update} (each PPO update plays that many episodes)"
         )
     if config.baseline in ("group", "fitted") and config.episodes_per_update < 2:
-        raise UserError(f"raise.baseline={config.baseline} compares the episodes of one update: set "
-                        "raise.episodes_per_update >= 2 or raise.baseline=critic")
+        raise UserError(
+            f"raise.baseline={config.baseline} compares the episodes of one update: set "
+            "raise.episodes_per_update >= 2 or raise.baseline=critic"
+        )
 
 
 def flat_settings(config: Config) -> dict[str, Any]:
@@ -716,8 +768,11 @@ def changed_settings(saved: Config, wanted: Config, may_change: Iterable[str] = 
     (a section such as "compare" or a field such as "raise.episodes")."""
     before, after = flat_settings(saved), flat_settings(wanted)
     allowed = tuple(may_change)
-    return [name for name in after
-            if before.get(name) != after[name] and not any(name == p or name.startswith(f"{p}.") for p in allowed)]
+    return [
+        name
+        for name in after
+        if before.get(name) != after[name] and not any(name == p or name.startswith(f"{p}.") for p in allowed)
+    ]
 
 
 def dump_config(config: Config) -> str:
@@ -755,8 +810,11 @@ def describe_fields(section: str | None = None) -> list[FieldDoc]:
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], f"{name}.", value)
                 continue
-            shown = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value] \
-                if isinstance(value, list) else value
+            shown = (
+                [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+                if isinstance(value, list)
+                else value
+            )
             docs.append(FieldDoc(name, str(f.type), shown, f.metadata.get("help", "")))
             args = typing.get_args(hints[f.name])
             if typing.get_origin(hints[f.name]) is list and args and dataclasses.is_dataclass(args[0]):

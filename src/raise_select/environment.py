@@ -58,7 +58,9 @@ def resolve_budget(pool_size: int, train: TrainConfig) -> int:
         budget = int(round(train.budget_fraction * full))
         origin = f"train.budget_fraction={train.budget_fraction} of {full} full-data steps"
     if budget < 1:
-        raise UserError(f"budget too small: {origin} gives {budget} optimizer updates; raise the budget to at least 1 step")
+        raise UserError(
+            f"budget too small: {origin} gives {budget} optimizer updates; raise the budget to at least 1 step"
+        )
     check_budget_epochs(budget, pool_size, train, origin)
     return budget
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,9 @@ def evaluate_test(
     return result
 
 
-def multiple_choice_accuracy(lm: LoadedModel, examples: Sequence[Example], max_length: int, batch_size: int = 16) -> float:
+def multiple_choice_accuracy(
+    lm: LoadedModel, examples: Sequence[Example], max_length: int, batch_size: int = 16
+) -> float:
     """Fraction of examples whose highest-likelihood choice is ``meta["answer_index"]``."""
     candidates = [dataclasses.replace(e, response=choice) for e in examples for choice in e.meta["choices"]]
     candidate_tokens = tokenize_examples(candidates, lm.tokenizer, max_length)
@@ -124,7 +126,9 @@ def exact_match(
     max_new_tokens: int = 128,
 ) -> dict:
     """Greedy-generate an answer for each prompt; ``{"exact_match": fraction, "samples": [...]}``."""
-    generations = generate(lm, [render_prompt_ids(e, lm.tokenizer)[-max_length:] for e in examples], batch_size, max_new_tokens)
+    generations = generate(
+        lm, [render_prompt_ids(e, lm.tokenizer)[-max_length:] for e in examples], batch_size, max_new_tokens
+    )
     extracted = [extract_answer(text, answer_pattern) for text in generations]
     correct = [answers_match(found, example.meta["answer"]) for found, example in zip(extracted, examples)]
     samples = [
@@ -140,7 +144,9 @@ def exact_match(
 
 
 @torch.no_grad()
-def generate(lm: LoadedModel, prompts: Sequence[Sequence[int]], batch_size: int = 16, max_new_tokens: int = 128) -> list[str]:
+def generate(
+    lm: LoadedModel, prompts: Sequence[Sequence[int]], batch_size: int = 16, max_new_tokens: int = 128
+) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, stop at eos), decoded."""
     tokenizer = lm.tokenizer
     eos_ids = _eos_token_ids(lm)

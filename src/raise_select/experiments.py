@@ -12,17 +12,17 @@ from __future__ import annotations
 import copy
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
+from .callbacks import Callback
 from .config import Config, changed_settings, dump_config, load_config
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, write_json, write_text
 from .pipeline import PhaseCost, Workbench, ledger, run_finetune
-from .callbacks import Callback
 from .run_folders import (
     CHECKPOINT_FILE,
     COMPARISON,
@@ -52,8 +52,11 @@ def selector_training_cost(train_dir: Path) -> PhaseCost:
     cost = PhaseCost()
     for row in read_episodes(train_dir):
         wall = row.get("wall_seconds")
-        cost.add(float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)), int(row.get("tokens", 0)),
-                 None if wall is None else float(wall))
+        cost.add(
+            float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)),
+            int(row.get("tokens", 0)),
+            None if wall is None else float(wall),
+        )
     return cost
 
 
@@ -67,13 +70,17 @@ def check_resume(output: Path, config: Config, pool_fingerprint: str | None = No
     if saved_config.is_file():
         changed = changed_settings(load_config(saved_config), config, RESUMABLE_RUN_CHANGES)
         if changed:
-            raise UserError(f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
-                            f"settings in {saved_config} (only raise.episodes may grow) or train into a new --output")
+            raise UserError(
+                f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
+                f"settings in {saved_config} (only raise.episodes may grow) or train into a new --output"
+            )
     checkpoint = load_checkpoint(output / CHECKPOINT_FILE, config.raise_, config.seed)
     trained_on = (checkpoint["selector_metadata"].get("provenance") or {}).get("pool_fingerprint")
     if pool_fingerprint is not None and trained_on not in (None, pool_fingerprint):
-        raise UserError(f"--resume: the pool's contents changed since {output} was trained (same settings, other "
-                        "examples); restore the pool files or train into a new --output")
+        raise UserError(
+            f"--resume: the pool's contents changed since {output} was trained (same settings, other "
+            "examples); restore the pool files or train into a new --output"
+        )
     return checkpoint
 
 
@@ -100,8 +107,14 @@ def check_rollout_workers(config: Config) -> None:
         import_ray()
 
 
-def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, overwrite: bool = False,
-                         progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path:
+def train_raise_selector(
+    bench: Workbench,
+    output: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
     """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder.
 
     ``callbacks`` see the training's events (:mod:`callbacks`; False from ``on_episode_end`` stops
@@ -134,10 +147,23 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
     swap = None if resume else FolderSwap(output)  # as late as possible: the old folder is aside only briefly
     first_episode = _AfterFirstEpisode(output, config, swap)
     try:
-        train_selector(env, context, config.raise_, output, seed=config.seed, resume=resume, progress=progress,
-                       callbacks=[first_episode, *callbacks], rollouts=rollouts,
-                       provenance={"model": bench.lm.identity, "pool_fingerprint": bench.pool.fingerprint(),
-                                   "target": bench.target.name, "episode_steps": episode_steps})
+        train_selector(
+            env,
+            context,
+            config.raise_,
+            output,
+            seed=config.seed,
+            resume=resume,
+            progress=progress,
+            callbacks=[first_episode, *callbacks],
+            rollouts=rollouts,
+            provenance={
+                "model": bench.lm.identity,
+                "pool_fingerprint": bench.pool.fingerprint(),
+                "target": bench.target.name,
+                "episode_steps": episode_steps,
+            },
+        )
     except BaseException:
         if swap is not None:
             swap.rollback()  # before the first episode: the old folder (or nothing) comes back
@@ -147,8 +173,9 @@ def train_raise_selector(bench: Workbench, output: Path, resume: bool = False, o
             rollouts.close()
     first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
     cost = selector_training_cost(output)
-    write_json(output / LEDGER_FILE, ledger(bench.phi(), {"features": bench.feature_cost,
-                                                            "selector_training": cost}, None))
+    write_json(
+        output / LEDGER_FILE, ledger(bench.phi(), {"features": bench.feature_cost, "selector_training": cost}, None)
+    )
     return output / SELECTOR_DIR
 
 
@@ -161,7 +188,9 @@ def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
         steps_list = [round(fraction * full) for fraction in config.compare.budgets]
     for steps in steps_list:
         if steps < 1:
-            raise UserError(f"a compare budget gives {steps} optimizer updates (full data = {full}); raise compare.budgets")
+            raise UserError(
+                f"a compare budget gives {steps} optimizer updates (full data = {full}); raise compare.budgets"
+            )
         check_budget_epochs(steps, pool_size, config.train, f"the compare budget of {steps} steps")
     return [(steps / full, steps) for steps in steps_list]
 
@@ -192,7 +221,7 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     if "raise" in methods:
         if config.raise_.policy is not None:
             policies[None], selector_phases[None] = config.raise_.policy, PhaseCost()
-        for selector_seed in ([] if config.raise_.policy is not None else config.compare.selector_seeds):
+        for selector_seed in [] if config.raise_.policy is not None else config.compare.selector_seeds:
             train_dir = selector_training_dir(output, selector_seed)
             if not (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
                 train_config = copy.deepcopy(config)
@@ -209,7 +238,7 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     rows = []
     for method in methods:
         method_budgets = [(1.0, full_steps)] if method == "full" else budgets
-        for selector_seed, policy in (policies.items() if method == "raise" else [(None, None)]):
+        for selector_seed, policy in policies.items() if method == "raise" else [(None, None)]:
             method_config = copy.deepcopy(config)
             method_config.raise_.policy = policy
             for _, steps in method_budgets:
@@ -218,16 +247,27 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
                     if not (run_dir / EVALUATION_FILE).is_file():
                         selector = build_selector(method, method_config)
                         extra = {"selector_training": selector_phases[selector_seed]} if method == "raise" else None
-                        run_finetune(bench, selector, run_dir, steps, seed, test_metric=config.compare.test_metric,
-                                     extra_phases=extra, progress=progress)
+                        run_finetune(
+                            bench,
+                            selector,
+                            run_dir,
+                            steps,
+                            seed,
+                            test_metric=config.compare.test_metric,
+                            extra_phases=extra,
+                            progress=progress,
+                        )
                     rows.append({**result_row(load_run(run_dir), method, output), "selector_seed": selector_seed})
 
     selector_phase = PhaseCost()  # one selector training: what a user pays once per selector
     if selector_phases:
         phases = list(selector_phases.values())
         walls = [p.wall_seconds for p in phases if p.wall_seconds is not None]
-        selector_phase.add(sum(p.seconds for p in phases) / len(phases), round(sum(p.tokens for p in phases) / len(phases)),
-                           sum(walls) / len(walls) if walls else None)
+        selector_phase.add(
+            sum(p.seconds for p in phases) / len(phases),
+            round(sum(p.tokens for p in phases) / len(phases)),
+            sum(walls) / len(walls) if walls else None,
+        )
     results = {**comparison_results(rows), "ledger": _comparison_ledger(bench, rows, selector_phase)}
     write_json(output / RESULTS_JSON, results)
     _write_csv(output / RESULTS_CSV, rows)
@@ -245,11 +285,15 @@ def _check_resumable(output: Path, config: Config) -> None:
     changed = changed_settings(saved, config, ("output", "compare"))
     if changed:
         sections = ", ".join(dict.fromkeys(name.split(".")[0] for name in changed))
-        raise UserError(f"{output} was written with different {sections} settings ({', '.join(changed)}); "
-                        "rerun it with its config.yaml or choose a new output folder")
+        raise UserError(
+            f"{output} was written with different {sections} settings ({', '.join(changed)}); "
+            "rerun it with its config.yaml or choose a new output folder"
+        )
     if saved.compare.test_metric != config.compare.test_metric:
-        raise UserError(f"{output} was run with compare.test_metric={str(saved.compare.test_metric).lower()}: its finished "
-                        "runs would not change; rerun with that value or choose a new output folder")
+        raise UserError(
+            f"{output} was run with compare.test_metric={str(saved.compare.test_metric).lower()}: its finished "
+            "runs would not change; rerun with that value or choose a new output folder"
+        )
 
 
 def _comparison_ledger(bench: Workbench, rows: list[dict], selector_phase: PhaseCost) -> dict:
@@ -283,4 +327,3 @@ def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:
     config = load_config(recipe_path("demo_quick" if quick else "demo"))
     run_comparison(config, output, progress=progress)
     return write_report(output)
-

@@ -28,9 +28,10 @@ import hashlib
 import json
 import logging
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,8 +39,8 @@ from sklearn.decomposition import PCA
 
 from .data.tokenize import IGNORE_INDEX, TokenizedSet, tokenize_examples
 from .errors import UserError
-from .io_utils import atomic_write, cache_root
 from .evaluation import map_examples
+from .io_utils import atomic_write, cache_root
 from .model import per_example_loss
 
 if TYPE_CHECKING:
@@ -83,9 +84,9 @@ def feature_cache_key(pool_fingerprint: str, model_identity: str, max_length: in
 
 
 def compute_static_features(
-    lm: "LoadedModel",
-    examples: Sequence["Example"],
-    config: "FeatureConfig",
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    config: FeatureConfig,
     max_length: int,
     pool_fingerprint: str,
     cache_dir: Path | None = None,
@@ -122,7 +123,9 @@ def compute_static_features(
     features = StaticFeatures(
         names=STATIC_FEATURE_NAMES,
         values=values,
-        embedding=np.empty((0, config.pca_dim), dtype=np.float32),  # set below through project(): one projection code path
+        embedding=np.empty(
+            (0, config.pca_dim), dtype=np.float32
+        ),  # set below through project(): one projection code path
         pca_mean=pca_mean,
         pca_components=pca_components,
         key=key,
@@ -133,7 +136,7 @@ def compute_static_features(
     return features
 
 
-def embed_examples(lm: "LoadedModel", examples: Sequence["Example"], max_length: int, batch_size: int) -> np.ndarray:
+def embed_examples(lm: LoadedModel, examples: Sequence[Example], max_length: int, batch_size: int) -> np.ndarray:
     """[n, hidden] raw prompt-pooled last hidden states (project them with :meth:`StaticFeatures.project`)."""
     tokens = tokenize_examples(examples, lm.tokenizer, max_length)
     _, hidden = _forward_pass(lm, tokens, batch_size, pool_prompt=True, progress=False, desc="embedding")
@@ -141,7 +144,7 @@ def embed_examples(lm: "LoadedModel", examples: Sequence["Example"], max_length:
 
 
 def _forward_pass(
-    lm: "LoadedModel", tokens: TokenizedSet, batch_size: int, *, pool_prompt: bool, progress: bool, desc: str
+    lm: LoadedModel, tokens: TokenizedSet, batch_size: int, *, pool_prompt: bool, progress: bool, desc: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-example mean response loss [n] and, if ``pool_prompt``, prompt-pooled last hidden states [n, hidden]."""
     score = _loss_and_prompt_mean if pool_prompt else per_example_loss
@@ -151,7 +154,7 @@ def _forward_pass(
     return values[:, 0], values[:, 1:].astype(np.float32)
 
 
-def _loss_and_prompt_mean(lm: "LoadedModel", batch: dict) -> torch.Tensor:
+def _loss_and_prompt_mean(lm: LoadedModel, batch: dict) -> torch.Tensor:
     """[b, 1 + hidden]: the response loss, then the last hidden state averaged over the prompt tokens.
 
     The decoder stack's output is the final (normed) hidden state [b, T, H] at every position; a
@@ -161,7 +164,9 @@ def _loss_and_prompt_mean(lm: "LoadedModel", batch: dict) -> torch.Tensor:
     """
     captured: dict[str, torch.Tensor] = {}
     hook = lm.model.get_decoder().register_forward_hook(
-        lambda module, args, output: captured.__setitem__("hidden", output[0] if isinstance(output, tuple) else output.last_hidden_state)
+        lambda module, args, output: captured.__setitem__(
+            "hidden", output[0] if isinstance(output, tuple) else output.last_hidden_state
+        )
     )
     try:
         losses = per_example_loss(lm, batch)
@@ -236,5 +241,8 @@ def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarra
     centre = target_embedding.mean(axis=0)
     norms = np.linalg.norm(features.embedding, axis=1) * (np.linalg.norm(centre) or 1.0)
     similarity = (features.embedding @ centre) / np.where(norms > 0, norms, 1.0)
-    return replace(features, names=tuple(features.names) + ("target_similarity",),
-                   values=np.column_stack([features.values, similarity]).astype(np.float32))
+    return replace(
+        features,
+        names=tuple(features.names) + ("target_similarity",),
+        values=np.column_stack([features.values, similarity]).astype(np.float32),
+    )

@@ -10,11 +10,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .errors import UserError
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -58,8 +58,9 @@ def user_path(path: str | os.PathLike, action: str) -> Iterator[None]:
     try:
         yield
     except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); "
-                        "convert the file to UTF-8") from None
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); convert the file to UTF-8"
+        ) from None
     except OSError as error:
         raise UserError(os_error_message(error, action, error.filename or path)) from None
 
@@ -162,7 +163,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
-                    raise UserError(f"{path} line {number} is not valid JSON; re-run the command that wrote it") from None
+                    raise UserError(
+                        f"{path} line {number} is not valid JSON; re-run the command that wrote it"
+                    ) from None
     return rows
 
 

@@ -15,9 +15,9 @@ import importlib.metadata
 import random
 import re
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ContextManager
 
 import numpy as np
 import torch
@@ -62,9 +62,11 @@ def resolve_model_path(name: str) -> str:
         cached = try_to_load_from_cache(name, "config.json")
         if isinstance(cached, str):
             return str(Path(cached).parent)
-        raise UserError(f"unknown model '{name}': not bundled, not a local folder and not in the Hugging Face cache "
-                        f"(raise-select does not download); run `huggingface-cli download {name}` first, or give a "
-                        f"local folder with config.json, or one of {', '.join(BUNDLED_MODELS)}")
+        raise UserError(
+            f"unknown model '{name}': not bundled, not a local folder and not in the Hugging Face cache "
+            f"(raise-select does not download); run `huggingface-cli download {name}` first, or give a "
+            f"local folder with config.json, or one of {', '.join(BUNDLED_MODELS)}"
+        )
     raise UserError(
         f"unknown model '{name}': give a local folder with config.json, or one of {', '.join(BUNDLED_MODELS)}"
     )
@@ -74,8 +76,9 @@ def _smollm2_folder() -> Path:
     """The converted SmolLM2 folder, converting the packaged GGUF on first use (or when corrupt)."""
     from .assets import cached_folder
 
-    return cached_folder(cache_root() / SMOLLM2_CACHE_DIR, lambda folder: _convert_gguf(_smollm2_gguf(), folder),
-                         "SmolLM2 conversion")
+    return cached_folder(
+        cache_root() / SMOLLM2_CACHE_DIR, lambda folder: _convert_gguf(_smollm2_gguf(), folder), "SmolLM2 conversion"
+    )
 
 
 def _smollm2_gguf() -> Path:
@@ -118,7 +121,7 @@ class LoadedModel:
         # Taken at load time, so later edits to the folder cannot relabel what is in memory.
         self.identity = _model_identity(self.name, self.path)
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         """bf16 autocast for forward passes when precision == "bf16"; master weights stay fp32."""
         if self.config.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -185,10 +188,14 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError, SafetensorError) as exc:  # missing, truncated or unrecognised files
         reason = " ".join(str(exc).split())[:300]
-        raise UserError(f"could not load model '{config.name}' from {path}: {reason}; give a folder saved with save_pretrained") from None
+        raise UserError(
+            f"could not load model '{config.name}' from {path}: {reason}; give a folder saved with save_pretrained"
+        ) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError(f"tokenizer of model '{config.name}' has neither a pad nor an eos token; add one to its tokenizer_config.json")
+            raise UserError(
+                f"tokenizer of model '{config.name}' has neither a pad nor an eos token; add one to its tokenizer_config.json"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     if config.finetune == "lora":
         model = _add_lora(model, config, seed)
@@ -235,7 +242,9 @@ def response_loss_sums(lm: LoadedModel, batch: dict) -> tuple[torch.Tensor, torc
     boolean mask): prompts and padding never pay for the vocabulary-sized output layer.
     Returns two float32 tensors of shape [b].
     """
-    input_ids, attention_mask, labels = (torch.as_tensor(batch[k], device=lm.device) for k in ("input_ids", "attention_mask", "labels"))
+    input_ids, attention_mask, labels = (
+        torch.as_tensor(batch[k], device=lm.device) for k in ("input_ids", "attention_mask", "labels")
+    )
     targets = labels[:, 1:]
     is_response = targets != -100  # [b, T-1]
     predicts_response = F.pad(is_response, (0, 1), value=False)  # [b, T]: position t predicts token t+1

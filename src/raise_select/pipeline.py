@@ -11,10 +11,10 @@ import csv
 import io
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class Workbench:
             self.base_weights = self.lm.snapshot()
 
     @classmethod
-    def build(cls, config: Config) -> "Workbench":
+    def build(cls, config: Config) -> Workbench:
         seed_everything(config.seed)
         pool = build_pool(config.pool, seed=config.seed)
         resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work
@@ -102,12 +102,24 @@ class Workbench:
         self.lm.restore(self.base_weights)  # features describe the pool under the BASE model
         aux = self.lm
         if feature_config.aux_model and feature_config.aux_model != self.config.model.name:
-            aux = load_model(ModelConfig(name=feature_config.aux_model, finetune="full",
-                                         precision=self.config.model.precision, device=self.config.model.device),
-                             seed=self.config.seed)
+            aux = load_model(
+                ModelConfig(
+                    name=feature_config.aux_model,
+                    finetune="full",
+                    precision=self.config.model.precision,
+                    device=self.config.model.device,
+                ),
+                seed=self.config.seed,
+            )
         max_length = self.config.pool.max_length
-        self.features = compute_static_features(aux, self.pool.examples, feature_config, max_length,
-                                                pool_fingerprint=self.pool.fingerprint(), progress=progress)
+        self.features = compute_static_features(
+            aux,
+            self.pool.examples,
+            feature_config,
+            max_length,
+            pool_fingerprint=self.pool.fingerprint(),
+            progress=progress,
+        )
         hidden = embed_examples(aux, list(self.target.validation), max_length, feature_config.batch_size)
         self.target_embedding = self.features.project(hidden)
         self.features = with_target_similarity(self.features, self.target_embedding)
@@ -117,7 +129,9 @@ class Workbench:
         self.feature_cost.add(time.perf_counter() - started, tokens)
         return self.features
 
-    def selection_context(self, selector: Selector, budget_steps: int, seed: int, progress: bool = True) -> SelectionContext:
+    def selection_context(
+        self, selector: Selector, budget_steps: int, seed: int, progress: bool = True
+    ) -> SelectionContext:
         features = self.ensure_features(progress) if selector.requires_features else None
         return SelectionContext(
             pool=self.pool,
@@ -131,8 +145,15 @@ class Workbench:
         )
 
     def make_env(self, budget_steps: int, evaluate_every: int = 1) -> FineTuneEnv:
-        return FineTuneEnv(self.lm, self.pool_tokens, self.validation_tokens, self.config.train, budget_steps,
-                           evaluate_every=evaluate_every, base_weights=self.base_weights)
+        return FineTuneEnv(
+            self.lm,
+            self.pool_tokens,
+            self.validation_tokens,
+            self.config.train,
+            budget_steps,
+            evaluate_every=evaluate_every,
+            base_weights=self.base_weights,
+        )
 
     def phi(self) -> dict:
         """Cost of one full-data run (Φ) in steps and tokens; seconds are estimated from measured throughput."""
@@ -213,8 +234,17 @@ def run_finetune(
     """
     if output is None:
         with tempfile.TemporaryDirectory(prefix="raise-select-run-") as scratch:
-            result = run_finetune(bench, selector, Path(scratch) / "run", budget_steps, seed, test_metric, extra_phases,
-                                  progress, callbacks)
+            result = run_finetune(
+                bench,
+                selector,
+                Path(scratch) / "run",
+                budget_steps,
+                seed,
+                test_metric,
+                extra_phases,
+                progress,
+                callbacks,
+            )
         return replace(result, output=None)
     config = replace(bench.config, seed=seed, selector=selector.name)
     # Everything that can fail on the user's input happens before the run folder is touched.
@@ -226,23 +256,36 @@ def run_finetune(
     check_output(output, FINETUNE)
     with staged_folder(output) as folder:
         write_text(folder / CONFIG_FILE, dump_config(config))
-        write_json(folder / SUMMARY_FILE, {
-            "method": selector.name,
-            "seed": seed,
-            "budget_steps": budget_steps,
-            "budget_fraction": budget_steps / bench.phi()["steps"],
-            "batch_size": config.train.batch_size,
-            "pool_size": len(bench.pool),
-            "model": config.model.name,
-            "target": bench.target.name,
-        })
+        write_json(
+            folder / SUMMARY_FILE,
+            {
+                "method": selector.name,
+                "seed": seed,
+                "budget_steps": budget_steps,
+                "budget_fraction": budget_steps / bench.phi()["steps"],
+                "batch_size": config.train.batch_size,
+                "pool_size": len(bench.pool),
+                "model": config.model.name,
+                "target": bench.target.name,
+            },
+        )
 
         state = env.reset(seed)
         selector.reset(seed)
         clusters = getattr(selector, "clusters", None)
         metrics_path, selections_path = folder / METRICS_FILE, folder / SELECTIONS_FILE
-        append_jsonl(metrics_path, {"decision": 0, "step": 0, "train_loss": None, "validation_loss": state.validation_loss,
-                                    "reward": None, "seconds": 0.0, "tokens": 0})
+        append_jsonl(
+            metrics_path,
+            {
+                "decision": 0,
+                "step": 0,
+                "train_loss": None,
+                "validation_loss": state.validation_loss,
+                "reward": None,
+                "seconds": 0.0,
+                "tokens": 0,
+            },
+        )
         total_seconds, total_tokens, decision = 0.0, 0, 0
         events = with_progress(callbacks, progress)
         events.on_run_start(selector.name, -(-budget_steps // config.train.decision_interval))
@@ -256,10 +299,16 @@ def run_finetune(
             total_seconds += selection_seconds + result.seconds
             total_tokens += result.tokens
             append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
-            metrics = {"decision": decision, "step": state.step, "train_loss": result.train_loss,
-                       "validation_loss": result.validation_loss, "reward": result.reward,
-                       "seconds": round(total_seconds, 4), "tokens": total_tokens,
-                       "selection_seconds": round(selection_seconds, 5)}
+            metrics = {
+                "decision": decision,
+                "step": state.step,
+                "train_loss": result.train_loss,
+                "validation_loss": result.validation_loss,
+                "reward": result.reward,
+                "seconds": round(total_seconds, 4),
+                "tokens": total_tokens,
+                "selection_seconds": round(selection_seconds, 5),
+            }
             append_jsonl(metrics_path, metrics)
             if not events.on_decision_end(decision, metrics):
                 break  # a callback ended the run
@@ -267,13 +316,21 @@ def run_finetune(
         final_validation = state.validation_history[-1]
         test = None
         if test_metric and len(bench.target.test):
-            test = evaluate_test(bench.lm, bench.target, config.pool.max_length, batch_size=config.train.eval_batch_size,
-                                 max_new_tokens=config.target.max_new_tokens)
-        write_json(folder / EVALUATION_FILE, {
-            "validation_loss_initial": state.validation_history[0],
-            "validation_loss_final": final_validation,
-            "test": test,
-        })
+            test = evaluate_test(
+                bench.lm,
+                bench.target,
+                config.pool.max_length,
+                batch_size=config.train.eval_batch_size,
+                max_new_tokens=config.target.max_new_tokens,
+            )
+        write_json(
+            folder / EVALUATION_FILE,
+            {
+                "validation_loss_initial": state.validation_history[0],
+                "validation_loss_final": final_validation,
+                "test": test,
+            },
+        )
         phases = dict(extra_phases or {})
         if selector.requires_features:
             phases.setdefault("features", bench.feature_cost)
@@ -281,8 +338,18 @@ def run_finetune(
         write_json(folder / LEDGER_FILE, ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
         if hasattr(selector, "explain"):
             write_explain_csv(folder / EXPLAIN_FILE, selector.explain(), bench.pool)
-    result = RunResult(selector.name, seed, budget_steps, state.validation_history[0], final_validation, test,
-                       state.step, total_tokens, total_seconds, output)
+    result = RunResult(
+        selector.name,
+        seed,
+        budget_steps,
+        state.validation_history[0],
+        final_validation,
+        test,
+        state.step,
+        total_tokens,
+        total_seconds,
+        output,
+    )
     events.on_run_end(result)
     return result
 

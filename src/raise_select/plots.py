@@ -11,8 +11,9 @@ import contextlib
 import io
 import math
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from matplotlib import rc_context
@@ -24,13 +25,21 @@ from .io_utils import atomic_write
 
 TOP_CATEGORIES = 8  # categories drawn per stacked-bar panel; the rest are pooled as "other"
 PLOT_DPI = 120
-_PLOT_STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9, "figure.titlesize": 13}
+_PLOT_STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.fontsize": 9,
+    "figure.titlesize": 13,
+}
 _STAGE_AXIS = "training progress (share of budget steps)"
 _SHARE_AXIS = "share of selected examples (%)"
 
 
 @contextlib.contextmanager
-def _figure(path: Path, title: str, n_panels: int = 1, panel_size: tuple[float, float] = (6.0, 4.2), columns: int = 2) -> Iterator[list]:
+def _figure(
+    path: Path, title: str, n_panels: int = 1, panel_size: tuple[float, float] = (6.0, 4.2), columns: int = 2
+) -> Iterator[list]:
     """Yield ``n_panels`` axes of one figure; on exit lay it out and write it atomically as a PNG."""
     columns = min(columns, n_panels)
     rows = math.ceil(n_panels / columns)
@@ -63,7 +72,15 @@ def plot_validation_curves(series: list[Curve], path: Path, title: str) -> Path 
         for curve in series:
             color = f"C{methods.index(curve.method) % 10}"
             style = line_styles[budgets.index(curve.budget) % len(line_styles)]
-            axis.plot(curve.steps, curve.mean, style, color=color, marker="o" if len(curve.steps) <= 30 else None, markersize=3, label=curve.label)
+            axis.plot(
+                curve.steps,
+                curve.mean,
+                style,
+                color=color,
+                marker="o" if len(curve.steps) <= 30 else None,
+                markersize=3,
+                label=curve.label,
+            )
             if curve.std is not None:
                 axis.fill_between(curve.steps, curve.mean - curve.std, curve.mean + curve.std, color=color, alpha=0.15)
         axis.set_xlabel("optimizer step (updates)")
@@ -109,11 +126,19 @@ def plot_selection_composition(records: list[dict], reference: dict, method: str
         if labels:
             axis = axes[-1]
             for label in labels:
-                shares = [100 * np.mean([r[label] for r in records if r["stage"] == s and r[label] is not None] or [np.nan]) for s in stages]
+                shares = [
+                    100 * np.mean([r[label] for r in records if r["stage"] == s and r[label] is not None] or [np.nan])
+                    for s in stages
+                ]
                 line = axis.plot(stage_labels, shares, marker="o", label=f"{label} (selected)")[0]
                 if label in reference:
                     share = reference[label]["shares"].get(True, 0.0)
-                    axis.axhline(100 * share, color=line.get_color(), linestyle="--", label=f"{label} ({reference[label]['label']})")
+                    axis.axhline(
+                        100 * share,
+                        color=line.get_color(),
+                        linestyle="--",
+                        label=f"{label} ({reference[label]['label']})",
+                    )
             axis.set_ylim(0, 100)
             axis.tick_params(axis="x", labelrotation=30)
             axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -137,10 +162,14 @@ def _stacked_shares(axis, records, key, stages, stage_labels, pool_shares) -> No
     hatches = [""] * len(stages) + ["//"] * (len(columns) - len(stages))
     bottom = np.zeros(len(columns))
     for category in categories + (["other"] if len(overall) > len(categories) else []):
-        values = np.array([
-            100 * (col[category] if category != "other" else sum(v for c, v in col.items() if c not in categories)) / (sum(col.values()) or 1)
-            for col in columns
-        ])
+        values = np.array(
+            [
+                100
+                * (col[category] if category != "other" else sum(v for c, v in col.items() if c not in categories))
+                / (sum(col.values()) or 1)
+                for col in columns
+            ]
+        )
         axis.bar(positions, values, bottom=bottom, label=str(category), hatch=hatches, edgecolor="white")
         bottom += values
     axis.set_xticks(positions, x_labels, rotation=30)
@@ -167,7 +196,9 @@ def plot_ppo_curve(episodes: list[dict], path: Path) -> Path:
         return_axis.set_xlabel("episode")
         return_axis.set_ylabel("return (reward units)")
         loss_axis.plot(episode, as_array("validation_loss_final"), marker="o", markersize=3, label="end of episode")
-        loss_axis.plot(episode, as_array("validation_loss_initial"), linestyle="--", label="start of episode (base model)")
+        loss_axis.plot(
+            episode, as_array("validation_loss_initial"), linestyle="--", label="start of episode (base model)"
+        )
         loss_axis.set_title("Validation loss per episode")
         loss_axis.set_xlabel("episode")
         loss_axis.set_ylabel(LOSS_AXIS)
@@ -178,7 +209,9 @@ def plot_score_drivers(explain, features, stages, correlations, order, best_stag
     """Grouped bars of rho per feature (in ``order``) and stage; scatter of the score vs feature ``order[0]``."""
     best = order[0]
     height = 0.8 / len(stages)
-    with _figure(path, "What drives the RAISE acquisition score", 2, panel_size=(6.5, max(4.2, 0.35 * len(order) + 1.5))) as (bar_axis, scatter_axis):
+    with _figure(
+        path, "What drives the RAISE acquisition score", 2, panel_size=(6.5, max(4.2, 0.35 * len(order) + 1.5))
+    ) as (bar_axis, scatter_axis):
         for j, stage in enumerate(stages):
             y = np.arange(len(order)) + (j - (len(stages) - 1) / 2) * height
             bar_axis.barh(y, np.nan_to_num(correlations[order, j]), height, label=f"t/T = {stage}")
@@ -195,8 +228,16 @@ def plot_score_drivers(explain, features, stages, correlations, order, best_stag
         groups = list(dict.fromkeys(sources)) if len(set(sources)) <= TOP_CATEGORIES else [None]
         for group in groups:
             mask = np.array([group is None or s == group for s in sources])
-            scatter_axis.scatter(feature_values[mask], scores[mask], s=12 if len(explain) <= 1000 else 4, alpha=0.6, label=group if group is not None else None)
-        scatter_axis.set_title(f"Score vs {features[best]} (rho {correlations[best, best_stage]:+.2f}, t/T = {stages[best_stage]})")
+            scatter_axis.scatter(
+                feature_values[mask],
+                scores[mask],
+                s=12 if len(explain) <= 1000 else 4,
+                alpha=0.6,
+                label=group if group is not None else None,
+            )
+        scatter_axis.set_title(
+            f"Score vs {features[best]} (rho {correlations[best, best_stage]:+.2f}, t/T = {stages[best_stage]})"
+        )
         scatter_axis.set_xlabel(f"{features[best]} (feature value)")
         scatter_axis.set_ylabel(f"acquisition score at t/T = {stages[best_stage]} (policy logit)")
     return path

@@ -61,9 +61,10 @@ import json
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -91,10 +92,23 @@ CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per upd
 RESUMABLE_CONFIG_CHANGES = ("episodes", "policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
 # Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
 # shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
-RESUMABLE_RUN_CHANGES = ("output", "selector", "compare", "raise.episodes", "raise.policy", "raise.rollout_workers",
-                         "raise.ray_address", "raise.worker_cpus", "raise.worker_gpus", "features.cache",
-                         "train.eval_every", "train.max_budget_epochs", "target.metric", "target.max_new_tokens",
-                         "target.answer_pattern")
+RESUMABLE_RUN_CHANGES = (
+    "output",
+    "selector",
+    "compare",
+    "raise.episodes",
+    "raise.policy",
+    "raise.rollout_workers",
+    "raise.ray_address",
+    "raise.worker_cpus",
+    "raise.worker_gpus",
+    "features.cache",
+    "train.eval_every",
+    "train.max_budget_epochs",
+    "target.metric",
+    "target.max_new_tokens",
+    "target.answer_pattern",
+)
 
 
 # -- the maths ------------------------------------------------------------------------------
@@ -144,10 +158,12 @@ def stage_basis(stages: np.ndarray) -> np.ndarray:
     """[T, 8] regression features of the stage features [progress p, validation ratio v, change c]:
     1, p, p^2, p^3, v, v^2, p v, c (a smooth function of time and of how far training has got)."""
     p, v, c = (np.asarray(stages, dtype=np.float64)[:, i] for i in range(3))
-    return np.stack([np.ones_like(p), p, p * p, p ** 3, v, v * v, p * v, c], axis=1)
+    return np.stack([np.ones_like(p), p, p * p, p**3, v, v * v, p * v, c], axis=1)
 
 
-def fitted_baselines(bases: Sequence[np.ndarray], returns: Sequence[np.ndarray], ridge: float = 1e-3) -> list[np.ndarray]:
+def fitted_baselines(
+    bases: Sequence[np.ndarray], returns: Sequence[np.ndarray], ridge: float = 1e-3
+) -> list[np.ndarray]:
     """Leave-one-out linear baselines: episode e's values come from a ridge regression of the return-to-go
     on the stage basis, fitted on the OTHER episodes of the batch (so no episode is its own baseline)."""
     if len(bases) < 2:
@@ -161,7 +177,9 @@ def fitted_baselines(bases: Sequence[np.ndarray], returns: Sequence[np.ndarray],
     return baselines
 
 
-def batch_advantages(episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def batch_advantages(
+    episodes: Sequence[RolloutBuffer], config: RaiseConfig
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per episode: (advantages, critic targets), before normalization; see the module docstring."""
     rewards = [np.array([d.reward for d in buffer.decisions]) for buffer in episodes]
     dones = [np.array([d.done for d in buffer.decisions], dtype=np.float64) for buffer in episodes]
@@ -177,7 +195,9 @@ def batch_advantages(episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -
     else:
         values = [np.array([d.value for d in buffer.decisions]) for buffer in episodes]
     # Every rollout is one whole episode, so the last decision is terminal and last_value is never used.
-    advantages = [compute_gae(r, v, d, 0.0, config.gamma, config.gae_lambda)[0] for r, v, d in zip(rewards, values, dones)]
+    advantages = [
+        compute_gae(r, v, d, 0.0, config.gamma, config.gae_lambda)[0] for r, v, d in zip(rewards, values, dones)
+    ]
     return advantages, returns
 
 
@@ -191,7 +211,9 @@ def centered_ranks(values: np.ndarray) -> np.ndarray:
     return ranks / (values.size - 1) - 0.5
 
 
-def nes_mean_step(mean: np.ndarray, std: np.ndarray, samples: np.ndarray, returns: np.ndarray, learning_rate: float) -> np.ndarray:
+def nes_mean_step(
+    mean: np.ndarray, std: np.ndarray, samples: np.ndarray, returns: np.ndarray, learning_rate: float
+) -> np.ndarray:
     """Separable NES step of a Gaussian's mean (natural gradient, rank-shaped fitness):
     mean + lr * std * sum_e u_e (sample_e - mean) / std, with u = centered_ranks(returns)."""
     utilities = centered_ranks(returns)
@@ -199,7 +221,7 @@ def nes_mean_step(mean: np.ndarray, std: np.ndarray, samples: np.ndarray, return
     return mean + learning_rate * std * (utilities @ noise)
 
 
-def head_update(selector: RaiseSelector, episodes: Sequence["RolloutBuffer"], config: RaiseConfig) -> dict[str, float]:
+def head_update(selector: RaiseSelector, episodes: Sequence[RolloutBuffer], config: RaiseConfig) -> dict[str, float]:
     """Move the episode head's mean by one NES step from the batch's whole-episode returns; returns statistics."""
     policy = selector.policy
     mean, std = policy.head_mean.numpy().astype(np.float64), policy.head_std.numpy().astype(np.float64)
@@ -244,15 +266,17 @@ class RolloutBuffer:
         self.head_weights: np.ndarray | None = None  # [k] float32 head weights drawn for this episode
 
     def add(self, sampled: SampledDecision, reward: float, done: bool) -> None:
-        self.decisions.append(StoredDecision(
-            chosen=np.concatenate(sampled.groups).astype(np.int64),
-            group_sizes=np.array([len(g) for g in sampled.groups], dtype=np.int64),
-            stage=sampled.stage.astype(np.float32),
-            old_log_probs=sampled.log_probs.numpy().astype(np.float32),
-            value=sampled.value,
-            reward=reward,
-            done=done,
-        ))
+        self.decisions.append(
+            StoredDecision(
+                chosen=np.concatenate(sampled.groups).astype(np.int64),
+                group_sizes=np.array([len(g) for g in sampled.groups], dtype=np.int64),
+                stage=sampled.stage.astype(np.float32),
+                old_log_probs=sampled.log_probs.numpy().astype(np.float32),
+                value=sampled.value,
+                reward=reward,
+                done=done,
+            )
+        )
 
     def __len__(self) -> int:
         return len(self.decisions)
@@ -273,7 +297,9 @@ def episode_seed(seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
-def run_episode(env: "FineTuneEnv", selector: RaiseSelector, seed: int, reward_scale: float) -> tuple[RolloutBuffer, dict]:
+def run_episode(
+    env: FineTuneEnv, selector: RaiseSelector, seed: int, reward_scale: float
+) -> tuple[RolloutBuffer, dict]:
     """Play one fine-tuning episode with the stochastic policy; returns the buffer and the episode's numbers.
 
     The result depends only on the selector's weights and ``seed`` (env reset and Plackett-Luce sampler).
@@ -295,13 +321,20 @@ def run_episode(env: "FineTuneEnv", selector: RaiseSelector, seed: int, reward_s
         updates += int(result.updates)
         tokens += int(result.tokens)
     history = env.state.validation_history
-    summary = {"return": episode_return, "validation_loss_initial": float(history[0]),
-               "validation_loss_final": float(history[-1]), "updates": updates, "tokens": tokens, "decisions": len(buffer)}
+    summary = {
+        "return": episode_return,
+        "validation_loss_initial": float(history[0]),
+        "validation_loss_final": float(history[-1]),
+        "updates": updates,
+        "tokens": tokens,
+        "decisions": len(buffer),
+    }
     return buffer, summary
 
 
-def collect_rollouts(env: "FineTuneEnv", selector: RaiseSelector, seeds: Sequence[int],
-                     reward_scale: float) -> list[tuple[RolloutBuffer, dict]]:
+def collect_rollouts(
+    env: FineTuneEnv, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+) -> list[tuple[RolloutBuffer, dict]]:
     """One PPO update's batch of episodes, played in-process one after another (the unit of work)."""
     rollouts = []
     for seed in seeds:
@@ -319,7 +352,9 @@ class Rollouts(Protocol):
     ran). Implementations: :class:`InProcessRollouts` and ``ray_rollouts.RayRollouts``.
     """
 
-    def collect(self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float) -> list[tuple[RolloutBuffer, dict]]: ...
+    def collect(
+        self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+    ) -> list[tuple[RolloutBuffer, dict]]: ...
 
     def close(self) -> None: ...
 
@@ -327,10 +362,12 @@ class Rollouts(Protocol):
 class InProcessRollouts:
     """``raise.rollout_workers=0``: the episodes are played one after another on ``env``, in this process."""
 
-    def __init__(self, env: "FineTuneEnv"):
+    def __init__(self, env: FineTuneEnv):
         self.env = env
 
-    def collect(self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float) -> list[tuple[RolloutBuffer, dict]]:
+    def collect(
+        self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+    ) -> list[tuple[RolloutBuffer, dict]]:
         return collect_rollouts(self.env, selector, seeds, reward_scale)
 
     def close(self) -> None:
@@ -338,8 +375,15 @@ class InProcessRollouts:
 
 
 # -- the update -----------------------------------------------------------------------------
-def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, advantage: float, target_return: float,
-                       config: RaiseConfig, weight: float) -> dict[str, float]:
+def _decision_backward(
+    selector: RaiseSelector,
+    buffer: RolloutBuffer,
+    t: int,
+    advantage: float,
+    target_return: float,
+    config: RaiseConfig,
+    weight: float,
+) -> dict[str, float]:
     """Accumulate ``weight`` x (this decision's PPO loss) gradients into policy and critic; return its stats."""
     policy, critic, fused_static = selector.policy, selector.critic, selector.fused_static
     stored = buffer.decisions[t]
@@ -361,7 +405,9 @@ def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, a
     loss = policy_loss - config.entropy_coef * entropy + config.value_coef * value_loss
     (weight * loss).backward()  # critic grads, and d loss / d scores in scores.grad
 
-    chunks = zip(fused_static.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS), scores.grad.split(SCORE_CHUNK_ROWS))
+    chunks = zip(
+        fused_static.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS), scores.grad.split(SCORE_CHUNK_ROWS)
+    )
     for x, a, score_grad in chunks:
         policy(x, stage, a).backward(score_grad)  # pass 2: chain rule into theta, one chunk at a time
 
@@ -375,8 +421,13 @@ def _decision_backward(selector: RaiseSelector, buffer: RolloutBuffer, t: int, a
         }
 
 
-def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, episodes: Sequence[RolloutBuffer],
-               config: RaiseConfig, rng: np.random.Generator) -> dict[str, float]:
+def ppo_update(
+    selector: RaiseSelector,
+    optimizer: torch.optim.Optimizer,
+    episodes: Sequence[RolloutBuffer],
+    config: RaiseConfig,
+    rng: np.random.Generator,
+) -> dict[str, float]:
     """update_epochs passes over the batch's decisions in shuffled minibatches; returns mean statistics.
 
     Stops early (``early_stopped`` = 1) once a minibatch's mean approximate KL exceeds ``target_kl``.
@@ -394,13 +445,20 @@ def ppo_update(selector: RaiseSelector, optimizer: torch.optim.Optimizer, episod
     for _ in range(config.update_epochs):
         order = rng.permutation(len(decisions))
         for start in range(0, len(order), config.minibatch_size):
-            minibatch = [decisions[i] for i in order[start:start + config.minibatch_size]]
+            minibatch = [decisions[i] for i in order[start : start + config.minibatch_size]]
             optimizer.zero_grad(set_to_none=True)
             selector.refresh_projection()  # weights are fixed within a minibatch
             kls = []
             for e, t in minibatch:  # one decision at a time: only one pool-sized graph alive
-                decision_stats = _decision_backward(selector, episodes[e], t, float(advantages[e][t]),
-                                                    float(returns[e][t]), config, weight=1.0 / len(minibatch))
+                decision_stats = _decision_backward(
+                    selector,
+                    episodes[e],
+                    t,
+                    float(advantages[e][t]),
+                    float(returns[e][t]),
+                    config,
+                    weight=1.0 / len(minibatch),
+                )
                 for key, number in decision_stats.items():
                     stats[key].append(number)
                 kls.append(decision_stats["approx_kl"])
@@ -451,8 +509,15 @@ def _comparable_config(config: RaiseConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CONFIG_CHANGES}
 
 
-def save_checkpoint(path: Path, selector: RaiseSelector, optimizer: torch.optim.Optimizer, episode: int,
-                    rows: list[dict], seed: int, rng_states: dict) -> None:
+def save_checkpoint(
+    path: Path,
+    selector: RaiseSelector,
+    optimizer: torch.optim.Optimizer,
+    episode: int,
+    rows: list[dict],
+    seed: int,
+    rng_states: dict,
+) -> None:
     metadata, tensors = artifact_to_payload(selector.to_artifact())
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -474,7 +539,9 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise UserError(f"{path} is not a readable raise-select checkpoint ({type(exc).__name__}); start without --resume") from None
+        raise UserError(
+            f"{path} is not a readable raise-select checkpoint ({type(exc).__name__}); start without --resume"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a raise-select PPO checkpoint; start without --resume")
     saved = payload["selector_metadata"]["config"]
@@ -487,7 +554,7 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
 
 # -- entry point ----------------------------------------------------------------------------
 def train_selector(
-    env: "FineTuneEnv",
+    env: FineTuneEnv,
     context: SelectionContext,
     config: RaiseConfig,
     output_dir: str | Path,
@@ -517,7 +584,9 @@ def train_selector(
 
     selector_state = None
     if checkpoint is not None:
-        selector_state = artifact_from_payload(checkpoint["selector_metadata"], checkpoint["selector_tensors"], checkpoint_path)
+        selector_state = artifact_from_payload(
+            checkpoint["selector_metadata"], checkpoint["selector_tensors"], checkpoint_path
+        )
         selector_state.config = config  # the same except (maybe) the episode count, checked above
     selector = RaiseSelector(config, artifact=selector_state)
     selector.setup(dataclasses.replace(context, seed=seed))
@@ -548,8 +617,14 @@ def train_selector(
         # seconds: the episode's own time (summed over workers: compute); wall_seconds: this row's share of the
         # update's elapsed time (collection, wherever it ran, plus the PPO update).
         new_rows = [
-            {"episode": k, "update": update, **summary, "update_seconds": update_seconds / per_update,
-             "wall_seconds": (collect_seconds + update_seconds) / per_update, **update_stats}
+            {
+                "episode": k,
+                "update": update,
+                **summary,
+                "update_seconds": update_seconds / per_update,
+                "wall_seconds": (collect_seconds + update_seconds) / per_update,
+                **update_stats,
+            }
             for k, (_, summary) in zip(episodes, played)
         ]
         rows.extend(new_rows)

@@ -28,8 +28,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -54,7 +55,9 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise UserError("raise.rollout_workers > 0 needs Ray: pip install raise-select[ray] (or set raise.rollout_workers=0)") from None
+        raise UserError(
+            "raise.rollout_workers > 0 needs Ray: pip install raise-select[ray] (or set raise.rollout_workers=0)"
+        ) from None
     return ray
 
 
@@ -92,18 +95,29 @@ class RolloutWorker:
         lm = load_model(setup.model, seed=setup.context.seed)
         missing = sorted(set(setup.base_weights) - {name for name, p in lm.model.named_parameters() if p.requires_grad})
         if missing:
-            raise UserError(f"the model a rollout worker loaded for {setup.model.name!r} lacks trainable weights the driver "
-                            f"has ({missing[0]}, ...); every node needs the same model files")
+            raise UserError(
+                f"the model a rollout worker loaded for {setup.model.name!r} lacks trainable weights the driver "
+                f"has ({missing[0]}, ...); every node needs the same model files"
+            )
         self.context = setup.context
-        self.env = FineTuneEnv(lm, setup.pool_tokens, setup.validation_tokens, setup.train, setup.episode_steps,
-                               evaluate_every=1, base_weights=setup.base_weights)
+        self.env = FineTuneEnv(
+            lm,
+            setup.pool_tokens,
+            setup.validation_tokens,
+            setup.train,
+            setup.episode_steps,
+            evaluate_every=1,
+            base_weights=setup.base_weights,
+        )
         self.selector: RaiseSelector | None = None
         self.selector_key: int | None = None
 
     def pid(self) -> int:
         return os.getpid()
 
-    def play(self, selector_payload: tuple[dict, dict], key: int, seed: int, reward_scale: float) -> tuple[RolloutBuffer, dict, int]:
+    def play(
+        self, selector_payload: tuple[dict, dict], key: int, seed: int, reward_scale: float
+    ) -> tuple[RolloutBuffer, dict, int]:
         """One episode with the selector in ``selector_payload`` (re-bound when ``key`` changes)."""
         if key != self.selector_key:
             artifact = artifact_from_payload(*selector_payload, "the driver's selector")
@@ -132,14 +146,18 @@ class RayRollouts:
             if settings.ray_address is None:
                 cpus = max(settings.rollout_workers * settings.worker_cpus, os.cpu_count() or 1)
                 # A cluster of this machine alone, reachable from it alone.
-                ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+                ray.init(
+                    num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1"
+                )
             else:
                 ray.init(address=settings.ray_address, logging_level=logging.WARNING)
             self.started_ray = True
         setup = ray.put(setup)
         actor_class = ray.remote(RolloutWorker).options(
-            num_cpus=settings.worker_cpus, num_gpus=settings.worker_gpus,
-            max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
+            num_cpus=settings.worker_cpus,
+            num_gpus=settings.worker_gpus,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_RESTARTS,
         )
         self.actors = [actor_class.remote(setup) for _ in range(self.workers)]
         self.restarts = 0  # worker processes that died and were replaced
@@ -158,10 +176,14 @@ class RayRollouts:
             # Ray's message ends with the worker's own exception ("UserError: unknown model ...") when it raised one.
             lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
             cause = lines[-1] if lines else type(exc).__name__
-            raise UserError(f"a rollout worker could not start or died {MAX_RESTARTS + 1} times ({cause}); "
-                            f"see the Ray logs, or set raise.rollout_workers=0") from None
+            raise UserError(
+                f"a rollout worker could not start or died {MAX_RESTARTS + 1} times ({cause}); "
+                f"see the Ray logs, or set raise.rollout_workers=0"
+            ) from None
 
-    def collect(self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float) -> list[tuple[RolloutBuffer, dict]]:
+    def collect(
+        self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+    ) -> list[tuple[RolloutBuffer, dict]]:
         self._key += 1
         payload = self.ray.put(artifact_to_payload(selector.to_artifact()))
         waiting = list(enumerate(seeds))
@@ -179,8 +201,11 @@ class RayRollouts:
                 buffer = copy.deepcopy(buffer)  # writable arrays (what comes out of the object store is read-only)
                 if pid != self._pids[worker]:
                     self.restarts += 1
-                    logger.warning("rollout worker %d was restarted (process %d died); its episode was played again",
-                                   worker, self._pids[worker])
+                    logger.warning(
+                        "rollout worker %d was restarted (process %d died); its episode was played again",
+                        worker,
+                        self._pids[worker],
+                    )
                     self._pids[worker] = pid
                 results[position] = (buffer, {**summary, "worker": worker})
                 idle.append(worker)
@@ -194,10 +219,20 @@ class RayRollouts:
             self.ray.shutdown()
 
 
-def make_rollouts(bench: "Workbench", context: SelectionContext, episode_steps: int) -> RayRollouts:
+def make_rollouts(bench: Workbench, context: SelectionContext, episode_steps: int) -> RayRollouts:
     """Ray rollouts of ``bench.config.raise_.rollout_workers`` workers playing ``bench``'s episodes."""
     config = bench.config
-    base_weights = {name: weight.detach().cpu() for name, weight in bench.base_weights.items()}  # any worker can read them
-    setup = WorkerSetup(config.model, config.train, episode_steps, context, bench.pool_tokens, bench.validation_tokens,
-                        base_weights, config.raise_.worker_cpus)
+    base_weights = {
+        name: weight.detach().cpu() for name, weight in bench.base_weights.items()
+    }  # any worker can read them
+    setup = WorkerSetup(
+        config.model,
+        config.train,
+        episode_steps,
+        context,
+        bench.pool_tokens,
+        bench.validation_tokens,
+        base_weights,
+        config.raise_.worker_cpus,
+    )
     return RayRollouts(config.raise_, setup)

@@ -39,7 +39,13 @@ from .analysis import (
 )
 from .errors import UserError
 from .io_utils import read_json, write_text
-from .plots import plot_ppo_curve, plot_score_drivers, plot_selection_composition, plot_test_scores, plot_validation_curves
+from .plots import (
+    plot_ppo_curve,
+    plot_score_drivers,
+    plot_selection_composition,
+    plot_test_scores,
+    plot_validation_curves,
+)
 from .run_folders import (
     EPISODES_FILE,
     LEDGER_FILE,
@@ -145,14 +151,18 @@ def _compare_report(report: _Report) -> None:
     curves = mean_curves(
         [(row["method"], row.get("budget"), row.get("steps"), run["metrics"]) for row, run in runs], len(budgets) > 1
     )
-    curve_plot = plot_validation_curves(curves, report.plot_path("validation_loss"), "Validation loss during fine-tuning (mean ± std over seeds)")
+    curve_plot = plot_validation_curves(
+        curves, report.plot_path("validation_loss"), "Validation loss during fine-tuning (mean ± std over seeds)"
+    )
     score_plot = plot_test_scores(summary, test_metric, report.plot_path("test_metric"))
     if score_plot is None:
         report.notes.append("no test scores in results.json: the test-metric plot is skipped")
     report.section(
         "Results",
         format_results_table(summary, test_metric),
-        ("RAISE per selector-training seed:\n\n" + format_selector_seed_table(by_selector_seed)) if by_selector_seed else "",
+        ("RAISE per selector-training seed:\n\n" + format_selector_seed_table(by_selector_seed))
+        if by_selector_seed
+        else "",
         report.image(curve_plot, "validation loss vs optimizer step"),
         report.image(score_plot, "test metric per method"),
     )
@@ -180,7 +190,9 @@ def _finetune_report(report: _Report) -> None:
     run = load_run(report.run_dir)
     summary = run["summary"]
     method = summary.get("method") or run["config"].get("selector") or "run"
-    report.title = f"raise-select report: fine-tuning run ({method}, seed {summary.get('seed', run['config'].get('seed', '?'))})"
+    report.title = (
+        f"raise-select report: fine-tuning run ({method}, seed {summary.get('seed', run['config'].get('seed', '?'))})"
+    )
     report.what_was_run = _describe_setup(run["config"], summary) + [f"selector: {method}"]
 
     row = result_row(run, method)
@@ -194,7 +206,9 @@ def _finetune_report(report: _Report) -> None:
     if not run["evaluation"]:
         report.notes.append("no evaluation.json: the test metric is missing from the table")
     curve_plot = plot_validation_curves(
-        [Curve(method, curve[0], curve[1], None, method, summary.get("budget_fraction"))], report.plot_path("validation_loss"), f"Validation loss during fine-tuning ({method})"
+        [Curve(method, curve[0], curve[1], None, method, summary.get("budget_fraction"))],
+        report.plot_path("validation_loss"),
+        f"Validation loss during fine-tuning ({method})",
     )
     report.section(
         "Results",
@@ -234,7 +248,10 @@ def _describe_setup(config: dict, summary: dict) -> list[str]:
         lines.append(f"batch size: {batch_size}")
     if summary.get("budget_steps"):
         fraction = summary.get("budget_fraction")
-        lines.append(f"budget: {summary['budget_steps']} optimizer steps" + (f" ({format_budget(fraction)} of full-data steps)" if fraction is not None else ""))
+        lines.append(
+            f"budget: {summary['budget_steps']} optimizer steps"
+            + (f" ({format_budget(fraction)} of full-data steps)" if fraction is not None else "")
+        )
     if not config:
         lines.append("config.yaml not found: setup taken from summary files only")
     return lines
@@ -246,15 +263,37 @@ def _ledger_section(report: _Report, ledger: dict | None, source: str) -> None:
         return
     phi = ledger.get("phi") or {}
     phases = ledger.get("phases") or {}
-    body = [[name.replace("_", " "), format_number(p.get("seconds"), 1), format_number(p.get("tokens"), 0), format_number(p.get("phi"), 3)] for name, p in phases.items()]
+    body = [
+        [
+            name.replace("_", " "),
+            format_number(p.get("seconds"), 1),
+            format_number(p.get("tokens"), 0),
+            format_number(p.get("phi"), 3),
+        ]
+        for name, p in phases.items()
+    ]
     total_seconds = sum(p.get("seconds") or 0.0 for p in phases.values())
     total_tokens = sum(p.get("tokens") or 0 for p in phases.values())
     total_phi = sum(p.get("phi") or 0.0 for p in phases.values())
-    body.append(["**total**", format_number(total_seconds, 1), format_number(total_tokens, 0), format_number(total_phi, 3)])
-    body.append(["Φ = one full-data run (estimated)", format_number(phi.get("seconds"), 1), format_number(phi.get("tokens"), 0), "1.000"])
-    report.facts.append(f"compute: all phases together cost {total_phi:.3f} Φ in training tokens ({total_tokens:,} tokens, {total_seconds:.1f} s)")
-    elapsed = [f"{name.replace('_', ' ')} took {p['wall_seconds']:.1f} s elapsed for {p.get('seconds') or 0.0:.1f} s of compute"
-               for name, p in phases.items() if p.get("wall_seconds") is not None]
+    body.append(
+        ["**total**", format_number(total_seconds, 1), format_number(total_tokens, 0), format_number(total_phi, 3)]
+    )
+    body.append(
+        [
+            "Φ = one full-data run (estimated)",
+            format_number(phi.get("seconds"), 1),
+            format_number(phi.get("tokens"), 0),
+            "1.000",
+        ]
+    )
+    report.facts.append(
+        f"compute: all phases together cost {total_phi:.3f} Φ in training tokens ({total_tokens:,} tokens, {total_seconds:.1f} s)"
+    )
+    elapsed = [
+        f"{name.replace('_', ' ')} took {p['wall_seconds']:.1f} s elapsed for {p.get('seconds') or 0.0:.1f} s of compute"
+        for name, p in phases.items()
+        if p.get("wall_seconds") is not None
+    ]
     report.section(
         "Compute ledger",
         "Φ is the estimated cost of one full-data fine-tuning run (the paper's unit); a phase's Φ is its tokens / Φ's tokens. "
@@ -269,18 +308,25 @@ def _selection_section(report: _Report, method: str, records: list[dict], refere
         report.notes.append(f"{method} made no recorded selections: the selection analysis is skipped")
         return
     has_labels = {label: any(r[label] is not None for r in records) for label in ("helpful", "corrupted")}
-    headers = ["stage (training progress)", "examples", "top sources (share)"] + [f"{label} share" for label, has in has_labels.items() if has]
+    headers = ["stage (training progress)", "examples", "top sources (share)"] + [
+        f"{label} share" for label, has in has_labels.items() if has
+    ]
     stages = sorted({r["stage"] for r in records})
     body = []
     for stage in stages:
         in_stage = [r for r in records if r["stage"] == stage]
         shares = value_shares(r["source"] for r in in_stage)
         top = ", ".join(f"{name} {share:.0%}" for name, share in list(shares.items())[:3])
-        body.append([in_stage[0]["stage_label"], str(len(in_stage)), top] + [format_share(in_stage, label) for label, has in has_labels.items() if has])
+        body.append(
+            [in_stage[0]["stage_label"], str(len(in_stage)), top]
+            + [format_share(in_stage, label) for label, has in has_labels.items() if has]
+        )
     if reference:
         pool_sources = reference.get("source", {}).get("shares", {})
         top = ", ".join(f"{name} {share:.0%}" for name, share in list(pool_sources.items())[:3]) or "—"
-        body.append(["*pool*", "", top] + [reference_share(reference, label) for label, has in has_labels.items() if has])
+        body.append(
+            ["*pool*", "", top] + [reference_share(reference, label) for label, has in has_labels.items() if has]
+        )
     first = [r for r in records if r["stage"] == stages[0]]
     last = [r for r in records if r["stage"] == stages[-1]]
     for label, has in has_labels.items():
@@ -304,11 +350,15 @@ def _score_driver_section(report: _Report, explain: list[dict] | None) -> None:
         return
     features, stages, correlations = score_correlations(explain)
     if not features or not stages:
-        report.notes.append("explain.csv has no numeric feature or score@ columns: the score-driver analysis is skipped")
+        report.notes.append(
+            "explain.csv has no numeric feature or score@ columns: the score-driver analysis is skipped"
+        )
         return
     # Features ranked by their strongest correlation at any stage (undefined ones last).
     order = np.argsort(-np.nan_to_num(np.abs(correlations)).max(axis=1))
-    body = [[features[i]] + [format_number(correlations[i, j], 3) for j in range(len(stages))] for i in order[:TOP_FEATURES]]
+    body = [
+        [features[i]] + [format_number(correlations[i, j], 3) for j in range(len(stages))] for i in order[:TOP_FEATURES]
+    ]
     defined = [i for i in order[:TOP_FEATURES] if not np.isnan(correlations[i]).all()]  # constant columns have no rho
     plot = None
     if defined:
@@ -317,9 +367,13 @@ def _score_driver_section(report: _Report, explain: list[dict] | None) -> None:
         report.facts.append(
             f"RAISE score: most correlated feature is {features[best]} (Spearman {correlations[best, best_stage]:+.3f} at stage {stages[best_stage]})"
         )
-        plot = plot_score_drivers(explain, features, stages, correlations, defined, best_stage, report.plot_path("score_drivers"))
+        plot = plot_score_drivers(
+            explain, features, stages, correlations, defined, best_stage, report.plot_path("score_drivers")
+        )
     else:
-        report.notes.append("every feature in explain.csv is constant or the scores are: the score-driver plot is skipped")
+        report.notes.append(
+            "every feature in explain.csv is constant or the scores are: the score-driver plot is skipped"
+        )
     report.section(
         "What drives the RAISE score",
         f"Spearman correlation of each feature with the acquisition score at training stage t/T (top {min(TOP_FEATURES, len(features))} of {len(features)} features by largest |rho|; {len(explain)} pool examples).",
@@ -332,7 +386,9 @@ def _episode_head_fact(report: _Report, selector_dir: Path) -> None:
     """One fact: the deployed episode head's weights by column (selector.json's provenance), largest first."""
     head = read_selector_metadata(selector_dir).get("provenance", {}).get("episode_head")
     if head:
-        weights = ", ".join(f"{name} {weight:+.2f}" for name, weight in sorted(head.items(), key=lambda kv: -abs(kv[1])))
+        weights = ", ".join(
+            f"{name} {weight:+.2f}" for name, weight in sorted(head.items(), key=lambda kv: -abs(kv[1]))
+        )
         report.facts.append(f"RAISE episode head (weights on z-scored columns, as deployed): {weights}")
 
 
@@ -346,13 +402,27 @@ def _ppo_section(report: _Report, episodes: list[dict]) -> None:
         f"PPO: episode return {format_number(returns[0], 4)} (episode {episodes[0].get('episode')}) → "
         f"{format_number(returns[-1], 4)} (episode {episodes[-1].get('episode')}); best {format_number(returns[best], 4)} at episode {episodes[best].get('episode')}"
     )
-    columns = ["episode", "return", "validation_loss_initial", "validation_loss_final", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "seconds"]
+    columns = [
+        "episode",
+        "return",
+        "validation_loss_initial",
+        "validation_loss_final",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "approx_kl",
+        "clip_fraction",
+        "seconds",
+    ]
     shown = episodes if len(episodes) <= 10 else episodes[:5] + episodes[-5:]
-    body = [[format_number(e.get(c), 0 if c == "episode" else (1 if c == "seconds" else 4)) for c in columns] for e in shown]
+    body = [
+        [format_number(e.get(c), 0 if c == "episode" else (1 if c == "seconds" else 4)) for c in columns] for e in shown
+    ]
     plot = plot_ppo_curve(episodes, report.plot_path("ppo_learning_curve"))
     report.section(
         "Selector training (PPO)",
-        markdown_table([c.replace("_", " ") for c in columns], body) + ("\n\n(first and last 5 episodes shown)" if len(episodes) > 10 else ""),
+        markdown_table([c.replace("_", " ") for c in columns], body)
+        + ("\n\n(first and last 5 episodes shown)" if len(episodes) > 10 else ""),
         report.image(plot, "PPO learning curve"),
     )
 

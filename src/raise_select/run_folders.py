@@ -83,7 +83,13 @@ RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.
 RUNS_DIR = "runs"
 SELECTOR_SEED_PREFIX = "selector-s"
 
-FINETUNE, SELECTOR_TRAINING, COMPARISON, SELECTOR, OTHER = "finetune", "selector-training", "comparison", "selector", "other"
+FINETUNE, SELECTOR_TRAINING, COMPARISON, SELECTOR, OTHER = (
+    "finetune",
+    "selector-training",
+    "comparison",
+    "selector",
+    "other",
+)
 
 _DESCRIPTIONS = {
     FINETUNE: "a finetune run folder",
@@ -106,8 +112,13 @@ def folder_kind(folder: Path) -> str | None:
     selector_dir = folder / SELECTOR_DIR
     unfinished_training = selector_dir.is_dir() and not (selector_dir / SELECTOR_FILE).is_file()
     seed_trainings = any(name.startswith(SELECTOR_SEED_PREFIX) and (folder / name).is_dir() for name in names)
-    if (RESULTS_JSON in names or (folder / RUNS_DIR).is_dir() or unfinished_training or seed_trainings
-            or names == {CONFIG_FILE}):
+    if (
+        RESULTS_JSON in names
+        or (folder / RUNS_DIR).is_dir()
+        or unfinished_training
+        or seed_trainings
+        or names == {CONFIG_FILE}
+    ):
         return COMPARISON  # finished, or interrupted while training its selector or before its first run
     if names & {CHECKPOINT_FILE, EPISODES_FILE} or (selector_dir / SELECTOR_FILE).is_file():
         return SELECTOR_TRAINING
@@ -130,23 +141,31 @@ def check_output(folder: Path, kind: str, resume: bool = False, overwrite: bool 
     if not existing.is_dir():
         raise UserError(f"--output {folder} lies under the file {existing}; choose a folder path for --output")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--output {folder}: {existing} is not writable; choose another --output or fix its permissions")
+        raise UserError(
+            f"--output {folder}: {existing} is not writable; choose another --output or fix its permissions"
+        )
     found = folder_kind(folder)
     if kind == SELECTOR_TRAINING:
         if resume:
             if found != SELECTOR_TRAINING or not (folder / CHECKPOINT_FILE).is_file():
-                raise UserError(f"--resume: no checkpoint in {folder}; pass the --output folder of the interrupted run, "
-                                "or start without --resume")
+                raise UserError(
+                    f"--resume: no checkpoint in {folder}; pass the --output folder of the interrupted run, "
+                    "or start without --resume"
+                )
             return
         if found == SELECTOR_TRAINING and not overwrite:
-            raise UserError(f"{folder} already holds a selector training; pass --resume to continue it, "
-                            "--overwrite to replace it, or another --output")
+            raise UserError(
+                f"{folder} already holds a selector training; pass --resume to continue it, "
+                "--overwrite to replace it, or another --output"
+            )
         if found == SELECTOR_TRAINING or found is None:
             return
     elif found in (None, kind):
         return
-    raise UserError(f"--output {folder} is {_DESCRIPTIONS[found]}, not {_DESCRIPTIONS[kind]}, and is not empty; "
-                    "choose another --output (nothing was written)")
+    raise UserError(
+        f"--output {folder} is {_DESCRIPTIONS[found]}, not {_DESCRIPTIONS[kind]}, and is not empty; "
+        "choose another --output (nothing was written)"
+    )
 
 
 class FolderSwap:

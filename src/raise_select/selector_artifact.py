@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from .config import RaiseConfig, from_dict
 from .errors import UserError
 from .io_utils import staged_folder, user_path
-from .run_folders import SELECTOR_FILE as METADATA_FILE, SELECTOR_WEIGHTS_FILE as WEIGHTS_FILE
+from .run_folders import SELECTOR_FILE as METADATA_FILE
+from .run_folders import SELECTOR_WEIGHTS_FILE as WEIGHTS_FILE
 
 FORMAT_NAME = "raise-select-selector"
 FORMAT_VERSION = 1
@@ -49,11 +50,15 @@ class RaiseArtifact:
     centroids: np.ndarray  # [clusters, pca_dim] k-means centroids in the training pool's embedding space
     aux_model: str  # auxiliary model whose features the statistics describe
     embedding_space: str  # fingerprint of (aux model, PCA basis): centroids are only meaningful in this space
-    provenance: dict[str, Any] = field(default_factory=dict)  # model, pool fingerprint, episodes, seed, date, version, notes
+    provenance: dict[str, Any] = field(
+        default_factory=dict
+    )  # model, pool fingerprint, episodes, seed, date, version, notes
 
 
 def _not_a_selector(folder: Path, reason: str) -> UserError:
-    return UserError(f"{folder} is not a raise-select selector ({reason}); train one with `raise-select train-selector`")
+    return UserError(
+        f"{folder} is not a raise-select selector ({reason}); train one with `raise-select train-selector`"
+    )
 
 
 def artifact_to_payload(artifact: RaiseArtifact) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -78,8 +83,11 @@ def artifact_to_payload(artifact: RaiseArtifact) -> tuple[dict, dict[str, torch.
 
 def _check_finite(tensors: dict[str, torch.Tensor], what: str, fix: str) -> None:
     """A selector with NaN or infinite weights scores every candidate NaN: refuse it, naming the tensors."""
-    broken = sorted(name for name, tensor in tensors.items()
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+    broken = sorted(
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    )
     if broken:
         shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
         raise UserError(f"{what} a selector with non-finite (NaN/inf) weights in {shown}; {fix}")
@@ -91,7 +99,9 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
         found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
         raise _not_a_selector(folder, f"format {found!r}, expected {FORMAT_NAME!r}")
     if metadata.get("version") != FORMAT_VERSION:
-        raise _not_a_selector(folder, f"format version {metadata.get('version')!r}, this library reads version {FORMAT_VERSION}")
+        raise _not_a_selector(
+            folder, f"format version {metadata.get('version')!r}, this library reads version {FORMAT_VERSION}"
+        )
     try:
         pca_dim = int(metadata["pca_dim"])
         centroids = np.asarray(metadata["centroids"], dtype=np.float32).reshape(-1, pca_dim)
@@ -111,7 +121,9 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
         raise _not_a_selector(folder, f"{METADATA_FILE} is incomplete: {type(exc).__name__} {exc}") from None
     if not any(k.startswith("policy.") for k in tensors) or not any(k.startswith("critic.") for k in tensors):
         raise _not_a_selector(folder, f"{WEIGHTS_FILE} lacks policy or critic tensors")
-    _check_finite(tensors, f"{folder} holds", "it cannot score candidates; train a new one with `raise-select train-selector`")
+    _check_finite(
+        tensors, f"{folder} holds", "it cannot score candidates; train a new one with `raise-select train-selector`"
+    )
     return artifact
 
 

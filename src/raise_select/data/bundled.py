@@ -45,9 +45,10 @@ import gzip
 import importlib.metadata
 import json
 import re
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,9 @@ def build_pool(pool_cfg: PoolConfig, seed: int = 0) -> Pool:
     for source_index, source in enumerate(pool_cfg.sources):
         if source.name in BUNDLED_SOURCES:
             if source.fields or source.format != "auto":
-                raise UserError(f"pool source '{source.name}' is bundled; format and fields apply only to user files, remove them")
+                raise UserError(
+                    f"pool source '{source.name}' is bundled; format and fields apply only to user files, remove them"
+                )
             loaded = _bundled_pool_examples(source, seed)
             loaded = [_with_system_prompt(example, pool_cfg.system_prompt) for example in loaded]
         else:
@@ -140,11 +143,15 @@ def build_target(target_cfg: TargetConfig, seed: int = 0) -> TargetTask:
         default_metric, default_pattern = task.metric, task.answer_pattern
         validation, test = list(task.validation), list(task.test)
     elif name in _TARGET_METRICS:
-        validation = _first(bundled_examples(name, "validation"), n_validation, f"{name} validation split", "target.n_validation")
+        validation = _first(
+            bundled_examples(name, "validation"), n_validation, f"{name} validation split", "target.n_validation"
+        )
         test = _first(bundled_examples(name, "test"), n_test, f"{name} test split", "target.n_test")
         default_metric, default_pattern = _TARGET_METRICS[name], _TARGET_PATTERNS.get(name)
     elif name in BUNDLED_SOURCES:
-        raise UserError(f"'{name}' is a pool source, not a target; targets: {', '.join([*_TARGET_METRICS, 'synthetic'])} or a file path")
+        raise UserError(
+            f"'{name}' is a pool source, not a target; targets: {', '.join([*_TARGET_METRICS, 'synthetic'])} or a file path"
+        )
     else:
         validation, test = _split_user_target(name, n_validation, n_test)
         has_answers = all("answer" in example.meta for example in validation + test)
@@ -227,13 +234,15 @@ def _check_metric(name: str, metric: str, answer_pattern: str | None, examples: 
         except re.error as error:
             raise UserError(f"target.answer_pattern is not a valid regex ({error}); fix it") from None
         if groups != 1:
-            raise UserError(f"target.answer_pattern must have exactly one (group) extracting the answer, it has {groups}")
+            raise UserError(
+                f"target.answer_pattern must have exactly one (group) extracting the answer, it has {groups}"
+            )
 
 
 # --- reading the package files --------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bundled_splits(name: str) -> dict[str, tuple[Example, ...]]:
     if name == "gsm8k_corrupted":
         return _corrupted_gsm8k(_bundled_splits("gsm8k")["train"])
@@ -249,11 +258,15 @@ def _asset_path(name: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise UserError(f"bundled source '{name}' needs the {package} package; install it with: {install}") from None
     if not path.exists():
-        raise UserError(f"the installed {package} package lacks {relative}; reinstall it with: {install} --force-reinstall")
+        raise UserError(
+            f"the installed {package} package lacks {relative}; reinstall it with: {install} --force-reinstall"
+        )
     return path
 
 
-def _split_rows(name: str, rows: list[dict[str, Any]], n_validation: int, n_test: int) -> dict[str, tuple[Example, ...]]:
+def _split_rows(
+    name: str, rows: list[dict[str, Any]], n_validation: int, n_test: int
+) -> dict[str, tuple[Example, ...]]:
     """Dedupe by question text, permute with SPLIT_SEED, cut validation | test | train.
 
     ``rows`` are ``{"question", "messages", "response", "meta"}`` in file order (``question``: the text
@@ -264,7 +277,11 @@ def _split_rows(name: str, rows: list[dict[str, Any]], n_validation: int, n_test
         first_rows.setdefault(item["question"], row)
     kept = np.array(sorted(first_rows.values()), dtype=np.int64)
     order = kept[np.random.default_rng(SPLIT_SEED).permutation(len(kept))]
-    cuts = {"validation": order[:n_validation], "test": order[n_validation : n_validation + n_test], "train": order[n_validation + n_test :]}
+    cuts = {
+        "validation": order[:n_validation],
+        "test": order[n_validation : n_validation + n_test],
+        "train": order[n_validation + n_test :],
+    }
     return {
         split: tuple(
             Example(
@@ -340,7 +357,9 @@ def _mmlu_rows(path: Path) -> list[dict[str, Any]]:
             "answer_index": answer_index,
             "answer": record["correct_answer"],
         }
-        rows.append({"question": record["question"], "messages": _user(prompt), "response": choices[answer_index], "meta": meta})
+        rows.append(
+            {"question": record["question"], "messages": _user(prompt), "response": choices[answer_index], "meta": meta}
+        )
     return rows
 
 
@@ -366,7 +385,9 @@ def _chat_rows(folder: Path) -> list[dict[str, Any]]:
             example = record_to_example(record, "auto", {}, family, line)
             messages = list(example.messages)
             meta = {"family": family, "corrupted": False}
-            rows.append({"question": json.dumps(messages), "messages": messages, "response": example.response, "meta": meta})
+            rows.append(
+                {"question": json.dumps(messages), "messages": messages, "response": example.response, "meta": meta}
+            )
     return rows
 
 

@@ -26,8 +26,9 @@ the response) is kept in ``meta["answer"]`` so a user file can serve as an exact
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ..config import SourceConfig
 from ..errors import UserError
@@ -228,7 +229,9 @@ def _load_json(path: Path) -> list:
         try:
             records = json.load(handle)
         except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{error.lineno}: bad JSON ({error.msg}); a .json pool must be one JSON list") from None
+            raise UserError(
+                f"{path}:{error.lineno}: bad JSON ({error.msg}); a .json pool must be one JSON list"
+            ) from None
     if not isinstance(records, list):
         raise UserError(
             f"{path}: a .json pool must be a list of records, got a {type(records).__name__}; "
@@ -249,7 +252,9 @@ def _read_dataset_folder(path: Path) -> Iterator[tuple[str, int, Any]]:
         ) from None
     if isinstance(dataset, datasets.DatasetDict):
         if "train" not in dataset:
-            raise UserError(f"{path}: the saved DatasetDict has no 'train' split (splits: {', '.join(dataset)}); save the pool as 'train'")
+            raise UserError(
+                f"{path}: the saved DatasetDict has no 'train' split (splits: {', '.join(dataset)}); save the pool as 'train'"
+            )
         dataset = dataset["train"]
     for row, record in enumerate(dataset):
         yield f"{path}:row {row}", row, record

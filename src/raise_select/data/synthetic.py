@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import UserError
 from ..io_utils import cache_root, write_json
@@ -45,10 +45,30 @@ SYNTHETIC_MODEL_NAME = "synthetic-tiny-v1"  # cache folder name; bump the versio
 # Pool families: labels, share of the pool, and what they are. The arithmetic families draw from
 # the pool's operand pairs; the irrelevant ones work on random lowercase words.
 SYNTHETIC_FAMILIES: dict[str, dict] = {
-    "add_compute": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'compute 32+45?' -> '77': correct sums"},
-    "add_tell": {"helpful": True, "corrupted": False, "share": 0.12, "description": "'tell me the sum 32+45?' -> '77': correct sums"},
-    "add_compute_difference": {"helpful": False, "corrupted": True, "share": 0.12, "description": "'compute 32+45?' -> '13': the difference, not the sum (a wrong rule)"},
-    "add_tell_random": {"helpful": False, "corrupted": True, "share": 0.12, "description": "'tell me the sum 32+45?' -> '51': a random wrong number in the sums' range"},
+    "add_compute": {
+        "helpful": True,
+        "corrupted": False,
+        "share": 0.12,
+        "description": "'compute 32+45?' -> '77': correct sums",
+    },
+    "add_tell": {
+        "helpful": True,
+        "corrupted": False,
+        "share": 0.12,
+        "description": "'tell me the sum 32+45?' -> '77': correct sums",
+    },
+    "add_compute_difference": {
+        "helpful": False,
+        "corrupted": True,
+        "share": 0.12,
+        "description": "'compute 32+45?' -> '13': the difference, not the sum (a wrong rule)",
+    },
+    "add_tell_random": {
+        "helpful": False,
+        "corrupted": True,
+        "share": 0.12,
+        "description": "'tell me the sum 32+45?' -> '51': a random wrong number in the sums' range",
+    },
     "reverse": {"helpful": False, "corrupted": False, "share": 0.104, "description": "reverse a word"},
     "sort": {"helpful": False, "corrupted": False, "share": 0.104, "description": "sort a word's letters"},
     "count": {"helpful": False, "corrupted": False, "share": 0.104, "description": "count a word's letters"},
@@ -76,7 +96,9 @@ CHAT_TEMPLATE = (
 # Base-model recipe. Learning the sums has a plateau of a few hundred steps before the model
 # generalises to held-out pairs; a constant learning rate (after warmup) gets past it fastest.
 # ~30 s on 2 CPU cores.
-_MODEL_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4)
+_MODEL_SHAPE = dict(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4
+)
 _PRETRAIN_STEPS = 700
 _PRETRAIN_BATCH = 16  # packed sequences per step
 _PRETRAIN_SEQUENCE = 64  # tokens per packed sequence
@@ -124,8 +146,6 @@ def _wrong_sum(rng: random.Random, a: int, b: int) -> int:
 def _difference(rng: random.Random, a: int, b: int) -> int:
     """The wrong rule: |a - b| instead of a + b (systematic, so it teaches the target something false)."""
     return abs(a - b)
-
-
 
 
 def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]]:
@@ -179,7 +199,9 @@ def synthetic_pool(n: int, seed: int = 0) -> list[Example]:
     every ``n`` (a bigger pool extends a smaller one).
     """
     if n < 1:
-        raise UserError(f"the synthetic pool needs at least 1 example (got {n}); set the source's limit to a positive number")
+        raise UserError(
+            f"the synthetic pool needs at least 1 example (got {n}); set the source's limit to a positive number"
+        )
     generators = _family_generators()
     examples = []
     for family, count in _family_counts(n).items():
@@ -312,7 +334,10 @@ def _build_model(folder: Path) -> None:
     model.eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    write_json(folder / "build_info.json", {"name": SYNTHETIC_MODEL_NAME, "pretrain_steps": _PRETRAIN_STEPS, "final_loss": loss.item()})
+    write_json(
+        folder / "build_info.json",
+        {"name": SYNTHETIC_MODEL_NAME, "pretrain_steps": _PRETRAIN_STEPS, "final_loss": loss.item()},
+    )
 
 
 def _pretraining_documents(tokenizer, rng: random.Random) -> Iterator[str]:
@@ -322,7 +347,9 @@ def _pretraining_documents(tokenizer, rng: random.Random) -> Iterator[str]:
     """
     _, pool_pairs = _operand_pairs()
     generators = _family_generators()
-    irrelevant = [family for family, spec in SYNTHETIC_FAMILIES.items() if not spec["helpful"] and not spec["corrupted"]]
+    irrelevant = [
+        family for family, spec in SYNTHETIC_FAMILIES.items() if not spec["helpful"] and not spec["corrupted"]
+    ]
     while True:
         draw = rng.random()
         if draw < _PRETRAIN_WORDS_SHARE + _PRETRAIN_CHAT_SHARE:

@@ -28,8 +28,8 @@ token) carry their ids.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class TokenizedSet:
             labels[row, prompt_length:length] = ids[prompt_length:]
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "TokenizedSet":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedSet:
         indices = np.asarray(indices, dtype=np.int64)
         return TokenizedSet([self.input_ids[i] for i in indices], self.prompt_lengths[indices])
 
@@ -95,7 +95,9 @@ def tokenize_examples(
 ) -> TokenizedSet:
     """Render and tokenize ``examples`` (see the module docstring for rendering and truncation)."""
     if max_length < 2:
-        raise UserError(f"pool.max_length={max_length} is too small; use at least 2 (one prompt and one response token)")
+        raise UserError(
+            f"pool.max_length={max_length} is too small; use at least 2 (one prompt and one response token)"
+        )
     if not examples:
         return TokenizedSet([], np.zeros(0, dtype=np.int64))
     if drop_prompt:

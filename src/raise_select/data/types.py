@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,13 @@ class Example:
 
     id: str  # stable across runs: "<source>/<split>/<row>" for bundled data, "<tag>/<line>" or the record's id for files
     source: str  # source tag, e.g. "gsm8k", "mmlu", "my_pool", "synthetic/add"
-    messages: tuple[Mapping[str, str], ...]  # prompt turns (system/user/assistant...), ending before the trained response
+    messages: tuple[
+        Mapping[str, str], ...
+    ]  # prompt turns (system/user/assistant...), ending before the trained response
     response: str  # the assistant answer: the only tokens that carry loss
-    meta: Mapping[str, Any] = field(default_factory=dict)  # labels: family, helpful, corrupted, answer, choices, answer_index
+    meta: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # labels: family, helpful, corrupted, answer, choices, answer_index
 
     def content_key(self) -> str:
         return json.dumps([self.id, self.source, list(map(dict, self.messages)), self.response], sort_keys=True)

@@ -41,9 +41,9 @@ folder format of :mod:`raise_select.pipeline`) into ``output_dir``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ from ..evaluation import per_example_losses, validation_loss
 from ..io_utils import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ..model import LoadedModel
 from ..pipeline import Workbench, _selection_record
-from ..run_folders import METRICS_FILE as METRICS, SELECTIONS_FILE as SELECTIONS
+from ..run_folders import METRICS_FILE as METRICS
+from ..run_folders import SELECTIONS_FILE as SELECTIONS
 from ..selectors.base import EnvState, Selector
 from ..selectors.state import load_selector_state, selector_state
 
@@ -75,14 +76,34 @@ class SelectionSession:
     decision. Build it with :meth:`from_workbench`.
     """
 
-    def __init__(self, selector: Selector, pool: Pool, pool_tokens: TokenizedSet, validation_tokens: TokenizedSet,
-                 lm: LoadedModel, train: TrainConfig, budget_steps: int, seed: int):
-        self.selector, self.pool, self.pool_tokens, self.validation_tokens = selector, pool, pool_tokens, validation_tokens
+    def __init__(
+        self,
+        selector: Selector,
+        pool: Pool,
+        pool_tokens: TokenizedSet,
+        validation_tokens: TokenizedSet,
+        lm: LoadedModel,
+        train: TrainConfig,
+        budget_steps: int,
+        seed: int,
+    ):
+        self.selector, self.pool, self.pool_tokens, self.validation_tokens = (
+            selector,
+            pool,
+            pool_tokens,
+            validation_tokens,
+        )
         self.lm = lm  # the model being trained, for validation and loss probes
         self.train, self.budget, self.seed = train, budget_steps, seed
-        self.state = EnvState(step=0, budget=budget_steps, batch_size=train.batch_size,
-                              decision_interval=train.decision_interval, validation_history=[],
-                              selection_counts=np.zeros(len(pool_tokens), dtype=np.int64), loss_probe=self.probe_losses)
+        self.state = EnvState(
+            step=0,
+            budget=budget_steps,
+            batch_size=train.batch_size,
+            decision_interval=train.decision_interval,
+            validation_history=[],
+            selection_counts=np.zeros(len(pool_tokens), dtype=np.int64),
+            loss_probe=self.probe_losses,
+        )
         self.decisions = 0
         self.tokens = 0  # training tokens (prompt + response) of the decisions so far
         self.pending = np.empty((0, train.batch_size), dtype=np.int64)  # this decision's updates not yet trained
@@ -92,8 +113,14 @@ class SelectionSession:
         self.broadcast: Callable = lambda value: value  # rank 0's value to every rank (identity in one process)
 
     @classmethod
-    def from_workbench(cls, bench: Workbench, selector: Selector, budget_steps: int | None = None,
-                       seed: int | None = None, progress: bool = False) -> "SelectionSession":
+    def from_workbench(
+        cls,
+        bench: Workbench,
+        selector: Selector,
+        budget_steps: int | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> SelectionSession:
         """Bind ``selector`` to the workbench's pool and target; the model is put back to its base weights."""
         config = bench.config
         seed = config.seed if seed is None else seed
@@ -101,7 +128,9 @@ class SelectionSession:
         selector.setup(bench.selection_context(selector, budget, seed, progress=progress))
         bench.lm.restore(bench.base_weights)  # as FineTuneEnv.reset: every run starts from the loaded weights
         selector.reset(seed)
-        return cls(selector, bench.pool, bench.pool_tokens, bench.validation_tokens, bench.lm, config.train, budget, seed)
+        return cls(
+            selector, bench.pool, bench.pool_tokens, bench.validation_tokens, bench.lm, config.train, budget, seed
+        )
 
     # -- what the training loop must be configured with ----------------------------------------
     def training_arguments(self, world_size: int | None = None, gradient_accumulation_steps: int = 1) -> dict:
@@ -131,7 +160,9 @@ class SelectionSession:
             "lr_scheduler_type": "constant_with_warmup",  # what the native environment uses
             "warmup_steps": self.train.warmup_steps,
             "optim": "adamw_torch",
-            "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.999,
+            "adam_epsilon": 1e-8,
             "average_tokens_across_devices": True,  # token-weighted mean over all ranks, as one process would
             "seed": self.seed,
             "use_cpu": self.lm.device.type == "cpu",  # without it, torchrun on CPU silently trains one process per rank
@@ -186,17 +217,31 @@ class SelectionSession:
         validation = self.broadcast(self.evaluate() if self.is_main else None)
         self.state.validation_history.append(validation)
         reward = previous - validation
-        self._append(METRICS, {"decision": self.decisions, "step": self.state.step, "validation_loss": validation,
-                               "reward": reward, "tokens": self.tokens})
-        return {"raise/validation_loss": validation, "raise/reward": reward, "raise/decision": self.decisions,
-                "raise/pool_used": float((self.state.selection_counts > 0).mean())}
+        self._append(
+            METRICS,
+            {
+                "decision": self.decisions,
+                "step": self.state.step,
+                "validation_loss": validation,
+                "reward": reward,
+                "tokens": self.tokens,
+            },
+        )
+        return {
+            "raise/validation_loss": validation,
+            "raise/reward": reward,
+            "raise/decision": self.decisions,
+            "raise/pool_used": float((self.state.selection_counts > 0).mean()),
+        }
 
     def _decide(self) -> None:
         state = self.state
         indices = self.broadcast(np.asarray(self.selector.select(state), dtype=np.int64) if self.is_main else None)
         if indices.size != state.decision_size or indices.min() < 0 or indices.max() >= state.pool_size:
-            raise ValueError(f"selector '{self.selector.name}' returned {indices.size} indices in [{indices.min()}, "
-                             f"{indices.max()}], expected {state.decision_size} pool indices")
+            raise ValueError(
+                f"selector '{self.selector.name}' returned {indices.size} indices in [{indices.min()}, "
+                f"{indices.max()}], expected {state.decision_size} pool indices"
+            )
         np.add.at(state.selection_counts, indices, 1)
         self.decisions += 1
         self.pending = indices.reshape(-1, state.batch_size)
@@ -210,8 +255,9 @@ class SelectionSession:
         return validation_loss(self.lm, self.validation_tokens, batch_size=self.train.eval_batch_size)
 
     def probe_losses(self, indices) -> np.ndarray:
-        return per_example_losses(self.lm, self.pool_tokens, np.asarray(indices, dtype=np.int64),
-                                  batch_size=self.train.eval_batch_size)
+        return per_example_losses(
+            self.lm, self.pool_tokens, np.asarray(indices, dtype=np.int64), batch_size=self.train.eval_batch_size
+        )
 
     # -- logs and checkpoints --------------------------------------------------------------------
     def open_logs(self, output: Path | None) -> None:
@@ -233,11 +279,18 @@ class SelectionSession:
 
     def state_dict(self) -> dict:
         return {
-            "selector": self.selector.name, "pool_size": self.state.pool_size, "budget": self.budget,
-            "batch_size": self.train.batch_size, "decision_interval": self.train.decision_interval, "seed": self.seed,
-            "step": self.state.step, "decisions": self.decisions, "tokens": self.tokens,
+            "selector": self.selector.name,
+            "pool_size": self.state.pool_size,
+            "budget": self.budget,
+            "batch_size": self.train.batch_size,
+            "decision_interval": self.train.decision_interval,
+            "seed": self.seed,
+            "step": self.state.step,
+            "decisions": self.decisions,
+            "tokens": self.tokens,
             "validation_history": list(self.state.validation_history),
-            "selection_counts": self.state.selection_counts.tolist(), "pending": self.pending.tolist(),
+            "selection_counts": self.state.selection_counts.tolist(),
+            "pending": self.pending.tolist(),
             "selector_state": selector_state(self.selector),
         }
 
@@ -246,8 +299,10 @@ class SelectionSession:
         current = self.state_dict()
         for key in ("selector", "pool_size", "budget", "batch_size", "decision_interval", "seed"):
             if saved[key] != current[key]:
-                raise UserError(f"{where} was written with {key}={saved[key]!r} but this run has {key}={current[key]!r}; "
-                                "resume with the same selector, pool, budget, batch size and seed")
+                raise UserError(
+                    f"{where} was written with {key}={saved[key]!r} but this run has {key}={current[key]!r}; "
+                    "resume with the same selector, pool, budget, batch size and seed"
+                )
         self.state.step, self.decisions, self.tokens = saved["step"], saved["decisions"], saved["tokens"]
         self.state.validation_history = list(saved["validation_history"])
         self.state.selection_counts = np.asarray(saved["selection_counts"], dtype=np.int64)
@@ -269,7 +324,7 @@ class _IndexDataset(Dataset):
 class _SelectionCallback(TrainerCallback):
     """Validation loss before training and after each decision, logged through ``Trainer.log``."""
 
-    def __init__(self, trainer: "RaiseTrainerMixin"):
+    def __init__(self, trainer: RaiseTrainerMixin):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -314,8 +369,10 @@ class RaiseTrainerMixin:
     def _check_selection_setup(self) -> None:
         args, selection = self.args, self.selection
         if args.max_steps > 0 and args.max_steps != selection.budget:
-            raise UserError(f"max_steps={args.max_steps} differs from the selection budget {selection.budget} steps; "
-                            "leave max_steps unset or use SelectionSession.training_arguments()")
+            raise UserError(
+                f"max_steps={args.max_steps} differs from the selection budget {selection.budget} steps; "
+                "leave max_steps unset or use SelectionSession.training_arguments()"
+            )
         args.max_steps = selection.budget
         per_update = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         if per_update != selection.train.batch_size:
@@ -325,18 +382,24 @@ class RaiseTrainerMixin:
             )
         if self.train_dataset is None or len(self.train_dataset) != len(selection.pool_tokens):
             rows = None if self.train_dataset is None else len(self.train_dataset)
-            raise UserError(f"the train dataset has {rows} rows but the pool has {len(selection.pool_tokens)}; row i "
-                            "must be pool example i (use session.train_dataset() or session.sft_dataset(), no packing)")
+            raise UserError(
+                f"the train dataset has {rows} rows but the pool has {len(selection.pool_tokens)}; row i "
+                "must be pool example i (use session.train_dataset() or session.sft_dataset(), no packing)"
+            )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise UserError(f"no checkpoint to resume from in {self.args.output_dir}; train without resume_from_checkpoint")
+                raise UserError(
+                    f"no checkpoint to resume from in {self.args.output_dir}; train without resume_from_checkpoint"
+                )
         if resume_from_checkpoint:
             state_file = Path(resume_from_checkpoint) / SELECTION_STATE
             if not state_file.is_file():
-                raise UserError(f"{resume_from_checkpoint} has no {SELECTION_STATE}; resume from a checkpoint a RaiseTrainer wrote")
+                raise UserError(
+                    f"{resume_from_checkpoint} has no {SELECTION_STATE}; resume from a checkpoint a RaiseTrainer wrote"
+                )
             self.selection.load_state_dict(read_json(state_file), where=str(resume_from_checkpoint))
         elif self.selection.state.validation_history:
             raise UserError("this selection session already ran; build a new SelectionSession for another run")
@@ -350,8 +413,10 @@ class RaiseTrainerMixin:
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         accumulation, world_size = self.args.gradient_accumulation_steps, self.args.world_size
         if num_batches != accumulation or self.selection.state.step != self.state.global_step:
-            raise RuntimeError(f"selection out of step with Trainer: update {self.selection.state.step} vs global step "
-                               f"{self.state.global_step}, {num_batches} micro-batches vs accumulation {accumulation}")
+            raise RuntimeError(
+                f"selection out of step with Trainer: update {self.selection.state.step} vs global step "
+                f"{self.state.global_step}, {num_batches} micro-batches vs accumulation {accumulation}"
+            )
         update = self.selection.next_update()
         share = update.reshape(world_size, accumulation, -1)[self.args.process_index]  # this rank's micro-batches
         batches = [self.data_collator([self.train_dataset[int(i)] for i in micro]) for micro in share]

@@ -8,8 +8,8 @@ minute on a CPU.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from importlib import resources
-from typing import Callable
 
 from ..config import Config, SourceConfig, load_config
 from ..errors import UserError
@@ -23,14 +23,20 @@ def script_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config (default: the synthetic testbed, recipes/demo_quick.yaml)")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--policy", help="trained RAISE selector folder (raise-select train-selector)")
-    choice.add_argument("--selector", help="a baseline instead of RAISE: random, longest, ifd, targeted, ... (default: random)")
-    parser.add_argument("--output", default="runs/trainer", help="Trainer output_dir: checkpoints, selections.jsonl, metrics.jsonl")
+    choice.add_argument(
+        "--selector", help="a baseline instead of RAISE: random, longest, ifd, targeted, ... (default: random)"
+    )
+    parser.add_argument(
+        "--output", default="runs/trainer", help="Trainer output_dir: checkpoints, selections.jsonl, metrics.jsonl"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, help="optimizer steps (the selection budget; default: the config's)")
     parser.add_argument("--model", help="model.name: synthetic-tiny, smollm2 or a local folder")
     parser.add_argument("--pool", help="pool file or datasets folder, or a bundled source name")
     parser.add_argument("--target", help="target.name: a bundled target or a JSONL file")
-    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (micro-batches per update)")
+    parser.add_argument(
+        "--grad-accum", type=int, default=1, help="gradient accumulation steps (micro-batches per update)"
+    )
     parser.add_argument("--report-to", default="none", help="Trainer report_to: none, tensorboard, wandb, ...")
     parser.add_argument("overrides", nargs="*", help="config overrides: field.path=value (e.g. train.batch_size=16)")
     return parser
@@ -72,5 +78,7 @@ def run_script(description: str, train: Callable) -> None:
         raise SystemExit(f"error: {error}") from None
     if trainer.is_world_process_zero():
         history = session.state.validation_history
-        print(f"validation loss {history[0]:.4f} -> {history[-1]:.4f} after {session.state.step} steps; "
-              f"selections: {args.output}/selections.jsonl")
+        print(
+            f"validation loss {history[0]:.4f} -> {history[-1]:.4f} after {session.state.step} steps; "
+            f"selections: {args.output}/selections.jsonl"
+        )

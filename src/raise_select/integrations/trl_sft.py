@@ -25,6 +25,8 @@ class RaiseSFTTrainer(RaiseTrainerMixin, SFTTrainer):
     def __init__(self, *args, selection: SelectionSession, **kwargs):
         config = kwargs.get("args")
         if config is not None and getattr(config, "packing", False):
-            raise UserError("SFTConfig(packing=True) merges pool examples into rows; RAISE selects single examples, set packing=False")
+            raise UserError(
+                "SFTConfig(packing=True) merges pool examples into rows; RAISE selects single examples, set packing=False"
+            )
         kwargs.setdefault("train_dataset", selection.sft_dataset())
         super().__init__(*args, selection=selection, **kwargs)

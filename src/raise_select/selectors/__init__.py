@@ -43,7 +43,7 @@ SELECTORS: dict[str, str] = {
 }
 
 
-def build_selector(name: str, config: "Config") -> Selector:
+def build_selector(name: str, config: Config) -> Selector:
     """Construct the selector called ``name`` (see :data:`SELECTORS`)."""
     if name == "raise":
         if config.raise_.policy is None:

@@ -8,8 +8,9 @@ selector it serves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,7 +29,9 @@ class EnvState:
     decision_interval: int  # optimizer updates per decision (M); a decision returns M * B indices
     validation_history: list[float]  # validation loss after reset (index 0) and after every evaluation
     selection_counts: np.ndarray  # [pool_size] times each example was trained on this episode
-    loss_probe: Callable[[np.ndarray], np.ndarray] | None = None  # current model's per-example response loss (costs forward passes)
+    loss_probe: Callable[[np.ndarray], np.ndarray] | None = (
+        None  # current model's per-example response loss (costs forward passes)
+    )
 
     @property
     def pool_size(self) -> int:
@@ -54,12 +57,12 @@ class EnvState:
 class SelectionContext:
     """Run-level information given to a selector once, before the first episode."""
 
-    pool: "Pool"
+    pool: Pool
     batch_size: int
     budget_steps: int
     decision_interval: int
     seed: int
-    features: "StaticFeatures | None" = None  # set when the selector's requires_features is True
+    features: StaticFeatures | None = None  # set when the selector's requires_features is True
     target_embedding: np.ndarray | None = None  # [n_validation, pca_dim] target validation embeddings (same PCA space)
     extra: dict = field(default_factory=dict)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,7 +50,9 @@ def static_subset_size(context: SelectionContext) -> int:
 
 def _require_features(selector_name: str, context: SelectionContext) -> StaticFeatures:
     if context.features is None:
-        raise ValueError(f"selector '{selector_name}' needs static features in the SelectionContext (requires_features=True)")
+        raise ValueError(
+            f"selector '{selector_name}' needs static features in the SelectionContext (requires_features=True)"
+        )
     return context.features
 
 
@@ -83,7 +84,9 @@ class StaticSubsetSelector:
         if self.subset.size < size:
             logger.warning(
                 "selector '%s': only %d eligible examples for a subset of %d; training more epochs over them",
-                self.name, self.subset.size, size,
+                self.name,
+                self.subset.size,
+                size,
             )
 
     def reset(self, seed: int) -> None:
@@ -142,7 +145,9 @@ class TargetedSelector(StaticSubsetSelector):
 
     def scores(self, features: StaticFeatures, context: SelectionContext) -> np.ndarray:
         if context.target_embedding is None or len(context.target_embedding) == 0:
-            raise ValueError("selector 'targeted' needs context.target_embedding (the target's validation embeddings in the pool's PCA space)")
+            raise ValueError(
+                "selector 'targeted' needs context.target_embedding (the target's validation embeddings in the pool's PCA space)"
+            )
         target_mean = np.asarray(context.target_embedding, dtype=np.float64).mean(axis=0)
         embedding = features.embedding.astype(np.float64)
         norms = np.linalg.norm(embedding, axis=1) * np.linalg.norm(target_mean)

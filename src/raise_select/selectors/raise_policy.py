@@ -65,9 +65,9 @@ import datetime
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -199,7 +199,9 @@ def critic_summary(stage: torch.Tensor, availability: torch.Tensor, scores: torc
     """[SUMMARY_SIZE] critic input: stage, fraction of the pool used, mean availability, score mean/std/max."""
     scores = scores.detach()  # the critic reads the policy's scores but does not train them
     used = (availability > 0).float().mean()
-    return torch.cat([stage, torch.stack([used, availability.mean(), scores.mean(), scores.std(correction=0), scores.max()])])
+    return torch.cat(
+        [stage, torch.stack([used, availability.mean(), scores.mean(), scores.std(correction=0), scores.max()])]
+    )
 
 
 class AcquisitionMLP(nn.Module):
@@ -222,7 +224,9 @@ class AcquisitionMLP(nn.Module):
         """[n, hidden] static part of the first layer."""
         return self.static_layer(fused_static)
 
-    def from_projection(self, projection: torch.Tensor, stage: torch.Tensor, availability: torch.Tensor) -> torch.Tensor:
+    def from_projection(
+        self, projection: torch.Tensor, stage: torch.Tensor, availability: torch.Tensor
+    ) -> torch.Tensor:
         """[n] scores from a (cached) static projection + the stage and availability terms."""
         weight = self.dynamic_layer.weight  # [hidden, 3 + 1]
         hidden = projection + weight[:, : len(STAGE_NAMES)] @ stage  # the stage term is shared by all candidates
@@ -242,7 +246,10 @@ class Critic(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(SUMMARY_SIZE, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh(),
+            nn.Linear(SUMMARY_SIZE, hidden_size),
+            nn.Tanh(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.Tanh(),
             nn.Linear(hidden_size, 1),
         )
 
@@ -344,7 +351,7 @@ class RaiseSelector:
         self._pool_fingerprint: str | None = None
 
     @classmethod
-    def load(cls, path: str | Path) -> "RaiseSelector":
+    def load(cls, path: str | Path) -> RaiseSelector:
         artifact = load_selector(path)
         return cls(artifact.config, artifact)
 
@@ -352,7 +359,9 @@ class RaiseSelector:
     def setup(self, context: SelectionContext) -> None:
         features = context.features
         if features is None:
-            raise UserError("the raise selector needs static features; the run did not compute them (requires_features)")
+            raise UserError(
+                "the raise selector needs static features; the run did not compute them (requires_features)"
+            )
         pool_size = features.values.shape[0]
         largest_decision = context.batch_size * context.decision_interval
         if largest_decision > pool_size:
@@ -361,7 +370,9 @@ class RaiseSelector:
                 f"{pool_size}; lower train.batch_size or train.decision_interval"
             )
         if self.config.clusters > pool_size:
-            raise UserError(f"raise.clusters={self.config.clusters} exceeds the pool size {pool_size}; use fewer clusters")
+            raise UserError(
+                f"raise.clusters={self.config.clusters} exceeds the pool size {pool_size}; use fewer clusters"
+            )
         self._context, self.features, self._pool_fingerprint = context, features, None
         static_size = len(features.names) + features.embedding.shape[1]
         if self.config.head_dims > static_size:
@@ -371,14 +382,16 @@ class RaiseSelector:
             )
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
-            self.policy = AcquisitionMLP(static_size, self.config.hidden_size, self.config.head_dims, self.config.head_std)
+            self.policy = AcquisitionMLP(
+                static_size, self.config.hidden_size, self.config.head_dims, self.config.head_std
+            )
             self.critic = Critic(self.config.hidden_size)
         if self.artifact is None:
             self._fit_to_pool(features, context.seed)
         else:
             self._adapt_artifact(features, context.seed)
             for prefix, module in (("policy.", self.policy), ("critic.", self.critic)):
-                state = {k[len(prefix):]: v for k, v in self.artifact.tensors.items() if k.startswith(prefix)}
+                state = {k[len(prefix) :]: v for k, v in self.artifact.tensors.items() if k.startswith(prefix)}
                 try:
                     module.load_state_dict(state)
                 except RuntimeError:
@@ -396,7 +409,9 @@ class RaiseSelector:
         self.set_head(None)
 
     def _fit_to_pool(self, features: StaticFeatures, seed: int) -> None:
-        self.standardization = Standardization(*Standardization.fit_difficulty(features), *Standardization.fit_embedding(features))
+        self.standardization = Standardization(
+            *Standardization.fit_difficulty(features), *Standardization.fit_embedding(features)
+        )
         self.centroids = fit_clusters(features.embedding, self.config.clusters, seed)
 
     def _adapt_artifact(self, features: StaticFeatures, seed: int) -> None:
@@ -433,7 +448,9 @@ class RaiseSelector:
     def refresh_projection(self) -> None:
         """Recompute the cached static projection (call after the policy's weights changed)."""
         with torch.no_grad():
-            self._projection = torch.cat([self.policy.project(chunk) for chunk in self.fused_static.split(SCORE_CHUNK_ROWS)])
+            self._projection = torch.cat(
+                [self.policy.project(chunk) for chunk in self.fused_static.split(SCORE_CHUNK_ROWS)]
+            )
 
     def reset(self, seed: int) -> None:
         # PPO updates the weights between episodes, so the per-episode cache is rebuilt here.
@@ -464,10 +481,14 @@ class RaiseSelector:
         """[N] acquisition scores with the cached projection (no gradient): F_theta(d') plus the episode head's term."""
         stage_tensor, availability = torch.from_numpy(stage), availability_feature(counts)
         with torch.no_grad():
-            scores = torch.cat([
-                self.policy.from_projection(projection, stage_tensor, avail)
-                for projection, avail in zip(self._projection.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS))
-            ])
+            scores = torch.cat(
+                [
+                    self.policy.from_projection(projection, stage_tensor, avail)
+                    for projection, avail in zip(
+                        self._projection.split(SCORE_CHUNK_ROWS), availability.split(SCORE_CHUNK_ROWS)
+                    )
+                ]
+            )
             return scores if self._head_offset is None else scores + self._head_offset
 
     def pick_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -527,7 +548,9 @@ class RaiseSelector:
         groups = choose_groups(gumbel_keys, self.members, cluster_quotas(state.decision_size, self.config.clusters))
         with torch.no_grad():
             log_probs = self.pick_log_probs(logits, groups)
-            value = self.critic(critic_summary(torch.from_numpy(stage), availability_feature(state.selection_counts), scores))
+            value = self.critic(
+                critic_summary(torch.from_numpy(stage), availability_feature(state.selection_counts), scores)
+            )
         arrays = [g.numpy() for g in groups]
         return SampledDecision(interleave(arrays), arrays, log_probs, float(value), stage)
 
@@ -579,7 +602,9 @@ class RaiseSelector:
         }
         if self.has_head:  # the deployed head's weights by column name: what the selector learned to prefer, readable
             names = [layout["name"] for layout in fused_feature_layout(features.names, features.embedding.shape[1])]
-            record["episode_head"] = {name: round(float(w), 4) for name, w in zip(names, self.policy.head_mean.tolist())}
+            record["episode_head"] = {
+                name: round(float(w), 4) for name, w in zip(names, self.policy.head_mean.tolist())
+            }
         return RaiseArtifact(
             config=self.config,
             tensors=tensors,

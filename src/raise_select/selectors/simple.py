@@ -134,7 +134,11 @@ def oracle_indices(pool) -> np.ndarray:
             f"({len(pool.examples) - len(labelled)} of {len(pool.examples)} have none); use it on a labelled pool "
             "such as the synthetic testbed, or drop it from compare.methods"
         )
-    indices = np.array([i for i, e in enumerate(pool.examples) if e.meta["helpful"] and not e.meta["corrupted"]], dtype=np.int64)
+    indices = np.array(
+        [i for i, e in enumerate(pool.examples) if e.meta["helpful"] and not e.meta["corrupted"]], dtype=np.int64
+    )
     if indices.size == 0:
-        raise UserError("the oracle selector found no example labelled helpful and not corrupted in the pool; drop it from compare.methods")
+        raise UserError(
+            "the oracle selector found no example labelled helpful and not corrupted in the pool; drop it from compare.methods"
+        )
     return indices

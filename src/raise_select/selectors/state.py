@@ -23,8 +23,14 @@ def selector_state(selector) -> dict:
         if isinstance(value, np.random.Generator):
             state[name] = {"generator": value.bit_generator.state}
         elif isinstance(value, EpochSampler):
-            state[name] = {"epoch_sampler": {"epoch": value.epoch, "position": value._position,
-                                             "order": value._order.tolist(), "generator": value.rng.bit_generator.state}}
+            state[name] = {
+                "epoch_sampler": {
+                    "epoch": value.epoch,
+                    "position": value._position,
+                    "order": value._order.tolist(),
+                    "generator": value.rng.bit_generator.state,
+                }
+            }
     return state
 
 
