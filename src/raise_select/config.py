@@ -373,6 +373,11 @@ class RaiseConfig:
     )
 
 
+# RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
+# learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
+RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
+
+
 @dataclass
 class CompareConfig:
     """Equal-budget comparisons (raise-select compare)."""
