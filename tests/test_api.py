@@ -76,3 +76,20 @@ def test_callback_list_runs_every_callback_and_stops_if_any_says_so():
     assert CallbackList([Says(False), Says(None)]).on_episode_end(0, {}) is False
     assert calls == [False, None]  # the second ran although the first said stop
     assert CallbackList([Says(None), Says(True)]).on_episode_end(0, {}) is True
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda c: setattr(c.model, "finetune", "qlora"), "model.finetune='qlora' is not one of"),
+        (lambda c: setattr(c.target, "name", "chat"), "'chat' is a pool source, not a target"),
+        (lambda c: setattr(c.train, "batch_size", 7), "must be a multiple of raise.clusters"),
+    ],
+)
+def test_workbench_build_validates_the_config_first(change, fragment, monkeypatch):
+    """Python users get the CLI's one-line errors before any data or model is loaded."""
+    config = rs.Config()
+    change(config)
+    monkeypatch.setattr("raise_select.pipeline.build_pool", lambda *a, **k: pytest.fail("loaded data"))
+    with pytest.raises(rs.UserError, match=re.escape(fragment)):
+        rs.Workbench.build(config)

@@ -202,6 +202,8 @@ def trained_selector(workspace):
 
 def test_trained_selector_drives_a_finetune(trained_selector, workspace, capsys):
     assert (trained_selector / "selector.json").is_file()
+    saved = json.loads((trained_selector / "selector.json").read_text())["config"]
+    assert saved["episodes"] == 2 and not {"policy", "rollout_workers", "ray_address", "worker_cpus"} & set(saved)
     assert len(read_jsonl(trained_selector.parent / "episodes.jsonl")) == 2
     output = workspace / "raise-run"
     status = main(

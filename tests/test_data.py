@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from raise_select.config import PoolConfig, SourceConfig, TargetConfig
+from raise_select.config import Config, PoolConfig, SourceConfig, TargetConfig, validate
 from raise_select.data import bundled
 from raise_select.data.bundled import build_pool, build_target, bundled_examples
 from raise_select.data.formats import load_source_file
@@ -441,7 +441,7 @@ def test_build_pool_errors(tmp_path):
     with pytest.raises(UserError, match="the pool is empty"):
         build_pool(PoolConfig(sources=[SourceConfig(name="humaneval", limit=0)]))
     with pytest.raises(UserError, match="format and fields apply only to user files"):
-        build_pool(PoolConfig(sources=[SourceConfig(name="gsm8k", fields={"output": "answer"})]))
+        validate(Config(pool=PoolConfig(sources=[SourceConfig(name="gsm8k", fields={"output": "answer"})])))
     twice = write_jsonl(tmp_path / "twice.jsonl", [{"id": "x", "prompt": "a", "response": "b"}] * 2)
     with pytest.raises(UserError, match=r"'x' appears twice in pool source #1 \(.*twice\.jsonl\)"):
         build_pool(PoolConfig(sources=[SourceConfig(name=str(twice))]))
@@ -482,9 +482,11 @@ def test_target_errors():
     with pytest.raises(UserError, match=r"metric multiple_choice needs 'choices'"):
         build_target(TargetConfig(name="gsm8k", metric="multiple_choice"))
     with pytest.raises(UserError, match=r"exactly one \(group\)"):
-        build_target(TargetConfig(name="gsm8k", answer_pattern=r"\d+"))
+        validate(Config(target=TargetConfig(name="gsm8k", answer_pattern=r"\d+")))
+    with pytest.raises(UserError, match=r"target.answer_pattern is not a valid regex \(.*\); fix it"):
+        validate(Config(target=TargetConfig(name="gsm8k", answer_pattern="(")))
     with pytest.raises(UserError, match="is a pool source, not a target"):
-        build_target(TargetConfig(name="chat"))
+        validate(Config(target=TargetConfig(name="chat")))
 
 
 def test_user_file_target_is_split_deterministically(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import make_context, make_features, make_state
-from raise_select.config import RaiseConfig
+from raise_select.config import RUN_TIME_FIELDS, RaiseConfig
 from raise_select.errors import UserError
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
 from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_selector, save_selector
@@ -169,6 +169,19 @@ def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
     assert metadata["provenance"]["episodes"] == 3 and metadata["config"]["hidden_size"] == 16
     save_selector(trained.to_artifact(), folder)  # overwriting an existing folder works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["selector"]
+
+
+def test_selector_json_holds_no_run_time_settings_and_old_folders_still_load(tmp_path):
+    trained = make_selector(make_features(), policy="somewhere/selector", rollout_workers=3, worker_gpus=0.5)
+    folder = save_selector(trained.to_artifact(), tmp_path / "selector")
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    assert not set(RUN_TIME_FIELDS) & set(metadata["config"]) and metadata["config"]["hidden_size"] == 16
+    # A folder written before run-time settings were left out: they are ignored on load.
+    metadata["config"].update(policy="old/path", rollout_workers=4, ray_address="auto", worker_cpus=2, worker_gpus=1.0)
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    loaded = load_selector(folder)
+    assert loaded.config == RaiseConfig(clusters=2, hidden_size=16)
+    RaiseSelector.load(folder).setup(make_context(features=make_features()))
 
 
 def test_features_from_another_aux_model_refit_statistics_and_clusters(tmp_path):

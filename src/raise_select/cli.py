@@ -145,6 +145,8 @@ def cmd_finetune(args) -> int:
 def _record_policy_settings(args, config, selector) -> None:
     """With --policy the selector's own RaiseConfig runs: refuse raise.* overrides it would ignore,
     and record its settings (not the config file's) in the run's config.yaml."""
+    from .config import RUN_TIME_FIELDS
+
     trained = getattr(selector, "artifact", None)
     if trained is None:
         return
@@ -160,7 +162,9 @@ def _record_policy_settings(args, config, selector) -> None:
             f"{', '.join(ignored)} cannot change a trained selector (--policy {config.raise_.policy} "
             "was trained with its own raise settings); drop the override or train a new selector"
         )
-    config.raise_ = dataclasses.replace(trained.config, policy=config.raise_.policy)
+    config.raise_ = dataclasses.replace(  # a selector does not store the run-time fields: they stay the run's own
+        trained.config, **{name: getattr(config.raise_, name) for name in RUN_TIME_FIELDS}
+    )
 
 
 def cmd_train_selector(args) -> int:

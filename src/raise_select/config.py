@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -372,6 +373,11 @@ class RaiseConfig:
     )
 
 
+# RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
+# learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
+RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
+
+
 @dataclass
 class CompareConfig:
     """Equal-budget comparisons (raise-select compare)."""
@@ -725,12 +731,40 @@ def validate(config: Config) -> None:
         raise UserError(
             "compare.budgets and compare.budget_steps are both empty; give one (e.g. compare.budget_steps=[24])"
         )
+    _check_data_names(config)
+    _check_answer_pattern(config.target.answer_pattern)
     check_raise_batching(config.raise_)
     if config.train.batch_size % config.raise_.clusters:
         raise UserError(
             f"train.batch_size={config.train.batch_size} must be a multiple of raise.clusters={config.raise_.clusters} "
             "(each decision takes batch_size / clusters examples per cluster)"
         )
+
+
+def _check_data_names(config: Config) -> None:
+    """Bundled pool sources take no format/fields, and a pool-only bundled source is no target."""
+    from .data.bundled import BUNDLED_SOURCES, TARGET_NAMES  # numpy: only when a config is validated
+
+    for source in config.pool.sources:
+        if source.name in BUNDLED_SOURCES and (source.fields or source.format != "auto"):
+            raise UserError(
+                f"pool source '{source.name}' is bundled; format and fields apply only to user files, remove them"
+            )
+    name = config.target.name
+    if name in BUNDLED_SOURCES and name not in TARGET_NAMES:
+        raise UserError(f"'{name}' is a pool source, not a target; targets: {', '.join(TARGET_NAMES)} or a file path")
+
+
+def _check_answer_pattern(pattern: str | None) -> None:
+    """target.answer_pattern must compile and have exactly one group (the answer)."""
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as error:
+        raise UserError(f"target.answer_pattern is not a valid regex ({error}); fix it") from None
+    if groups != 1:
+        raise UserError(f"target.answer_pattern must have exactly one (group) extracting the answer, it has {groups}")
 
 
 def check_raise_batching(config: RaiseConfig) -> None:

@@ -97,8 +97,6 @@ def evaluate_test(
         result["accuracy"] = multiple_choice_accuracy(lm, examples, max_length, batch_size)
     elif target.metric == "exact_match":
         result.update(exact_match(lm, examples, target.answer_pattern, max_length, batch_size, max_new_tokens))
-    elif target.metric != "none":
-        raise UserError(f"target metric {target.metric!r} is not one of exact_match, multiple_choice, none")
     return result
 
 

@@ -169,8 +169,6 @@ def _resolve_device(requested: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
         raise UserError("model.device=cuda but no CUDA device is available; use model.device=auto or cpu")
-    if requested not in ("cpu", "cuda"):
-        raise UserError(f"model.device={requested!r} is not one of auto, cpu, cuda")
     return torch.device(requested)
 
 
@@ -199,10 +197,8 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     if config.finetune == "lora":
         model = _add_lora(model, config, seed)
-    elif config.finetune == "full":
+    else:  # "full" (config.validate allows only lora and full)
         model.requires_grad_(True)
-    else:
-        raise UserError(f"model.finetune={config.finetune!r} is not one of full, lora")
     model.to(device)
     model.train()
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=config.name, path=path, device=device)

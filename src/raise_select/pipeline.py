@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks import Callback, with_progress
-from .config import Config, ModelConfig, dump_config
+from .config import Config, ModelConfig, dump_config, validate
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
@@ -82,6 +82,7 @@ class Workbench:
 
     @classmethod
     def build(cls, config: Config) -> Workbench:
+        validate(config)  # the same one-line errors as the CLI, before any data or model is loaded
         seed_everything(config.seed)
         pool = build_pool(config.pool, seed=config.seed)
         resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work

@@ -70,11 +70,17 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, with_progress
-from .config import RaiseConfig, check_raise_batching
+from .config import RUN_TIME_FIELDS, RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
 from .run_folders import CHECKPOINT_FILE, EPISODES_FILE, SELECTOR_DIR
-from .selector_artifact import RaiseArtifact, artifact_from_payload, artifact_to_payload, save_selector
+from .selector_artifact import (
+    RaiseArtifact,
+    artifact_from_payload,
+    artifact_to_payload,
+    save_selector,
+    trained_settings,
+)
 from .selectors.base import SelectionContext
 from .selectors.raise_policy import (
     SCORE_CHUNK_ROWS,
@@ -88,8 +94,6 @@ if TYPE_CHECKING:
     from .environment import FineTuneEnv
 
 CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per update of several episodes
-# A resumed run may extend the episode count, and play its episodes elsewhere (none of these shapes an episode).
-RESUMABLE_CONFIG_CHANGES = ("episodes", "policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
 # Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
 # shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
 RESUMABLE_RUN_CHANGES = (
@@ -97,11 +101,7 @@ RESUMABLE_RUN_CHANGES = (
     "selector",
     "compare",
     "raise.episodes",
-    "raise.policy",
-    "raise.rollout_workers",
-    "raise.ray_address",
-    "raise.worker_cpus",
-    "raise.worker_gpus",
+    *(f"raise.{name}" for name in RUN_TIME_FIELDS),
     "features.cache",
     "train.eval_every",
     "train.max_budget_epochs",
@@ -506,7 +506,11 @@ def _restore_rng_states(states: dict, minibatch_rng: np.random.Generator) -> Non
 
 
 def _comparable_config(config: RaiseConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CONFIG_CHANGES}
+    """The settings a checkpoint must share with the resumed run: those the selector stores, but the
+    episode count (a resume may extend it)."""
+    settings = trained_settings(config)
+    del settings["episodes"]
+    return settings
 
 
 def save_checkpoint(

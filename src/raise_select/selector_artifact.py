@@ -5,7 +5,7 @@ Folder layout::
     selector/
       weights.safetensors   policy.* (acquisition MLP) and critic.* tensors
       selector.json         format + version, fused-feature layout, standardization statistics,
-                            k-means centroids, the RaiseConfig, provenance
+                            k-means centroids, the RaiseConfig (less its run-time fields), provenance
 
 The folder is written to a temporary sibling and renamed into place, so a reader sees the old
 selector or the new one, never half of each. Anything that is not a complete folder of this format
@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import RaiseConfig, from_dict
+from .config import RUN_TIME_FIELDS, RaiseConfig, from_dict
 from .errors import UserError
 from .io_utils import staged_folder, user_path
 from .run_folders import SELECTOR_FILE as METADATA_FILE
@@ -55,6 +55,13 @@ class RaiseArtifact:
     )  # model, pool fingerprint, episodes, seed, date, version, notes
 
 
+def trained_settings(config: RaiseConfig | dict) -> dict:
+    """The RaiseConfig fields that shape a trained selector, as stored in selector.json: every field but the
+    run-time ones (config.RUN_TIME_FIELDS), which older selector folders may still hold."""
+    settings = config if isinstance(config, dict) else dataclasses.asdict(config)
+    return {key: value for key, value in settings.items() if key not in RUN_TIME_FIELDS}
+
+
 def _not_a_selector(folder: Path, reason: str) -> UserError:
     return UserError(
         f"{folder} is not a raise-select selector ({reason}); train one with `raise-select train-selector`"
@@ -73,7 +80,7 @@ def artifact_to_payload(artifact: RaiseArtifact) -> tuple[dict, dict[str, torch.
         "centroids": np.asarray(artifact.centroids, dtype=np.float64).tolist(),
         "aux_model": artifact.aux_model,
         "embedding_space": artifact.embedding_space,
-        "config": dataclasses.asdict(artifact.config),
+        "config": trained_settings(artifact.config),
         "provenance": artifact.provenance,
     }
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in artifact.tensors.items()}
@@ -106,7 +113,7 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
         pca_dim = int(metadata["pca_dim"])
         centroids = np.asarray(metadata["centroids"], dtype=np.float32).reshape(-1, pca_dim)
         artifact = RaiseArtifact(
-            config=from_dict(RaiseConfig, metadata["config"], where="selector.config"),
+            config=from_dict(RaiseConfig, trained_settings(metadata["config"]), where="selector.config"),
             tensors=dict(tensors),
             feature_layout=list(metadata["feature_layout"]),
             static_names=tuple(metadata["static_names"]),

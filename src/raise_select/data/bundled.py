@@ -86,6 +86,7 @@ _HELD_OUT_SIZES = {"gsm8k": (100, 200), "mmlu": (200, 500), "humaneval": (20, 20
 GSM8K_ANSWER_PATTERN = r"(?s)(?:^.*?####[^\d\n-]*|^(?!.*####).*(?<![\d.,-]))(-?\d(?:[\d,]*\d)?(?:\.\d+)?)"
 _TARGET_METRICS = {"gsm8k": "exact_match", "mmlu": "multiple_choice", "humaneval": "none"}
 _TARGET_PATTERNS = {"gsm8k": GSM8K_ANSWER_PATTERN}
+TARGET_NAMES = (*_TARGET_METRICS, "synthetic")  # bundled targets; other bundled names are pool-only
 _LETTERS = "ABCD"
 
 
@@ -107,11 +108,7 @@ def build_pool(pool_cfg: PoolConfig, seed: int = 0) -> Pool:
     skipped: list[str] = []
     id_owner: dict[str, int] = {}  # example id -> index of the source that brought it
     for source_index, source in enumerate(pool_cfg.sources):
-        if source.name in BUNDLED_SOURCES:
-            if source.fields or source.format != "auto":
-                raise UserError(
-                    f"pool source '{source.name}' is bundled; format and fields apply only to user files, remove them"
-                )
+        if source.name in BUNDLED_SOURCES:  # format and fields are for user files: config.validate
             loaded = _bundled_pool_examples(source, seed)
             loaded = [_with_system_prompt(example, pool_cfg.system_prompt) for example in loaded]
         else:
@@ -134,8 +131,6 @@ def build_target(target_cfg: TargetConfig, seed: int = 0) -> TargetTask:
     are fixed so runs at different seeds are scored on the same examples.
     """
     name, n_validation, n_test = target_cfg.name, target_cfg.n_validation, target_cfg.n_test
-    if n_validation < 1 or n_test < 0:
-        raise UserError("target.n_validation must be at least 1 and target.n_test at least 0")
     if name == "synthetic":
         from .synthetic import synthetic_target  # the testbed is built only when asked for
 
@@ -148,17 +143,13 @@ def build_target(target_cfg: TargetConfig, seed: int = 0) -> TargetTask:
         )
         test = _first(bundled_examples(name, "test"), n_test, f"{name} test split", "target.n_test")
         default_metric, default_pattern = _TARGET_METRICS[name], _TARGET_PATTERNS.get(name)
-    elif name in BUNDLED_SOURCES:
-        raise UserError(
-            f"'{name}' is a pool source, not a target; targets: {', '.join([*_TARGET_METRICS, 'synthetic'])} or a file path"
-        )
-    else:
+    else:  # a file path (a pool-only bundled name is refused by config.validate)
         validation, test = _split_user_target(name, n_validation, n_test)
         has_answers = all("answer" in example.meta for example in validation + test)
         default_metric, default_pattern = ("exact_match" if has_answers else "none"), None
     metric = default_metric if target_cfg.metric == "auto" else target_cfg.metric
     answer_pattern = target_cfg.answer_pattern or default_pattern
-    _check_metric(name, metric, answer_pattern, validation + test)
+    _check_metric(name, metric, validation + test)  # answer_pattern itself: config.validate
     return TargetTask(name=name, validation=validation, test=test, metric=metric, answer_pattern=answer_pattern)
 
 
@@ -220,7 +211,7 @@ def _split_user_target(path: str, n_validation: int, n_test: int) -> tuple[list[
     return shuffled[:n_validation], shuffled[n_validation : n_validation + n_test]
 
 
-def _check_metric(name: str, metric: str, answer_pattern: str | None, examples: Sequence[Example]) -> None:
+def _check_metric(name: str, metric: str, examples: Sequence[Example]) -> None:
     needs = {"exact_match": ("answer",), "multiple_choice": ("choices", "answer_index")}.get(metric, ())
     lacking = [key for key in needs if not all(key in example.meta for example in examples)]
     if lacking:
@@ -228,15 +219,6 @@ def _check_metric(name: str, metric: str, answer_pattern: str | None, examples: 
             f"target {name}: metric {metric} needs '{lacking[0]}' on every example, which this task lacks; "
             "set target.metric to auto or none"
         )
-    if answer_pattern is not None:
-        try:
-            groups = re.compile(answer_pattern).groups
-        except re.error as error:
-            raise UserError(f"target.answer_pattern is not a valid regex ({error}); fix it") from None
-        if groups != 1:
-            raise UserError(
-                f"target.answer_pattern must have exactly one (group) extracting the answer, it has {groups}"
-            )
 
 
 # --- reading the package files --------------------------------------------------------------------

@@ -35,8 +35,6 @@ from ..errors import UserError
 from ..io_utils import user_path
 from .types import Example
 
-FORMATS = ("auto", "alpaca", "messages", "prompt_response")
-
 # What each format needs, for error messages.
 _FORMAT_NEEDS = {
     "alpaca": "'instruction' and 'output' (optional 'input')",
@@ -58,8 +56,6 @@ def load_source_file(
     Raises :class:`UserError` (one line naming the file and line) for a missing file, an unreadable
     file, a malformed record when ``on_error="raise"``, or a source without usable records.
     """
-    if source.format not in FORMATS:
-        raise UserError(f"pool source {source.name}: format={source.format!r} is not one of {list(FORMATS)}")
     path = Path(source.name).expanduser()
     if not path.exists():
         raise UserError(
