@@ -73,9 +73,9 @@ from .callbacks import Callback, with_progress
 from .config import RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
+from .protocol import SelectionContext
 from .run_folders import CHECKPOINT_FILE, EPISODES_FILE, SELECTOR_DIR
 from .selector_artifact import RaiseArtifact, artifact_from_payload, artifact_to_payload, save_selector
-from .selectors.base import SelectionContext
 from .selectors.raise_policy import (
     SCORE_CHUNK_ROWS,
     RaiseSelector,

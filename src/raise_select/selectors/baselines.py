@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UserError
-from .base import EnvState, SelectionContext
+from ..protocol import EnvState, SelectionContext
 from .simple import EpochSampler, RandomSelector, sample_without_replacement
 
 if TYPE_CHECKING:
