@@ -141,7 +141,7 @@ class Workbench:
             seed=seed,
             features=features,
             target_embedding=self.target_embedding if features is not None else None,
-            extra={"static_epochs": self.config.train.full_data_epochs},
+            static_epochs=self.config.train.full_data_epochs,
         )
 
     def make_env(self, budget_steps: int, evaluate_every: int = 1) -> FineTuneEnv:

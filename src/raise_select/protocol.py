@@ -20,7 +20,7 @@ RAISE (:class:`~raise_select.selectors.raise_policy.RaiseSelector`) implements b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +28,8 @@ import numpy as np
 if TYPE_CHECKING:
     from .data.types import Pool
     from .features import StaticFeatures
+
+DEFAULT_STATIC_EPOCHS = 3  # the paper's static baselines train 3 epochs on their fixed subset
 
 
 @dataclass
@@ -75,7 +77,9 @@ class SelectionContext:
     seed: int
     features: StaticFeatures | None = None  # set when the selector's requires_features is True
     target_embedding: np.ndarray | None = None  # [n_validation, pca_dim] target validation embeddings (same PCA space)
-    extra: dict = field(default_factory=dict)
+    # Epochs a static selector spreads its budget over: it keeps budget_steps * batch_size / static_epochs
+    # examples. Runs set it to train.full_data_epochs (a static subset trains as many epochs as full data).
+    static_epochs: int = DEFAULT_STATIC_EPOCHS
 
 
 @runtime_checkable

@@ -6,6 +6,6 @@ selectors import; this module keeps ``from raise_select.selectors.base import ..
 
 from __future__ import annotations
 
-from ..protocol import EnvState, Explains, HasClusters, SelectionContext, Selector
+from ..protocol import DEFAULT_STATIC_EPOCHS, EnvState, Explains, HasClusters, SelectionContext, Selector
 
-__all__ = ["EnvState", "Explains", "HasClusters", "SelectionContext", "Selector"]
+__all__ = ["DEFAULT_STATIC_EPOCHS", "EnvState", "Explains", "HasClusters", "SelectionContext", "Selector"]
