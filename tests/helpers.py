@@ -16,7 +16,7 @@ from raise_select.config import ModelConfig
 from raise_select.data.types import Example, Pool
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
 from raise_select.model import LoadedModel, load_model
-from raise_select.selectors.base import EnvState, SelectionContext
+from raise_select.selectors.base import DEFAULT_STATIC_EPOCHS, EnvState, SelectionContext
 
 # -- the synthetic testbed ---------------------------------------------------------------------------
 
@@ -147,10 +147,9 @@ def make_context(
     decision_interval: int = 1,
     seed: int = 0,
     target_embedding=None,
-    **extra,
+    static_epochs: int = DEFAULT_STATIC_EPOCHS,
 ) -> SelectionContext:
-    """A context over ``make_pool(n)`` (``n`` defaults to the features' row count); ``extra`` goes to
-    ``SelectionContext.extra``."""
+    """A context over ``make_pool(n)`` (``n`` defaults to the features' row count)."""
     if n is None:
         if features is None:
             raise ValueError("give the pool size n or the features")
@@ -163,7 +162,7 @@ def make_context(
         seed=seed,
         features=features,
         target_embedding=target_embedding,
-        extra=extra,
+        static_epochs=static_epochs,
     )
 
 

@@ -15,6 +15,7 @@ from helpers import make_context, make_features, make_state
 from raise_select.config import RUN_TIME_FIELDS, RaiseConfig
 from raise_select.errors import UserError
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
+from raise_select.protocol import Explains, HasClusters, Selector
 from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_selector, save_selector
 from raise_select.selectors.raise_policy import (
     RaiseSelector,
@@ -226,6 +227,8 @@ def test_broken_selector_folders_are_one_line_user_errors(tmp_path):
 
 def test_explain_rows():
     selector = make_selector(make_features())
+    assert isinstance(selector, Selector) and isinstance(selector, Explains) and isinstance(selector, HasClusters)
+    assert selector.clusters.shape == (120,)  # a cluster for every pool example
     rows = selector.explain(max_rows=50)
     assert len(rows) == 50
     assert {"index", "cluster", "response_loss", "emb_0", "score@0", "score@0.5", "score@1"} <= set(rows[0])

@@ -14,7 +14,7 @@ from raise_select.config import Config
 from raise_select.data.types import Example
 from raise_select.errors import UserError
 from raise_select.selectors import SELECTORS, build_selector
-from raise_select.selectors.base import EnvState, SelectionContext, Selector
+from raise_select.selectors.base import EnvState, Explains, HasClusters, SelectionContext, Selector
 from raise_select.selectors.baselines import (
     HighLossSelector,
     IFDSelector,
@@ -243,6 +243,7 @@ def test_every_selector_respects_decision_sizes_including_the_last_partial_one()
             continue
         selector = build_selector(name, Config())
         assert isinstance(selector, Selector) and selector.name == name
+        assert not isinstance(selector, (Explains, HasClusters)), name  # the run folder has no explain.csv / clusters
         selector.setup(context)
         decisions = run_episode(selector, context, loss_probe=lambda indices: rng.random(len(indices)))
         assert [len(d) for d in decisions] == [6, 6, 2], name

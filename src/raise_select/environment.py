@@ -4,7 +4,7 @@
 rate after ``warmup_steps`` of linear warmup, as transformers' ``constant_with_warmup``);
 ``step(indices)`` does one optimizer update per ``batch_size`` indices (``decision_interval`` updates per decision), then
 evaluates the target's validation loss and returns the reward = the loss decrease. The selector
-only sees :class:`~raise_select.selectors.base.EnvState`; the environment never knows which
+only sees :class:`~raise_select.protocol.EnvState`; the environment never knows which
 selector it serves.
 """
 
@@ -23,7 +23,7 @@ from .data.tokenize import TokenizedSet
 from .errors import UserError
 from .evaluation import per_example_losses, validation_loss
 from .model import LoadedModel, seed_everything, training_loss
-from .selectors.base import EnvState
+from .protocol import EnvState
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
@@ -27,44 +27,11 @@ from tqdm.auto import tqdm
 from .data.tokenize import TokenizedSet, render_prompt_ids, tokenize_examples
 from .data.types import Example, TargetTask
 from .errors import UserError
-from .model import LoadedModel, per_example_loss, sequence_logprob
+from .model import LoadedModel, map_examples, per_example_loss, sequence_logprob
 
 SAMPLE_GENERATIONS = 5  # generations kept in the exact-match result for the report
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-@torch.no_grad()
-def map_examples(
-    lm: LoadedModel,
-    tokens: TokenizedSet,
-    indices: Sequence[int] | None,
-    batch_size: int,
-    score: Callable[[LoadedModel, dict], torch.Tensor],
-    progress: str | None = None,
-) -> np.ndarray:
-    """Apply ``score`` (batch -> [b] or [b, k]) to every example, batching by length; caller's order out.
-
-    The one no-grad, eval-mode batch loop for everything that reads the model without training it
-    (validation loss, loss probes, test loss, static features); ``progress`` is a bar label or None.
-    """
-    indices = np.arange(len(tokens)) if indices is None else np.asarray(indices, dtype=np.int64)
-    order = np.argsort(tokens.lengths[indices], kind="stable")  # similar lengths share a batch: less padding
-    values: np.ndarray | None = None
-    was_training = lm.model.training
-    lm.model.eval()
-    try:
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
-            positions = order[start : start + batch_size]
-            batch = tokens.collate(indices[positions].tolist(), lm.tokenizer.pad_token_id)
-            scored = score(lm, batch).float().cpu().numpy()
-            if values is None:
-                values = np.empty((len(indices),) + scored.shape[1:], dtype=np.float64)
-            values[positions] = scored
-    finally:
-        lm.model.train(was_training)
-    return values if values is not None else np.empty(0, dtype=np.float64)
 
 
 def per_example_losses(

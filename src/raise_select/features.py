@@ -39,9 +39,8 @@ from sklearn.decomposition import PCA
 
 from .data.tokenize import IGNORE_INDEX, TokenizedSet, tokenize_examples
 from .errors import UserError
-from .evaluation import map_examples
 from .io_utils import atomic_write, cache_root
-from .model import per_example_loss
+from .model import map_examples, per_example_loss
 
 if TYPE_CHECKING:
     from .config import FeatureConfig

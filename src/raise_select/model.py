@@ -5,6 +5,10 @@ computed here from the logits (shifted by one) in float32, summed per example ov
 tokens only (labels ``-100`` mark prompt and padding). The batch training loss, the per-example
 validation loss (RAISE's reward) and the sequence log-likelihood used for multiple-choice scoring
 are all reductions of that one quantity, so they can never disagree.
+
+:func:`map_examples` is the one no-grad, eval-mode batch loop that applies such a reduction to a
+tokenized set (validation and test loss in :mod:`raise_select.evaluation`, loss probes, static
+features in :mod:`raise_select.features`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import importlib.metadata
 import random
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .config import ModelConfig
+from .data.tokenize import TokenizedSet
 from .errors import UserError
 from .io_utils import cache_root
 
@@ -270,3 +277,36 @@ def sequence_logprob(lm: LoadedModel, batch: dict) -> torch.Tensor:
     """[b]: summed log-likelihood of each example's response given its prompt."""
     sums, _ = response_loss_sums(lm, batch)
     return -sums
+
+
+@torch.no_grad()
+def map_examples(
+    lm: LoadedModel,
+    tokens: TokenizedSet,
+    indices: Sequence[int] | None,
+    batch_size: int,
+    score: Callable[[LoadedModel, dict], torch.Tensor],
+    progress: str | None = None,
+) -> np.ndarray:
+    """Apply ``score`` (batch -> [b] or [b, k]) to every example, batching by length; caller's order out.
+
+    The one no-grad, eval-mode batch loop for everything that reads the model without training it
+    (validation loss, loss probes, test loss, static features); ``progress`` is a bar label or None.
+    """
+    indices = np.arange(len(tokens)) if indices is None else np.asarray(indices, dtype=np.int64)
+    order = np.argsort(tokens.lengths[indices], kind="stable")  # similar lengths share a batch: less padding
+    values: np.ndarray | None = None
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
+            positions = order[start : start + batch_size]
+            batch = tokens.collate(indices[positions].tolist(), lm.tokenizer.pad_token_id)
+            scored = score(lm, batch).float().cpu().numpy()
+            if values is None:
+                values = np.empty((len(indices),) + scored.shape[1:], dtype=np.float64)
+            values[positions] = scored
+    finally:
+        lm.model.train(was_training)
+    return values if values is not None else np.empty(0, dtype=np.float64)

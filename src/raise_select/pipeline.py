@@ -28,6 +28,7 @@ from .evaluation import evaluate_test
 from .features import StaticFeatures, compute_static_features, embed_examples, with_target_similarity
 from .io_utils import append_jsonl, atomic_write, staged_folder, write_json, write_text
 from .model import LoadedModel, load_model, seed_everything
+from .protocol import Explains, HasClusters, SelectionContext, Selector
 from .run_folders import (
     CONFIG_FILE,
     EVALUATION_FILE,
@@ -39,7 +40,6 @@ from .run_folders import (
     SUMMARY_FILE,
     check_output,
 )
-from .selectors.base import SelectionContext, Selector
 
 
 def default_output(command: str) -> Path:
@@ -142,7 +142,7 @@ class Workbench:
             seed=seed,
             features=features,
             target_embedding=self.target_embedding if features is not None else None,
-            extra={"static_epochs": self.config.train.full_data_epochs},
+            static_epochs=self.config.train.full_data_epochs,
         )
 
     def make_env(self, budget_steps: int, evaluate_every: int = 1) -> FineTuneEnv:
@@ -273,7 +273,7 @@ def run_finetune(
 
         state = env.reset(seed)
         selector.reset(seed)
-        clusters = getattr(selector, "clusters", None)
+        clusters = selector.clusters if isinstance(selector, HasClusters) else None
         metrics_path, selections_path = folder / METRICS_FILE, folder / SELECTIONS_FILE
         append_jsonl(
             metrics_path,
@@ -337,7 +337,7 @@ def run_finetune(
             phases.setdefault("features", bench.feature_cost)
         phases["finetune"] = PhaseCost(total_seconds, total_tokens)
         write_json(folder / LEDGER_FILE, ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
-        if hasattr(selector, "explain"):
+        if isinstance(selector, Explains):
             write_explain_csv(folder / EXPLAIN_FILE, selector.explain(), bench.pool)
     result = RunResult(
         selector.name,

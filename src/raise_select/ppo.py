@@ -73,6 +73,7 @@ from .callbacks import Callback, with_progress
 from .config import RUN_TIME_FIELDS, RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
+from .protocol import SelectionContext
 from .run_folders import CHECKPOINT_FILE, EPISODES_FILE, SELECTOR_DIR
 from .selector_artifact import (
     RaiseArtifact,
@@ -81,7 +82,6 @@ from .selector_artifact import (
     save_selector,
     trained_settings,
 )
-from .selectors.base import SelectionContext
 from .selectors.raise_policy import (
     SCORE_CHUNK_ROWS,
     RaiseSelector,

@@ -38,8 +38,8 @@ from .config import ModelConfig, RaiseConfig, TrainConfig
 from .data.tokenize import TokenizedSet
 from .errors import UserError
 from .ppo import RolloutBuffer, run_episode
+from .protocol import SelectionContext
 from .selector_artifact import artifact_from_payload, artifact_to_payload
-from .selectors.base import SelectionContext
 from .selectors.raise_policy import RaiseSelector
 
 if TYPE_CHECKING:

@@ -60,9 +60,9 @@ from ..evaluation import per_example_losses, validation_loss
 from ..io_utils import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ..model import LoadedModel
 from ..pipeline import Workbench, _selection_record
+from ..protocol import EnvState, HasClusters, Selector
 from ..run_folders import METRICS_FILE as METRICS
 from ..run_folders import SELECTIONS_FILE as SELECTIONS
-from ..selectors.base import EnvState, Selector
 from ..selectors.state import load_selector_state, selector_state
 
 SELECTION_STATE = "raise_selection.json"  # the session's state inside a Trainer checkpoint folder
@@ -246,7 +246,7 @@ class SelectionSession:
         self.decisions += 1
         self.pending = indices.reshape(-1, state.batch_size)
         self.tokens += self.pool_tokens.num_tokens(indices)
-        clusters = getattr(self.selector, "clusters", None)
+        clusters = self.selector.clusters if isinstance(self.selector, HasClusters) else None
         self.selections.append(_selection_record(self.pool, self.decisions, state.step, indices, clusters))
         self._append(SELECTIONS, self.selections[-1])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .base import EnvState, SelectionContext, Selector
+from ..protocol import EnvState, Explains, HasClusters, SelectionContext, Selector
 from .baselines import (
     HighLossSelector,
     HighPerplexitySelector,
@@ -57,4 +57,4 @@ def build_selector(name: str, config: Config) -> Selector:
     raise UserError(f"unknown selector '{name}'; valid selectors: {', '.join(SELECTORS)}")
 
 
-__all__ = ["SELECTORS", "EnvState", "SelectionContext", "Selector", "build_selector"]
+__all__ = ["SELECTORS", "EnvState", "Explains", "HasClusters", "SelectionContext", "Selector", "build_selector"]

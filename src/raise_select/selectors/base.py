@@ -1,91 +1,11 @@
-"""The Selector protocol and what a selector may read.
+"""The Selector protocol and what a selector may read, re-exported from :mod:`raise_select.protocol`.
 
-A selector never touches the model: it sees the pool, optional static features, and the
-environment's :class:`EnvState` (step, budget, validation history, selection counts, and a
-``loss_probe`` the environment offers for online baselines). The environment never knows which
-selector it serves.
+The types live in the neutral :mod:`raise_select.protocol`, which both the environment and the
+selectors import; this module keeps ``from raise_select.selectors.base import ...`` working.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from ..protocol import DEFAULT_STATIC_EPOCHS, EnvState, Explains, HasClusters, SelectionContext, Selector
 
-import numpy as np
-
-if TYPE_CHECKING:
-    from ..data.types import Pool
-    from ..features import StaticFeatures
-
-
-@dataclass
-class EnvState:
-    """What the environment exposes to a selector before each decision."""
-
-    step: int  # optimizer updates done so far in this episode
-    budget: int  # optimizer updates in the whole episode (T * decision_interval)
-    batch_size: int  # examples per optimizer update (B)
-    decision_interval: int  # optimizer updates per decision (M); a decision returns M * B indices
-    validation_history: list[float]  # validation loss after reset (index 0) and after every evaluation
-    selection_counts: np.ndarray  # [pool_size] times each example was trained on this episode
-    loss_probe: Callable[[np.ndarray], np.ndarray] | None = (
-        None  # current model's per-example response loss (costs forward passes)
-    )
-
-    @property
-    def pool_size(self) -> int:
-        return int(self.selection_counts.shape[0])
-
-    @property
-    def progress(self) -> float:
-        """t / T in [0, 1]."""
-        return self.step / max(self.budget, 1)
-
-    @property
-    def validation_loss(self) -> float:
-        return self.validation_history[-1]
-
-    @property
-    def decision_size(self) -> int:
-        """Indices the next decision must return (fewer on the last decision if the budget is not a multiple of M)."""
-        updates = min(self.decision_interval, self.budget - self.step)
-        return updates * self.batch_size
-
-
-@dataclass
-class SelectionContext:
-    """Run-level information given to a selector once, before the first episode."""
-
-    pool: Pool
-    batch_size: int
-    budget_steps: int
-    decision_interval: int
-    seed: int
-    features: StaticFeatures | None = None  # set when the selector's requires_features is True
-    target_embedding: np.ndarray | None = None  # [n_validation, pca_dim] target validation embeddings (same PCA space)
-    extra: dict = field(default_factory=dict)
-
-
-@runtime_checkable
-class Selector(Protocol):
-    """Chooses which pool examples the next optimizer update(s) train on."""
-
-    name: str
-    requires_features: bool  # the runner computes static features and puts them in the context
-
-    def setup(self, context: SelectionContext) -> None:
-        """Prepare for a run: called once per run, before its first episode, with the run's pool,
-        features and budget; build here whatever holds for every episode (rankings, subsets, clusters).
-
-        It is not called per episode: per-episode state belongs in :meth:`reset`, which the runner
-        calls after ``setup`` and before every episode. Calling ``setup`` again with another context
-        prepares the selector for that run. A context the selector cannot serve (missing features, a
-        pool too small for one decision) is a one-line ``UserError`` raised here, before any training.
-        """
-
-    def reset(self, seed: int) -> None:
-        """Called at the start of every episode, after the environment's reset."""
-
-    def select(self, state: EnvState) -> np.ndarray:
-        """Return ``state.decision_size`` pool indices (int64) for the next decision."""
+__all__ = ["DEFAULT_STATIC_EPOCHS", "EnvState", "Explains", "HasClusters", "SelectionContext", "Selector"]

@@ -18,15 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UserError
-from .base import EnvState, SelectionContext
+from ..protocol import EnvState, SelectionContext
 from .simple import EpochSampler, RandomSelector, sample_without_replacement
 
 if TYPE_CHECKING:
     from ..features import StaticFeatures
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STATIC_EPOCHS = 3  # the paper's static baselines train 3 epochs on their fixed subset
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -43,8 +41,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def static_subset_size(context: SelectionContext) -> int:
     """Examples a static selector keeps: ``budget_steps * batch_size`` spread over ``static_epochs`` epochs."""
-    epochs = context.extra.get("static_epochs", DEFAULT_STATIC_EPOCHS)
-    size = math.ceil(context.budget_steps * context.batch_size / epochs)
+    size = math.ceil(context.budget_steps * context.batch_size / context.static_epochs)
     return int(min(max(size, 1), len(context.pool)))
 
 

@@ -80,8 +80,8 @@ from .. import __version__
 from ..config import RaiseConfig
 from ..errors import UserError
 from ..features import StaticFeatures
+from ..protocol import EnvState, SelectionContext
 from ..selector_artifact import RaiseArtifact, load_selector
-from .base import EnvState, SelectionContext
 
 logger = logging.getLogger(__name__)
 

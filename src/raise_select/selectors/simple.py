@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from .base import EnvState, SelectionContext
+from ..protocol import EnvState, SelectionContext
 
 
 def sample_without_replacement(rng: np.random.Generator, candidates: np.ndarray, count: int) -> np.ndarray:
