@@ -12,7 +12,7 @@ Measured on base models pre-trained with three CPU kernel sets (ATEN_CPU_CAPABIL
     avx2     1.148 1.337 1.157 1.971 1.169  mean 1.356 vs random 1.528; helpful-clean 0.69, corrupted 0.18
 
 (pool: 0.24 helpful-clean, 0.24 corrupted). The thresholds below hold on all three; avx2 is the
-tightest (4 of 5 wins, margin 0.17). About 3 minutes on 2 CPU cores.
+tightest (4 of 5 wins, margin 0.17). About 3 to 5 minutes on 2 CPU cores, by machine.
 """
 
 import copy
