@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from helpers import build_tiny_llama, load_tiny
 from raise_select import features as features_module
-from raise_select.config import FeatureConfig, ModelConfig
+from raise_select.config import FeatureConfig
 from raise_select.data.tokenize import tokenize_examples
 from raise_select.data.types import Example
 from raise_select.features import STATIC_FEATURE_NAMES, compute_static_features, embed_examples, feature_cache_key
@@ -24,40 +23,16 @@ MAX_LENGTH = 96
 CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " \n"
 
 
-def tiny_lm(lora: bool = False) -> LoadedModel:
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
     """A random 2-layer Llama with a character-level tokenizer (no chat template: plain rendering)."""
-    vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", "<unk>", *CHARACTERS])}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # no merges: one token per character
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        vocab_size=len(vocab),
-        max_position_embeddings=128,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    if lora:
-        from peft import LoraConfig, get_peft_model
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny"))
 
-        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    model.train()  # as the fine-tuning code leaves it; features must switch to eval and back
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        config=ModelConfig(device="cpu"),
-        name="tiny",
-        path="/nonexistent/tiny",
-        device=torch.device("cpu"),
-    )
+
+def tiny_lm(folder: Path, lora: bool = False) -> LoadedModel:
+    """The tiny Llama in training mode, as the fine-tuning code leaves it (features must switch to eval and back);
+    with ``lora``, wrapped in a fresh LoRA (B = 0), which computes the same function."""
+    return load_tiny(folder, finetune="lora" if lora else "full", lora_target_modules=["q_proj", "v_proj"])
 
 
 EXAMPLES = [
@@ -89,8 +64,8 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def lm() -> LoadedModel:
-    return tiny_lm()
+def lm(tiny_folder) -> LoadedModel:
+    return tiny_lm(tiny_folder)
 
 
 def compute(lm, cache_dir, fingerprint="pool-a", **config) -> features_module.StaticFeatures:
@@ -133,7 +108,7 @@ def test_features_match_independent_computations(lm, computed):
     assert features.names == STATIC_FEATURE_NAMES
     assert features.values.shape == (n, 4) and features.values.dtype == np.float32
     assert features.embedding.shape == (n, 4) and features.pca_components.shape == (4, 64)
-    assert features.aux_model == "tiny"
+    assert features.aux_model == lm.name  # the model the features describe
     assert lm.model.training  # restored after the eval-mode passes
 
     lm.model.eval()
@@ -166,9 +141,11 @@ def test_embedding_is_the_prompt_mean_of_the_last_hidden_state(lm, computed):
     assert features.embedding[:, 0].var() >= features.embedding[:, 3].var()  # components by explained variance
 
 
-def test_peft_wrapped_model_gives_the_base_features(computed, tmp_path):
+def test_peft_wrapped_model_gives_the_base_features(computed, tiny_folder, tmp_path):
     base, _ = computed
-    wrapped = compute(tiny_lm(lora=True), tmp_path, pca_dim=4)  # fresh LoRA (B = 0) computes the same function
+    wrapped = compute(
+        tiny_lm(tiny_folder, lora=True), tmp_path, pca_dim=4
+    )  # fresh LoRA (B = 0) computes the same function
     np.testing.assert_allclose(wrapped.values, base.values, rtol=1e-5)
     np.testing.assert_allclose(np.abs(wrapped.embedding), np.abs(base.embedding), atol=1e-4)
 
