@@ -91,7 +91,6 @@ class RolloutWorker:
 
         torch.set_num_threads(setup.threads)
         transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per worker and restart is noise
-        setup = copy.deepcopy(setup)  # the object store's arrays are read-only; torch wants writable ones
         lm = load_model(setup.model, seed=setup.context.seed)
         missing = sorted(set(setup.base_weights) - {name for name, p in lm.model.named_parameters() if p.requires_grad})
         if missing:

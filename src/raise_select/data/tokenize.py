@@ -74,7 +74,7 @@ class TokenizedSet:
         attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
         labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
         for row, index in enumerate(indices):
-            ids = torch.from_numpy(self.input_ids[index])
+            ids = torch.tensor(self.input_ids[index])  # a copy: the ids may be read-only (Ray's object store)
             length, prompt_length = len(ids), int(self.prompt_lengths[index])
             input_ids[row, :length] = ids
             attention_mask[row, :length] = 1
