@@ -170,6 +170,22 @@ def test_resume_on_another_number_of_workers(local_ray, bench, serial, tmp_path)
     assert (tmp_path / SELECTOR_DIR).is_dir()
 
 
+def test_proxy_episodes_on_workers_train_the_same_selector_as_in_process(local_ray, bench, tmp_path):
+    """raise.proxy_layers on Ray: each worker loads the one-layer proxy, not the tuned model."""
+    trained = {}
+    for workers in (0, 2):
+        config = dataclasses.replace(bench.config, raise_=dataclasses.replace(bench.config.raise_))
+        config.raise_.proxy_layers, config.raise_.episodes, config.raise_.rollout_workers = 1, 2, workers
+        output = tmp_path / f"workers{workers}"
+        selector_dir = train_raise_selector(dataclasses.replace(bench, config=config), output, progress=False)
+        trained[workers] = (load_selector(selector_dir), read_jsonl(output / EPISODES_FILE))
+    (serial_artifact, serial_rows), (ray_artifact, ray_rows) = trained[0], trained[2]
+    assert ray_artifact.provenance["episodes_on"]["num_layers"] == 1
+    assert _without_worker_details(ray_rows) == _without_worker_details(serial_rows)
+    for name, tensor in serial_artifact.tensors.items():
+        torch.testing.assert_close(ray_artifact.tensors[name], tensor, rtol=0, atol=0)
+
+
 def test_a_worker_that_cannot_load_the_model_is_one_line_error(local_ray, bench, tmp_path):
     context = bench.selection_context(RaiseSelector(bench.config.raise_), EPISODE_STEPS, 0, progress=False)
     engine_setup = WorkerSetup(

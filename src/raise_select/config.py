@@ -146,6 +146,13 @@ class ModelConfig:
         default="auto",
         metadata={"help": "auto | cpu | cuda"},
     )
+    num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "keep only the first N decoder layers (a cheaper, reduced copy of the model, e.g. a selector-"
+            "training proxy); None: all"
+        },
+    )
 
 
 @dataclass
@@ -371,6 +378,34 @@ class RaiseConfig:
         default=0.0,
         metadata={"help": "GPUs each rollout worker reserves (then model.device=auto puts its model there)"},
     )
+    proxy_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "play the training episodes on this model instead of model.name (same names as model.name; "
+            "features still come from features.aux_model or the target model, so the selector transfers) [ours]"
+        },
+    )
+    proxy_max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "truncate the training episodes' examples to this many tokens (pool.max_length's rule) on the "
+            "proxy; None: pool.max_length [ours]"
+        },
+    )
+    proxy_decision_interval: int | None = field(
+        default=None,
+        metadata={
+            "help": "M of the training episodes (optimizer updates per decision, so validation passes per reward) "
+            "on the proxy; None: train.decision_interval [ours]"
+        },
+    )
+    proxy_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "play the training episodes on the first N decoder layers of the proxy (or of the target "
+            "model when proxy_model is null); None: all layers [ours]"
+        },
+    )
 
 
 # RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
@@ -389,6 +424,10 @@ class CompareConfig:
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "fine-tuning seeds per method"},
+    )
+    full_seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": 'fine-tuning seeds of the "full" method (its runs cost 1 Φ each); None: `seeds`'},
     )
     selector_seeds: list[int] = field(
         default_factory=lambda: [0],
@@ -633,8 +672,13 @@ RANGES: dict[str, str] = {
     "raise.rollout_workers": ">= 0",
     "raise.worker_cpus": ">= 1",
     "raise.worker_gpus": ">= 0",
+    "raise.proxy_layers": ">= 1",
+    "raise.proxy_max_length": ">= 2",
+    "raise.proxy_decision_interval": ">= 1",
+    "model.num_layers": ">= 1",
     "compare.seeds[]": ">= 0",
     "compare.selector_seeds[]": ">= 0",
+    "compare.full_seeds[]": ">= 0",
     "compare.budgets[]": "> 0",
     "compare.budget_steps[]": ">= 1",
 }
@@ -661,7 +705,13 @@ NON_EMPTY = (
     "compare.seeds",
     "compare.selector_seeds",
 )
-NO_DUPLICATES = ("compare.seeds", "compare.selector_seeds", "compare.budgets", "compare.budget_steps")
+NO_DUPLICATES = (
+    "compare.seeds",
+    "compare.full_seeds",
+    "compare.selector_seeds",
+    "compare.budgets",
+    "compare.budget_steps",
+)
 
 
 def _field_values(config: Config, path: str) -> list[tuple[str, Any]]:
@@ -674,7 +724,7 @@ def _field_values(config: Config, path: str) -> list[tuple[str, Any]]:
         for label, node in found:
             name = f"{label}.{part.rstrip('[]')}".lstrip(".")
             value = getattr(node, attribute)
-            step += [(f"{name}[{i}]", item) for i, item in enumerate(value)] if each else [(name, value)]
+            step += [(f"{name}[{i}]", item) for i, item in enumerate(value or [])] if each else [(name, value)]
         found = step
     return found
 
@@ -722,7 +772,7 @@ def validate(config: Config) -> None:
                 raise UserError(f"{name} is empty; give a value (see examples/configs/synthetic.yaml)")
     for path in NO_DUPLICATES:
         for name, value in _field_values(config, path):
-            repeated = sorted({v for v in value if value.count(v) > 1})
+            repeated = sorted({v for v in value or [] if value.count(v) > 1})
             if repeated:
                 raise UserError(f"{name}={value} lists {repeated} more than once; give each value once")
     if config.train.budget_steps is None and config.train.budget_fraction is None:

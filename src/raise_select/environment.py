@@ -36,6 +36,7 @@ class StepResult:
     updates: int
     tokens: int  # training tokens (prompt + response, no padding) processed
     seconds: float  # wall time of the updates and the evaluation
+    evaluation_tokens: int = 0  # forward-only tokens of the validation evaluation (0 when not evaluated)
 
 
 def full_data_steps(pool_size: int, train: TrainConfig) -> int:
@@ -177,12 +178,13 @@ class FineTuneEnv:
         state.step += len(losses)
         self._decisions += 1
 
-        validation, reward = None, None
+        validation, reward, evaluation_tokens = None, None, 0
         if self.done or self._decisions % self.evaluate_every == 0:
             previous = state.validation_history[-1]
             validation = self.evaluate()
             reward = previous - validation
             state.validation_history.append(validation)
+            evaluation_tokens = self.validation_tokens.num_tokens(np.arange(len(self.validation_tokens)))
         return StepResult(
             train_loss=float(np.mean(losses)),
             validation_loss=validation,
@@ -190,6 +192,7 @@ class FineTuneEnv:
             updates=len(losses),
             tokens=tokens,
             seconds=time.perf_counter() - started,
+            evaluation_tokens=evaluation_tokens,
         )
 
     # -- measurements offered to selectors ---------------------------------------------------

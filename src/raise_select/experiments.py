@@ -22,7 +22,7 @@ from .config import Config, changed_settings, dump_config, load_config
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, write_json, write_text
-from .pipeline import PhaseCost, Workbench, ledger, run_finetune
+from .pipeline import PhaseCost, Workbench, forward_token_weight, ledger, run_finetune
 from .run_folders import (
     CHECKPOINT_FILE,
     COMPARISON,
@@ -43,21 +43,35 @@ from .run_folders import (
     result_row,
     selector_training_dir,
 )
+from .selector_artifact import load_selector, save_selector
 from .selectors import build_selector
 
 
 def selector_training_cost(train_dir: Path) -> PhaseCost:
     """Seconds (episodes and their share of the PPO updates; summed over rollout workers), elapsed
-    seconds and tokens of a selector training, from its episodes.jsonl."""
+    seconds and training-token equivalents of the tuned model of a selector training, from its
+    episodes.jsonl: training tokens plus the rewards' validation passes (forward-only), scaled by
+    the episode model's size relative to the tuned model's (a proxy is cheaper per token)."""
+    compute = _episode_compute(train_dir)
     cost = PhaseCost()
     for row in read_episodes(train_dir):
         wall = row.get("wall_seconds")
+        tokens = int(row.get("tokens", 0)) + compute["forward_token_weight"] * int(row.get("evaluation_tokens", 0))
         cost.add(
             float(row.get("seconds", 0.0)) + float(row.get("update_seconds", 0.0)),
-            int(row.get("tokens", 0)),
+            round(tokens * compute["size_ratio"]),
             None if wall is None else float(wall),
         )
     return cost
+
+
+def _episode_compute(train_dir: Path) -> dict:
+    """How a selector training's tokens convert to the tuned model's (saved in its selector.json)."""
+    compute = {"size_ratio": 1.0, "forward_token_weight": 0.0}  # old selectors: training tokens only
+    if (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
+        episodes_on = (load_selector(train_dir / SELECTOR_DIR).provenance or {}).get("episodes_on") or {}
+        compute.update({k: float(episodes_on[k]) for k in compute if k in episodes_on})
+    return compute
 
 
 def check_resume(output: Path, config: Config, pool_fingerprint: str | None = None) -> dict:
@@ -136,14 +150,15 @@ def train_raise_selector(
     if resume:
         check_resume(output, config, bench.pool.fingerprint())
     selector = RaiseSelector(config.raise_)
-    context = bench.selection_context(selector, episode_steps, config.seed, progress=progress)
+    episodes_bench = bench.proxy(progress)  # the episodes' model: the tuned one or a cheaper proxy
+    context = episodes_bench.selection_context(selector, episode_steps, config.seed, progress=progress)
     env, rollouts = None, None
     if config.raise_.rollout_workers > 0:  # the episodes are played on Ray actors
         from .ray_rollouts import make_rollouts
 
-        rollouts = make_rollouts(bench, context, episode_steps)
+        rollouts = make_rollouts(episodes_bench, context, episode_steps)
     else:
-        env = bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
+        env = episodes_bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
     swap = None if resume else FolderSwap(output)  # as late as possible: the old folder is aside only briefly
     first_episode = _AfterFirstEpisode(output, config, swap)
     try:
@@ -162,6 +177,7 @@ def train_raise_selector(
                 "pool_fingerprint": bench.pool.fingerprint(),
                 "target": bench.target.name,
                 "episode_steps": episode_steps,
+                "episodes_on": episodes_model(bench, episodes_bench),
             },
         )
     except BaseException:
@@ -173,10 +189,36 @@ def train_raise_selector(
             rollouts.close()
     first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
     cost = selector_training_cost(output)
-    write_json(
-        output / LEDGER_FILE, ledger(bench.phi(), {"features": bench.feature_cost, "selector_training": cost}, None)
-    )
+    costs = ledger(bench.phi(), {"features": bench.feature_cost, "selector_training": cost}, None)
+    write_json(output / LEDGER_FILE, costs)
+    # The selector carries what it cost, so a comparison or demo that deploys it can charge it.
+    artifact = load_selector(output / SELECTOR_DIR)
+    artifact.provenance["training_cost"] = {"phi": costs["phi"], **costs["phases"]}
+    save_selector(artifact, output / SELECTOR_DIR)
     return output / SELECTOR_DIR
+
+
+def trained_selector_cost(policy: str) -> PhaseCost:
+    """The selector training (features excluded) a trained selector's provenance records; zero for
+    selectors saved before it was recorded."""
+    recorded = (load_selector(policy).provenance.get("training_cost") or {}).get("selector_training") or {}
+    return PhaseCost(float(recorded.get("seconds", 0.0)), int(recorded.get("tokens", 0)))
+
+
+def episodes_model(bench: Workbench, episodes_bench: Workbench) -> dict:
+    """What the training episodes ran on, and what one of their tokens costs in the tuned model's."""
+    lm = episodes_bench.lm
+    return {
+        "proxy": episodes_bench is not bench,
+        "model": lm.identity,
+        "num_layers": lm.config.num_layers,
+        "max_length": episodes_bench.config.pool.max_length,
+        "decision_interval": episodes_bench.config.train.decision_interval,
+        "parameters": lm.parameter_count(),
+        "size_ratio": lm.parameter_count() / bench.lm.parameter_count(),
+        "forward_token_weight": forward_token_weight(bench.config.model),
+        "features_from": bench.features.aux_model if bench.features is not None else None,
+    }
 
 
 def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
@@ -219,8 +261,8 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     policies: dict[int | None, str] = {}
     selector_phases: dict[int | None, PhaseCost] = {}
     if "raise" in methods:
-        if config.raise_.policy is not None:
-            policies[None], selector_phases[None] = config.raise_.policy, PhaseCost()
+        if config.raise_.policy is not None:  # trained elsewhere: charged what its training cost there
+            policies[None], selector_phases[None] = config.raise_.policy, trained_selector_cost(config.raise_.policy)
         for selector_seed in [] if config.raise_.policy is not None else config.compare.selector_seeds:
             train_dir = selector_training_dir(output, selector_seed)
             if not (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
@@ -241,8 +283,11 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
         for selector_seed, policy in policies.items() if method == "raise" else [(None, None)]:
             method_config = copy.deepcopy(config)
             method_config.raise_.policy = policy
+            seeds = config.compare.seeds
+            if method == "full" and config.compare.full_seeds is not None:
+                seeds = config.compare.full_seeds
             for _, steps in method_budgets:
-                for seed in config.compare.seeds:
+                for seed in seeds:
                     run_dir = comparison_run_dir(output, method, steps, seed, selector_seed)
                     if not (run_dir / EVALUATION_FILE).is_file():
                         selector = build_selector(method, method_config)
@@ -321,7 +366,9 @@ def recipe_path(name: str) -> Path:
 
 
 def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:
-    """Train RAISE briefly, compare it with random and baselines at an equal budget, write the report."""
+    """Compare RAISE with random and baselines at an equal budget and write the report: on SmolLM2 the
+    selector shipped in the package (trained on a proxy, see recipes/demo.yaml), on the testbed (``quick``)
+    one trained here."""
     from .report import write_report
 
     config = load_config(recipe_path("demo_quick" if quick else "demo"))

@@ -127,6 +127,12 @@ class LoadedModel:
     def __post_init__(self) -> None:
         # Taken at load time, so later edits to the folder cannot relabel what is in memory.
         self.identity = _model_identity(self.name, self.path)
+        if self.config.num_layers is not None:  # a reduced copy is another model
+            self.identity += f"|layers={self.config.num_layers}"
+
+    def parameter_count(self) -> int:
+        """Weights the forward pass uses (tied input/output embeddings counted once)."""
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
 
     def autocast(self) -> AbstractContextManager:
         """bf16 autocast for forward passes when precision == "bf16"; master weights stay fp32."""
@@ -196,6 +202,8 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
         raise UserError(
             f"could not load model '{config.name}' from {path}: {reason}; give a folder saved with save_pretrained"
         ) from None
+    if config.num_layers is not None:
+        _keep_first_layers(model, config)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(
@@ -209,6 +217,26 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
     model.to(device)
     model.train()
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=config.name, path=path, device=device)
+
+
+def _keep_first_layers(model: torch.nn.Module, config: ModelConfig) -> None:
+    """Cut the decoder stack to its first ``config.num_layers`` layers, in place (final norm and output
+    layer kept): a cheaper model with the same tokenizer and embedding, e.g. a selector-training proxy."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise UserError(
+            f"model.num_layers: model '{config.name}' has no decoder stack at model.layers (a Llama-style causal "
+            "LM); remove num_layers (raise.proxy_layers) or use such a model"
+        )
+    if config.num_layers > len(layers):
+        raise UserError(
+            f"model.num_layers={config.num_layers} but model '{config.name}' has {len(layers)} decoder layers; "
+            f"give at most {len(layers)}"
+        )
+    model.model.layers = layers[: config.num_layers]
+    model.config.num_hidden_layers = config.num_layers
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[: config.num_layers]
 
 
 def _add_lora(model: torch.nn.Module, config: ModelConfig, seed: int) -> torch.nn.Module:

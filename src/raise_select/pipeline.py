@@ -7,6 +7,7 @@ listed in :mod:`run_folders`, which names them).
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import tempfile
@@ -46,12 +47,19 @@ def default_output(command: str) -> Path:
     return Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def forward_token_weight(model: ModelConfig) -> float:
+    """Cost of a forward-only token (features, validation passes) in training tokens of ``model``:
+    2N FLOPs against 6N for a full fine-tuning token, or 4N for a LoRA one (frozen weights get no
+    weight gradients), N = the model's parameters."""
+    return 1 / 3 if model.finetune == "full" else 1 / 2
+
+
 @dataclass
 class PhaseCost:
-    """Wall time and tokens of one phase of the compute ledger."""
+    """Wall time and training-token equivalents of one phase of the compute ledger."""
 
     seconds: float = 0.0  # compute time: on several workers, the sum of their times
-    tokens: int = 0
+    tokens: int = 0  # training tokens of the target model, or their equivalent (forward-only, proxy model)
     wall_seconds: float | None = None  # elapsed time, where it differs from ``seconds`` (parallel work)
 
     def add(self, seconds: float, tokens: int, wall_seconds: float | None = None) -> None:
@@ -124,11 +132,51 @@ class Workbench:
         hidden = embed_examples(aux, list(self.target.validation), max_length, feature_config.batch_size)
         self.target_embedding = self.features.project(hidden)
         self.features = with_target_similarity(self.features, self.target_embedding)
-        # Two forward passes over the pool (with and without the prompt) + one over the validation set.
+        # Two forward passes over the pool (with and without the prompt) + one over the validation set,
+        # in training-token equivalents of the model being tuned (the aux model's size relative to it).
         response_only = int(self.pool_tokens.response_lengths.sum())
-        tokens = self.pool_tokens.num_tokens(np.arange(len(self.pool_tokens))) + response_only
+        validation = self.validation_tokens.num_tokens(np.arange(len(self.validation_tokens)))
+        forward = self.pool_tokens.num_tokens(np.arange(len(self.pool_tokens))) + response_only + validation
+        size = aux.parameter_count() / self.lm.parameter_count()
+        tokens = round(forward * forward_token_weight(self.config.model) * size)
         self.feature_cost.add(time.perf_counter() - started, tokens)
         return self.features
+
+    def proxy(self, progress: bool = True) -> Workbench:
+        """The workbench selector-training episodes are played on: this one, or a cheaper proxy
+        (``raise.proxy_model``, ``proxy_layers``, ``proxy_max_length``, ``proxy_decision_interval``) [ours].
+
+        The proxy shares this workbench's pool, target and static features (computed here, by
+        ``features.aux_model`` or the model being tuned), so a selector trained on it reads the same
+        fused features when it is deployed here. It has its own model, tokenization and base weights.
+        """
+        settings = self.config.raise_
+        proxy_settings = ("proxy_model", "proxy_layers", "proxy_max_length", "proxy_decision_interval")
+        if all(getattr(settings, name) is None for name in proxy_settings):
+            return self
+        self.ensure_features(progress)
+        config = copy.deepcopy(self.config)
+        config.model.name = settings.proxy_model or config.model.name
+        config.model.num_layers = settings.proxy_layers
+        config.pool.max_length = settings.proxy_max_length or config.pool.max_length
+        config.train.decision_interval = settings.proxy_decision_interval or config.train.decision_interval
+        same_model = config.model == self.config.model
+        lm = self.lm if same_model else load_model(config.model, seed=config.seed)
+        max_length = config.pool.max_length
+        return Workbench(
+            config,
+            self.pool,
+            self.target,
+            lm,
+            self.pool_tokens
+            if same_model and max_length == self.config.pool.max_length
+            else tokenize_examples(self.pool.examples, lm.tokenizer, max_length),
+            tokenize_examples(list(self.target.validation), lm.tokenizer, max_length),
+            features=self.features,
+            target_embedding=self.target_embedding,
+            feature_cost=self.feature_cost,
+            base_weights=self.base_weights if same_model else {},
+        )
 
     def selection_context(
         self, selector: Selector, budget_steps: int, seed: int, progress: bool = True

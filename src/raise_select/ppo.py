@@ -310,7 +310,7 @@ def run_episode(
     buffer = RolloutBuffer()
     if selector.has_head:  # the episode's first action: its head weights, kept for every decision
         buffer.head_weights = selector.sample_head(generator)
-    episode_return, updates, tokens = 0.0, 0, 0
+    episode_return, updates, tokens, evaluation_tokens = 0.0, 0, 0, 0
     while not env.done:
         sampled = selector.sample(env.state, generator)
         result = env.step(sampled.indices)
@@ -320,6 +320,7 @@ def run_episode(
         episode_return += reward
         updates += int(result.updates)
         tokens += int(result.tokens)
+        evaluation_tokens += int(result.evaluation_tokens)
     history = env.state.validation_history
     summary = {
         "return": episode_return,
@@ -327,6 +328,7 @@ def run_episode(
         "validation_loss_final": float(history[-1]),
         "updates": updates,
         "tokens": tokens,
+        "evaluation_tokens": evaluation_tokens,  # forward-only: the rewards' validation passes
         "decisions": len(buffer),
     }
     return buffer, summary
