@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md and plots for a run, comparison or selector folder")
     report.add_argument("run_dir")
 
-    demo = commands.add_parser("demo", help="train RAISE briefly, compare it with baselines, write the report")
+    demo = commands.add_parser(
+        "demo",
+        help="compare RAISE (SmolLM2: the shipped selector; --quick: trained here) with baselines, write the report",
+    )
     demo.add_argument("--quick", action="store_true", help="synthetic testbed instead of SmolLM2 (about 2 minutes)")
     demo.add_argument("--output", help="output folder (default: runs/demo[-quick])")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")

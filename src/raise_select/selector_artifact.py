@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,26 @@ def save_selector(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:
     return folder
 
 
+# Selectors shipped in the package (``raise.policy`` / ``--policy`` accept their names), and the
+# command that reproduces each (README "A selector in the package").
+BUNDLED_SELECTORS: dict[str, str] = {
+    "smollm2-gsm8k": "RAISE for SmolLM2-135M + LoRA on the demo's mixed pool, target GSM8K, trained on a proxy: "
+    "raise-select train-selector --config examples/configs/smollm2_gsm8k_mixed.yaml --output runs/smollm2-gsm8k",
+}
+
+
+def resolve_policy(name: str | os.PathLike) -> Path:
+    """A selector folder from ``raise.policy``: a path, or the name of a selector in the package."""
+    folder = Path(name)
+    if not folder.exists() and str(name) in BUNDLED_SELECTORS:
+        return Path(str(resources.files("raise_select") / "trained" / str(name)))
+    return folder
+
+
 def load_selector(folder: str | os.PathLike) -> RaiseArtifact:
-    """Read a selector folder written by :func:`save_selector` (safetensors + JSON only)."""
-    folder = Path(folder)
+    """Read a selector folder written by :func:`save_selector` (safetensors + JSON only), or a bundled
+    selector by name (:data:`BUNDLED_SELECTORS`)."""
+    folder = resolve_policy(folder)
     metadata_path, weights_path = folder / METADATA_FILE, folder / WEIGHTS_FILE
     if not folder.is_dir():
         raise _not_a_selector(folder, "no such folder")
