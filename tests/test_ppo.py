@@ -46,6 +46,7 @@ class FakeStepResult:
     updates: int
     tokens: int
     seconds: float
+    evaluation_tokens: int = 0
 
 
 class BanditEnv:
