@@ -30,6 +30,7 @@ from raise_select.ppo import (
     run_episode,
     stage_basis,
     train_selector,
+    update_episodes,
 )
 from raise_select.selector_artifact import load_selector
 from raise_select.selectors.base import EnvState
@@ -367,6 +368,11 @@ def test_update_stops_early_when_the_policy_leaves_the_trust_region():
         (dict(episodes=5, episodes_per_update=2), "multiple of raise.episodes_per_update"),
         (dict(episodes=0, episodes_per_update=2), "multiple of raise.episodes_per_update"),
         (dict(episodes=4, episodes_per_update=1, baseline="group"), "episodes_per_update >= 2"),
+        (
+            dict(episodes=6, episodes_per_update=3, head_dims=3, head_antithetic=True),
+            "an even raise.episodes_per_update",
+        ),
+        (dict(episodes=4, episodes_per_update=2, head_dims=0, head_antithetic=True), "raise.head_dims >= 1"),
     ],
 )
 def test_batching_errors_are_one_line(tmp_path, overrides, fragment):
@@ -395,12 +401,45 @@ def test_centered_ranks_and_the_nes_step_by_hand():
     np.testing.assert_allclose(nes_mean_step(mean, std, samples, np.array([300.0, 1.0, 2.0]), 0.5), step)
 
 
-def test_the_episode_head_learns_which_feature_pays(tmp_path):
+def test_antithetic_pairs_share_a_seed_and_mirror_the_head_draw():
+    seeds, mirrored = update_episodes(7, range(4, 8), antithetic=True)
+    assert seeds == [episode_seed(7, 4)] * 2 + [episode_seed(7, 6)] * 2
+    assert mirrored == [False, True, False, True]
+    assert update_episodes(7, range(4, 8), antithetic=False) == ([episode_seed(7, k) for k in range(4, 8)], [False] * 4)
+
+    features = make_features()
+    selector = RaiseSelector(fast_config(head_dims=3, head_antithetic=True))
+    selector.setup(make_context(features=features))
+    mean = np.array([0.5, -1.0, 2.0])
+    with torch.no_grad():
+        selector.policy.head_mean.copy_(torch.tensor(mean, dtype=torch.float32))
+    # Common random numbers: after the head draw, both generators are in the same state, so the
+    # pair's Plackett-Luce draws use the same uniforms.
+    plain_generator, mirror_generator = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    selector.sample_head(plain_generator)
+    selector.sample_head(mirror_generator, mirror=True)
+    assert torch.equal(plain_generator.get_state(), mirror_generator.get_state())
+
+    (plain, _), (mirror, _) = collect_rollouts(BanditEnv(features), selector, seeds[:2], 1.0, mirrored[:2])
+    np.testing.assert_allclose((plain.head_weights + mirror.head_weights) / 2, mean, atol=1e-6)
+    std = selector.policy.head_std.numpy().astype(np.float64)
+    eps = (plain.head_weights - mean) / std
+    assert np.abs(eps).max() > 0.1
+    # NES on the pair by hand: ranks [-0.5, 0.5], draws [eps, -eps] -> mean - lr * std * eps
+    samples = np.stack([plain.head_weights, mirror.head_weights])
+    step = nes_mean_step(mean, std, samples, np.array([1.0, 2.0]), learning_rate=0.5)
+    np.testing.assert_allclose(step, mean - 0.5 * std * eps, rtol=1e-5)
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_the_episode_head_learns_which_feature_pays(tmp_path, antithetic):
     """On the bandit the good examples are the top 20 % by response_loss (static column 0): the head's
     mean must put its largest weight there, and greedy choices must be mostly good."""
     features = make_features()
     env = BanditEnv(features)
-    config = fast_config(head_dims=4, head_std=3.0, episodes=24, episodes_per_update=4, gamma=0.0)
+    config = fast_config(
+        head_dims=4, head_std=3.0, episodes=24, episodes_per_update=4, gamma=0.0, head_antithetic=antithetic
+    )
     artifact = train_selector(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
     mean = artifact.tensors["policy.head_mean"].numpy()
     assert mean[0] > 0 and np.argmax(np.abs(mean)) == 0, mean

@@ -115,7 +115,7 @@ class KillFirstWorker:
     def __init__(self, engine: RayRollouts):
         self.engine, self.victim, self.killer = engine, None, None
 
-    def collect(self, selector, seeds, reward_scale):
+    def collect(self, selector, seeds, reward_scale, mirrored=None):
         if self.killer is None:
             self.victim = self.engine._pids[0]
 
@@ -125,7 +125,7 @@ class KillFirstWorker:
 
             self.killer = threading.Thread(target=kill)
             self.killer.start()
-        return self.engine.collect(selector, seeds, reward_scale)
+        return self.engine.collect(selector, seeds, reward_scale, mirrored)
 
     def close(self):
         self.engine.close()
@@ -172,11 +172,13 @@ def test_resume_on_another_number_of_workers(local_ray, bench, serial, tmp_path)
 
 
 def test_proxy_episodes_on_workers_train_the_same_selector_as_in_process(local_ray, bench, tmp_path):
-    """raise.proxy_layers on Ray: each worker loads the one-layer proxy, not the tuned model."""
+    """raise.proxy_layers on Ray: each worker loads the one-layer proxy, not the tuned model. With mirrored
+    head draws (raise.head_antithetic), which the workers must receive."""
     trained = {}
     for workers in (0, 2):
         config = dataclasses.replace(bench.config, raise_=dataclasses.replace(bench.config.raise_))
         config.raise_.proxy_layers, config.raise_.episodes, config.raise_.rollout_workers = 1, 2, workers
+        config.raise_.episodes_per_update, config.raise_.head_antithetic = 2, True
         output = tmp_path / f"workers{workers}"
         selector_dir = train_raise_selector(dataclasses.replace(bench, config=config), output, progress=False)
         trained[workers] = (load_selector(selector_dir), read_jsonl(output / EPISODES_FILE))

@@ -280,6 +280,13 @@ class RaiseConfig:
         default=0.5,
         metadata={"help": "NES step of the head's mean per PPO update, in units of its std"},
     )
+    head_antithetic: bool = field(
+        default=False,
+        metadata={
+            "help": "mirrored head draws: episodes 2i and 2i+1 of an update share a seed (the same sampler noise) and "
+            "draw mean + std*eps and mean - std*eps; needs an even raise.episodes_per_update [ours]"
+        },
+    )
     episodes: int = field(
         default=32,
         metadata={"help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)"},
@@ -823,6 +830,12 @@ def check_raise_batching(config: RaiseConfig) -> None:
         raise UserError(
             f"raise.episodes={config.episodes} must be a positive multiple of raise.episodes_per_update="
             f"{config.episodes_per_update} (each PPO update plays that many episodes)"
+        )
+    if config.head_antithetic and (config.head_dims < 1 or config.episodes_per_update % 2):
+        raise UserError(
+            f"raise.head_antithetic pairs the episodes of an update and needs raise.head_dims >= 1 and an even "
+            f"raise.episodes_per_update (got head_dims={config.head_dims}, episodes_per_update="
+            f"{config.episodes_per_update}); change one or set raise.head_antithetic=false"
         )
     if config.baseline in ("group", "fitted") and config.episodes_per_update < 2:
         raise UserError(

@@ -31,7 +31,10 @@ separable-NES step (Wierstra et al. 2014; natural gradient of a Gaussian's mean 
 fitness shaping, as in OpenAI-ES): ``mean += head_learning_rate * std * sum_e u_e eps_e`` with
 ``eps_e`` the standardized draw and ``u_e`` the centered rank of episode e's return. It is not a PPO
 parameter: a clipped ratio on a k-dimensional Gaussian lets the mean move only a few percent of its
-std per update, far too slowly for a few dozen episodes.
+std per update, far too slowly for a few dozen episodes. With ``raise.head_antithetic`` the draws come
+in mirrored pairs, ``mean + std * eps`` and ``mean - std * eps``, played with the same seed (mirrored
+sampling with common random numbers, as in Salimans et al. 2017): the pair's return difference is
+the head's effect along ``eps``, with the sampler's and the environment's noise shared.
 
 The critic is trained whatever the baseline (its value loss is logged); advantages are normalized over
 the whole batch. Ratios are clipped per pick (see ``RaiseSelector.pick_log_probs``), and an update
@@ -297,19 +300,28 @@ def episode_seed(seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
+def update_episodes(seed: int, episodes: range, antithetic: bool) -> tuple[list[int], list[bool]]:
+    """(seeds, mirrored) of one update's episodes. Antithetic: episodes 2i and 2i+1 share episode 2i's seed
+    (common random numbers: the same head noise, sampler noise and env reset) and the second mirrors the draw."""
+    if not antithetic:
+        return [episode_seed(seed, k) for k in episodes], [False] * len(episodes)
+    return [episode_seed(seed, k - k % 2) for k in episodes], [k % 2 == 1 for k in episodes]
+
+
 def run_episode(
-    env: FineTuneEnv, selector: RaiseSelector, seed: int, reward_scale: float
+    env: FineTuneEnv, selector: RaiseSelector, seed: int, reward_scale: float, mirror: bool = False
 ) -> tuple[RolloutBuffer, dict]:
     """Play one fine-tuning episode with the stochastic policy; returns the buffer and the episode's numbers.
 
-    The result depends only on the selector's weights and ``seed`` (env reset and Plackett-Luce sampler).
+    The result depends only on the selector's weights, ``seed`` (env reset, head draw and Plackett-Luce
+    sampler) and ``mirror`` (the head draw reflected through its mean; see ``raise.head_antithetic``).
     """
     env.reset(seed)
     selector.reset(seed)
     generator = torch.Generator().manual_seed(seed)
     buffer = RolloutBuffer()
     if selector.has_head:  # the episode's first action: its head weights, kept for every decision
-        buffer.head_weights = selector.sample_head(generator)
+        buffer.head_weights = selector.sample_head(generator, mirror=mirror)
     episode_return, updates, tokens, evaluation_tokens = 0.0, 0, 0, 0
     while not env.done:
         sampled = selector.sample(env.state, generator)
@@ -335,13 +347,17 @@ def run_episode(
 
 
 def collect_rollouts(
-    env: FineTuneEnv, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+    env: FineTuneEnv,
+    selector: RaiseSelector,
+    seeds: Sequence[int],
+    reward_scale: float,
+    mirrored: Sequence[bool] | None = None,
 ) -> list[tuple[RolloutBuffer, dict]]:
     """One PPO update's batch of episodes, played in-process one after another (the unit of work)."""
     rollouts = []
-    for seed in seeds:
+    for seed, mirror in zip(seeds, mirrored or [False] * len(seeds)):
         started = time.perf_counter()
-        buffer, summary = run_episode(env, selector, seed, reward_scale)
+        buffer, summary = run_episode(env, selector, seed, reward_scale, mirror)
         rollouts.append((buffer, {**summary, "seconds": time.perf_counter() - started}))
     return rollouts
 
@@ -351,11 +367,16 @@ class Rollouts(Protocol):
 
     ``collect`` returns one ``(buffer, summary)`` per seed, in the order of ``seeds``; a summary holds
     at least :func:`run_episode`'s numbers and ``seconds`` (the time spent on that episode, wherever it
-    ran). Implementations: :class:`InProcessRollouts` and ``ray_rollouts.RayRollouts``.
+    ran). ``mirrored[i]`` (default: all False) plays episode i with its head draw mirrored.
+    Implementations: :class:`InProcessRollouts` and ``ray_rollouts.RayRollouts``.
     """
 
     def collect(
-        self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+        self,
+        selector: RaiseSelector,
+        seeds: Sequence[int],
+        reward_scale: float,
+        mirrored: Sequence[bool] | None = None,
     ) -> list[tuple[RolloutBuffer, dict]]: ...
 
     def close(self) -> None: ...
@@ -368,9 +389,13 @@ class InProcessRollouts:
         self.env = env
 
     def collect(
-        self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+        self,
+        selector: RaiseSelector,
+        seeds: Sequence[int],
+        reward_scale: float,
+        mirrored: Sequence[bool] | None = None,
     ) -> list[tuple[RolloutBuffer, dict]]:
-        return collect_rollouts(self.env, selector, seeds, reward_scale)
+        return collect_rollouts(self.env, selector, seeds, reward_scale, mirrored)
 
     def close(self) -> None:
         pass
@@ -551,7 +576,8 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a raise-select PPO checkpoint; start without --resume")
     saved = payload["selector_metadata"]["config"]
-    changed = sorted(k for k, v in _comparable_config(config).items() if saved.get(k) != v)
+    defaults = trained_settings(RaiseConfig())  # a setting added since the checkpoint was written had its default
+    changed = sorted(k for k, v in _comparable_config(config).items() if saved.get(k, defaults.get(k)) != v)
     if changed or payload["seed"] != seed:
         what = ", ".join(f"raise.{k}" for k in changed) or f"seed ({payload['seed']} vs {seed})"
         raise UserError(f"checkpoint {path} was written with a different {what}; resume with the original settings")
@@ -615,7 +641,11 @@ def train_selector(
     for update in range(start // per_update, stop):
         episodes = range(update * per_update, (update + 1) * per_update)
         started = time.perf_counter()
-        played = rollouts.collect(selector, [episode_seed(seed, k) for k in episodes], config.reward_scale)
+        seeds, mirrored = update_episodes(seed, episodes, config.head_antithetic)
+        if config.head_antithetic:
+            played = rollouts.collect(selector, seeds, config.reward_scale, mirrored=mirrored)
+        else:  # a Rollouts written before head_antithetic existed keeps working
+            played = rollouts.collect(selector, seeds, config.reward_scale)
         collect_seconds = time.perf_counter() - started
         started = time.perf_counter()
         update_stats = ppo_update(selector, optimizer, [buffer for buffer, _ in played], config, minibatch_rng)

@@ -115,7 +115,7 @@ class RolloutWorker:
         return os.getpid()
 
     def play(
-        self, selector_payload: tuple[dict, dict], key: int, seed: int, reward_scale: float
+        self, selector_payload: tuple[dict, dict], key: int, seed: int, reward_scale: float, mirror: bool = False
     ) -> tuple[RolloutBuffer, dict, int]:
         """One episode with the selector in ``selector_payload`` (re-bound when ``key`` changes)."""
         if key != self.selector_key:
@@ -124,7 +124,7 @@ class RolloutWorker:
             self.selector.setup(self.context)
             self.selector_key = key
         started = time.perf_counter()
-        buffer, summary = run_episode(self.env, self.selector, seed, reward_scale)
+        buffer, summary = run_episode(self.env, self.selector, seed, reward_scale, mirror)
         return buffer, {**summary, "seconds": time.perf_counter() - started}, os.getpid()
 
 
@@ -181,18 +181,25 @@ class RayRollouts:
             ) from None
 
     def collect(
-        self, selector: RaiseSelector, seeds: Sequence[int], reward_scale: float
+        self,
+        selector: RaiseSelector,
+        seeds: Sequence[int],
+        reward_scale: float,
+        mirrored: Sequence[bool] | None = None,
     ) -> list[tuple[RolloutBuffer, dict]]:
         self._key += 1
         payload = self.ray.put(artifact_to_payload(selector.to_artifact()))
-        waiting = list(enumerate(seeds))
+        waiting = list(enumerate(zip(seeds, mirrored or [False] * len(seeds))))
         idle = list(range(self.workers))
         running: dict = {}  # object ref -> (episode position, worker)
         results: list[tuple[RolloutBuffer, dict] | None] = [None] * len(seeds)
         while waiting or running:
             while waiting and idle:
-                (position, seed), worker = waiting.pop(0), idle.pop(0)
-                running[self.actors[worker].play.remote(payload, self._key, seed, reward_scale)] = (position, worker)
+                (position, (seed, mirror)), worker = waiting.pop(0), idle.pop(0)
+                running[self.actors[worker].play.remote(payload, self._key, seed, reward_scale, mirror)] = (
+                    position,
+                    worker,
+                )
             done, _ = self.ray.wait(list(running), num_returns=1)
             for ref in done:
                 position, worker = running.pop(ref)

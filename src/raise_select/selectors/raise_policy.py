@@ -470,10 +470,14 @@ class RaiseSelector:
             w = self.policy.head_mean.detach() if weights is None else torch.as_tensor(weights, dtype=torch.float32)
             self._head_offset = self.fused_static[:, : self.config.head_dims] @ w
 
-    def sample_head(self, generator: torch.Generator) -> np.ndarray:
-        """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on."""
+    def sample_head(self, generator: torch.Generator, mirror: bool = False) -> np.ndarray:
+        """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on.
+
+        ``mirror``: the same draw reflected through the mean, ``mean - std * eps`` (antithetic sampling).
+        """
         mean, std = self.policy.head_mean, self.policy.head_std
-        weights = (mean + std * torch.randn(mean.shape, generator=generator)).numpy().astype(np.float32)
+        noise = torch.randn(mean.shape, generator=generator)
+        weights = (mean - std * noise if mirror else mean + std * noise).numpy().astype(np.float32)
         self.set_head(weights)
         return weights
 
