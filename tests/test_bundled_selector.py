@@ -11,7 +11,7 @@ from raise_select.config import load_config, validate
 from raise_select.data.bundled import build_pool
 from raise_select.errors import UserError
 from raise_select.experiments import recipe_path, trained_selector_cost
-from raise_select.selector_artifact import BUNDLED_SELECTORS, load_selector, resolve_policy
+from raise_select.selector_artifact import BUNDLED_SELECTORS, load_selector, resolve_policy, trained_settings
 
 EXPERIMENT = Path(__file__).parents[1] / "examples" / "configs" / "smollm2_gsm8k_mixed.yaml"
 
@@ -33,7 +33,13 @@ def test_bundled_selector_records_its_proxy_training_and_its_cost(shipped):
     assert provenance["target"] == "gsm8k"
     episodes_on = provenance["episodes_on"]
     assert episodes_on["proxy"] is True and episodes_on["features_from"] == "smollm2"
-    assert (episodes_on["max_length"], episodes_on["decision_interval"]) == (96, 2)
+    experiment = load_config(EXPERIMENT).raise_
+    assert (episodes_on["max_length"], episodes_on["decision_interval"]) == (
+        experiment.proxy_max_length,
+        experiment.proxy_decision_interval,
+    )
+    # trained with the experiment's settings, so its documented command reproduces it
+    assert trained_settings(shipped.config) == trained_settings(experiment)
     phases = provenance["training_cost"]
     assert phases["features"]["phi"] + phases["selector_training"]["phi"] <= 1.0  # issue 8's bound
     assert trained_selector_cost("smollm2-gsm8k").tokens == phases["selector_training"]["tokens"]
