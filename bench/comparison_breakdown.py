@@ -18,41 +18,30 @@ from pathlib import Path
 
 import numpy as np
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def method_of(run: Path) -> tuple[str, str | None]:
-    """(method, selector seed) from a run folder name such as raise-sel0-16steps-s1 or random-16steps-s0."""
-    parts = run.name.split("-")
-    selector_seed = parts[1][3:] if len(parts) > 3 and parts[1].startswith("sel") else None
-    return parts[0], selector_seed
+from raise_select.io_utils import read_jsonl
+from raise_select.run_folders import read_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("comparison", type=Path)
     args = parser.parse_args()
-    runs = sorted(p for p in (args.comparison / "runs").iterdir() if (p / "evaluation.json").is_file())
+    # results.json rows name each run's method, selector seed, final validation loss and folder.
+    rows = json.loads((args.comparison / "results.json").read_text(encoding="utf-8"))["rows"]
     picks: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     curves: dict[str, dict[int, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    finals: dict[tuple[str, str | None], list[float]] = collections.defaultdict(list)
-    for run in runs:
-        method, selector_seed = method_of(run)
-        for row in read_jsonl(run / "selections.jsonl"):
-            picks[method].update(row["sources"])
-        for row in read_jsonl(run / "metrics.jsonl"):
-            if row.get("validation_loss") is not None:
-                curves[method][int(row["step"])].append(float(row["validation_loss"]))
-        evaluation = json.loads((run / "evaluation.json").read_text(encoding="utf-8"))
-        finals[(method, selector_seed)].append(float(evaluation["validation_loss_final"]))
+    finals: dict[tuple[str, int | None], list[float]] = collections.defaultdict(list)
+    for row in rows:
+        run, method = args.comparison / row["run_dir"], row["method"]
+        for selection in read_jsonl(run / "selections.jsonl"):
+            picks[method].update(selection["sources"])
+        for metric in read_jsonl(run / "metrics.jsonl"):
+            if metric.get("validation_loss") is not None:
+                curves[method][int(metric["step"])].append(float(metric["validation_loss"]))
+        finals[(method, row.get("selector_seed"))].append(float(row["validation_loss"]))
 
     pool_counts = collections.Counter()
-    pool_file = args.comparison / "runs" / runs[0].name / "config.yaml"
-    import yaml
-
-    for source in yaml.safe_load(pool_file.read_text(encoding="utf-8"))["pool"]["sources"]:
+    for source in read_config(args.comparison)["pool"]["sources"]:
         pool_counts[source["name"]] += int(source.get("limit") or 0)
     pool_total = sum(pool_counts.values())
     sources = list(pool_counts)
@@ -84,7 +73,7 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(cells) + " |")
 
     print("\n## Final validation loss per selector seed (fine-tuning seeds in run order)\n")
-    for (method, selector_seed), values in sorted(finals.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+    for (method, selector_seed), values in sorted(finals.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
         label = method if selector_seed is None else f"{method} selector seed {selector_seed}"
         print(f"- {label}: " + " / ".join(f"{v:.4f}" for v in values) + f" (mean {np.mean(values):.4f})")
 

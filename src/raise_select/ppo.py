@@ -642,10 +642,7 @@ def train_selector(
         episodes = range(update * per_update, (update + 1) * per_update)
         started = time.perf_counter()
         seeds, mirrored = update_episodes(seed, episodes, config.head_antithetic)
-        if config.head_antithetic:
-            played = rollouts.collect(selector, seeds, config.reward_scale, mirrored=mirrored)
-        else:  # a Rollouts written before head_antithetic existed keeps working
-            played = rollouts.collect(selector, seeds, config.reward_scale)
+        played = rollouts.collect(selector, seeds, config.reward_scale, mirrored)
         collect_seconds = time.perf_counter() - started
         started = time.perf_counter()
         update_stats = ppo_update(selector, optimizer, [buffer for buffer, _ in played], config, minibatch_rng)

@@ -146,7 +146,7 @@ def save_selector(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:
 
 
 # Selectors shipped in the package (``raise.policy`` / ``--policy`` accept their names), and the
-# command that reproduces each (README "A selector in the package").
+# command that reproduces each (README, "Selectors in the package").
 BUNDLED_SELECTORS: dict[str, str] = {
     "smollm2-gsm8k": "RAISE for SmolLM2-135M + LoRA on the demo's mixed pool, target GSM8K, trained on a proxy: "
     "raise-select train-selector --config examples/configs/smollm2_gsm8k_mixed.yaml --output runs/smollm2-gsm8k",
