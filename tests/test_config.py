@@ -42,6 +42,7 @@ def test_overrides_parse_values_as_yaml(tmp_path):
         (["train.learnin_rate=1"], "unknown field 'config.train.learnin_rate'"),
         (["train.batch_size=abc"], "'config.train.batch_size' must be int"),
         (["model.precision=fp16"], "model.precision='fp16' is not one of"),
+        (["raise.head_update=cma"], "raise.head_update='cma' is not one of"),
         (["train.batch_size=6", "raise.clusters=4"], "must be a multiple of raise.clusters"),
         (["novalue"], "is not of the form field.path=value"),
         (["train.budget_steps=null", "train.budget_fraction=null"], "set train.budget_steps or train.budget_fraction"),

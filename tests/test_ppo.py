@@ -27,6 +27,7 @@ from raise_select.ppo import (
     group_baselines,
     nes_mean_step,
     ppo_update,
+    response_surface_step,
     run_episode,
     stage_basis,
     train_selector,
@@ -431,14 +432,74 @@ def test_antithetic_pairs_share_a_seed_and_mirror_the_head_draw():
     np.testing.assert_allclose(step, mean - 0.5 * std * eps, rtol=1e-5)
 
 
-@pytest.mark.parametrize("antithetic", [False, True])
-def test_the_episode_head_learns_which_feature_pays(tmp_path, antithetic):
+def test_the_response_surface_step_by_hand():
+    """Two positions (intercepts removed by centering), one feature carries the reward, ridge 1."""
+    compositions = np.array([[1.0, 0.0], [-1.0, 0.0], [2.0, 5.0], [0.0, 5.0]])
+    rewards = np.array([3.0, 1.0, 12.0, 10.0])  # reward = 1 * feature 0 + a per-position intercept
+    positions = np.array([0, 0, 1, 1])
+    # centered per position: x = [[1, 0], [-1, 0], [1, 0], [-1, 0]], y = [1, -1, 1, -1], std(y) = 1;
+    # slope = (x'x + I)^-1 x'y = [4 / 5, 0] -> unit direction [1, 0]
+    mean, std = np.array([0.5, -0.5]), np.array([2.0, 2.0])
+    step = response_surface_step(mean, std, compositions, rewards, positions, learning_rate=0.25)
+    np.testing.assert_allclose(step, [0.5 + 0.25 * 2.0, -0.5])
+    # Feature 1 is 0 at position 0 and 5 at position 1, where the rewards are 10 higher: a stage effect,
+    # which the per-position intercepts absorb (no weight on feature 1 above). Scale and intercepts do
+    # not matter: the fit is on rewards centered per position and standardized.
+    np.testing.assert_allclose(
+        response_surface_step(mean, std, compositions, 1000 * rewards + 7 * positions, positions, 0.25), step
+    )
+    # a feature that moves with the reward within a position gets weight: x = [[1, 1], [-1, -1], [1, 0], [-1, 0]]
+    # -> x'x + I = [[5, 2], [2, 3]], x'y = [4, 2] -> slope [8/11, 2/11]
+    tilted = np.array([[1.0, 1.0], [-1.0, -1.0], [2.0, 5.0], [0.0, 5.0]])
+    direction = response_surface_step(mean, std, tilted, rewards, positions, 0.25) - mean
+    np.testing.assert_allclose(direction, 0.5 * np.array([8.0, 2.0]) / np.hypot(8.0, 2.0))
+    # nothing to fit: no step
+    np.testing.assert_array_equal(
+        response_surface_step(mean, std, compositions, np.array([2.0, 2.0, 5.0, 5.0]), positions, 0.25), mean
+    )
+
+
+def test_the_regression_head_finds_the_paying_feature_on_most_seeds(tmp_path):
+    """Two head updates (8 episodes) on the bandit, 10 selector seeds: the fit of every decision's reward on
+    its picks' features must point the head's mean at response_loss (column 0) on at least 8. Measured:
+    10 of 10 (NES with the same settings: 8 of 10)."""
+    features = make_features()
+    config = fast_config(
+        head_dims=4, head_std=3.0, episodes=8, episodes_per_update=4, gamma=0.0, head_update="regression"
+    )
+    found = 0
+    for seed in range(10):
+        artifact = train_selector(
+            BanditEnv(features),
+            make_context(features=features),
+            config,
+            tmp_path / str(seed),
+            seed=seed,
+            progress=False,
+        )
+        mean = artifact.tensors["policy.head_mean"].numpy()
+        found += int(mean[0] > 0 and np.argmax(np.abs(mean)) == 0)
+    assert found >= 8, found
+
+
+@pytest.mark.parametrize(
+    "antithetic, head_update",
+    [(False, "nes"), (True, "nes"), (False, "regression")],
+    ids=["nes", "mirrored", "regression"],
+)
+def test_the_episode_head_learns_which_feature_pays(tmp_path, antithetic, head_update):
     """On the bandit the good examples are the top 20 % by response_loss (static column 0): the head's
     mean must put its largest weight there, and greedy choices must be mostly good."""
     features = make_features()
     env = BanditEnv(features)
     config = fast_config(
-        head_dims=4, head_std=3.0, episodes=24, episodes_per_update=4, gamma=0.0, head_antithetic=antithetic
+        head_dims=4,
+        head_std=3.0,
+        episodes=24,
+        episodes_per_update=4,
+        gamma=0.0,
+        head_antithetic=antithetic,
+        head_update=head_update,
     )
     artifact = train_selector(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
     mean = artifact.tensors["policy.head_mean"].numpy()

@@ -278,7 +278,15 @@ class RaiseConfig:
     )
     head_learning_rate: float = field(
         default=0.5,
-        metadata={"help": "NES step of the head's mean per PPO update, in units of its std"},
+        metadata={"help": "step of the head's mean per PPO update (raise.head_update), in units of its std"},
+    )
+    head_update: str = field(
+        default="nes",
+        metadata={
+            "help": "how the head's mean moves after each PPO update: nes (ranks of the draws' whole-episode returns) "
+            "or regression (steepest ascent of a ridge fit of every decision's reward on the mean head features of "
+            "its picks, one intercept per decision index) [ours]"
+        },
     )
     head_antithetic: bool = field(
         default=False,
@@ -698,6 +706,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pool.sources[].format": ("auto", "alpaca", "messages", "prompt_response"),
     "target.metric": ("auto", "exact_match", "multiple_choice", "none"),
     "raise.baseline": ("group", "fitted", "critic"),
+    "raise.head_update": ("nes", "regression"),
 }
 
 # Strings and lists that must not be empty, and lists that must not repeat an entry.

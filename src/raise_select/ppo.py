@@ -35,6 +35,13 @@ std per update, far too slowly for a few dozen episodes. With ``raise.head_antit
 in mirrored pairs, ``mean + std * eps`` and ``mean - std * eps``, played with the same seed (mirrored
 sampling with common random numbers, as in Salimans et al. 2017): the pair's return difference is
 the head's effect along ``eps``, with the sampler's and the environment's noise shared.
+With ``raise.head_update=regression`` the step uses every decision rather than four whole-episode
+returns: what a decision's reward depends on is the data it trained on, and the draw reaches it only
+through the noisy Plackett-Luce picks. ``response_surface_step`` fits each decision's reward on the mean
+head features of its picks (ridge, one intercept per position in the episode) and moves the mean
+along the fitted slope, ``head_learning_rate * std`` at a time (steepest ascent, Box & Wilson 1951).
+The fit is on this update's decisions only: the reward is not linear in the composition over the
+whole pool, so only a local fit, around where the policy now chooses, points the right way.
 
 The critic is trained whatever the baseline (its value loss is logged); advantages are normalized over
 the whole batch. Ratios are clipped per pick (see ``RaiseSelector.pick_log_probs``), and an update
@@ -224,13 +231,57 @@ def nes_mean_step(
     return mean + learning_rate * std * (utilities @ noise)
 
 
+HEAD_RIDGE = 1.0  # ridge of the response-surface fit, against standardized rewards (see response_surface_step)
+
+
+def response_surface_step(
+    mean: np.ndarray,
+    std: np.ndarray,
+    compositions: np.ndarray,
+    rewards: np.ndarray,
+    positions: np.ndarray,
+    learning_rate: float,
+    ridge: float = HEAD_RIDGE,
+) -> np.ndarray:
+    """Steepest ascent on a first-order response surface (Box & Wilson 1951), for the head's mean.
+
+    ``compositions[i]`` is decision i's mean head features over its picks, ``rewards[i]`` its reward and
+    ``positions[i]`` its index within its episode. The fit: reward ~ intercept[position] + slope . composition,
+    by ridge regression with free intercepts (each position is the same training stage in every episode) and
+    rewards standardized; then ``mean + lr * std * slope / |slope|``. No step when the rewards or the
+    compositions do not vary."""
+    x = np.asarray(compositions, dtype=np.float64).copy()
+    y = np.asarray(rewards, dtype=np.float64).copy()
+    positions = np.asarray(positions)
+    for position in np.unique(positions):  # centering per position = one unpenalized intercept each
+        rows = positions == position
+        x[rows] -= x[rows].mean(axis=0)
+        y[rows] -= y[rows].mean()
+    scale = y.std()
+    if scale == 0.0:
+        return np.array(mean, dtype=np.float64)
+    slope = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ (y / scale))
+    norm = np.linalg.norm(slope)
+    if norm == 0.0:
+        return np.array(mean, dtype=np.float64)
+    return mean + learning_rate * std * slope / norm
+
+
 def head_update(selector: RaiseSelector, episodes: Sequence[RolloutBuffer], config: RaiseConfig) -> dict[str, float]:
-    """Move the episode head's mean by one NES step from the batch's whole-episode returns; returns statistics."""
+    """Move the episode head's mean by one step (``raise.head_update``) from the batch; returns statistics."""
     policy = selector.policy
     mean, std = policy.head_mean.numpy().astype(np.float64), policy.head_std.numpy().astype(np.float64)
-    samples = np.stack([buffer.head_weights for buffer in episodes])
-    returns = np.array([sum(d.reward for d in buffer.decisions) for buffer in episodes])
-    new_mean = nes_mean_step(mean, std, samples, returns, config.head_learning_rate)
+    if config.head_update == "regression":
+        head_columns = selector.fused_static[:, : config.head_dims].numpy().astype(np.float64)
+        decisions = [(t, d) for buffer in episodes for t, d in enumerate(buffer.decisions)]
+        compositions = np.stack([head_columns[d.chosen].mean(axis=0) for _, d in decisions])
+        rewards = np.array([d.reward for _, d in decisions])
+        positions = np.array([t for t, _ in decisions])
+        new_mean = response_surface_step(mean, std, compositions, rewards, positions, config.head_learning_rate)
+    else:
+        samples = np.stack([buffer.head_weights for buffer in episodes])
+        returns = np.array([sum(d.reward for d in buffer.decisions) for buffer in episodes])
+        new_mean = nes_mean_step(mean, std, samples, returns, config.head_learning_rate)
     policy.head_mean.copy_(torch.from_numpy(new_mean.astype(np.float32)))
     selector.set_head(None)
     return {"head_step": float(np.linalg.norm(new_mean - mean)), "head_mean_norm": float(np.linalg.norm(new_mean))}

@@ -50,8 +50,9 @@ episode; deployed, ``w = mean``. Why: a near-uniform Plackett-Luce sampler makes
 mix of data almost the same (a binomial draw per pick), so episode returns differ mostly by
 fine-tuning noise and PPO gets a faint signal. A per-episode draw makes whole episodes lean one way
 or another (State-Dependent Exploration, Rückstieß et al. 2008; gSDE in Stable-Baselines3), so
-returns differ by what was chosen. The mean is moved by a separable-NES step from the batch's
-whole-episode returns (``ppo.head_update``); PPO trains ``F_theta`` as before, with each episode's
+returns differ by what was chosen. The mean is moved after every update (``ppo.head_update``): by a
+separable-NES step from the batch's whole-episode returns, or (``raise.head_update=regression``) along
+a ridge fit of every decision's reward on its picks' mean head features; PPO trains ``F_theta`` as before, with each episode's
 draw a constant offset of its scores.
 
 Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
