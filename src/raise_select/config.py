@@ -285,7 +285,8 @@ class RaiseConfig:
         metadata={
             "help": "how the head's mean moves after each PPO update: nes (ranks of the draws' whole-episode returns) "
             "or regression (steepest ascent of a ridge fit of every decision's reward on the mean head features of "
-            "its picks, one intercept per decision index) [ours]"
+            "its picks, one intercept per decision index; for episodes of a few decisions, each reward reflecting "
+            "its own picks) [ours]"
         },
     )
     head_antithetic: bool = field(

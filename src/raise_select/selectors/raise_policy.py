@@ -217,7 +217,7 @@ class AcquisitionMLP(nn.Module):
         self.dynamic_layer = nn.Linear(len(STAGE_NAMES) + 1, hidden_size, bias=False)  # [W_stage | w_avail]
         self.hidden_layer = nn.Linear(hidden_size, hidden_size)
         self.output_layer = nn.Linear(hidden_size, 1)
-        if head_dims:  # the episode head's Gaussian N(mean, std^2) over its k weights, moved by ppo.head_update (not Adam)
+        if head_dims:  # the episode head's Gaussian N(mean, std^2) over its k weights (ppo.head_update, not Adam)
             self.register_buffer("head_mean", torch.zeros(head_dims))
             self.register_buffer("head_std", torch.full((head_dims,), head_std / math.sqrt(head_dims)))
 
