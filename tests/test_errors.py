@@ -328,7 +328,8 @@ def _cache_is_a_file(monkeypatch, ws):
     blocker = ws / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("RAISE_SELECT_CACHE", str(blocker))
-    return ["finetune", "--output", str(ws / "new")], [str(blocker), "set RAISE_SELECT_CACHE to a writable folder"]
+    argv = ["finetune", "--output", str(ws / "new"), "model.name=synthetic-tiny@seed5"]  # a variant is built in the cache
+    return argv, [str(blocker), "set RAISE_SELECT_CACHE to a writable folder"]
 
 
 def _cache_read_only(monkeypatch, ws, tmp_path):
@@ -464,29 +465,44 @@ def test_resume_that_only_extends_the_episodes_continues(ws, tmp_path, monkeypat
 
 
 def test_corrupt_cached_model_is_rebuilt(tmp_path, monkeypatch, caplog):
-    """A truncated weight file in the cache is detected by the manifest and rebuilt, not loaded."""
-    built = synthetic.synthetic_model_dir()  # the real cache: copied instead of pre-training again
+    """A truncated weight file of a cached model variant is detected by the manifest and rebuilt, not loaded."""
+    shipped = synthetic.synthetic_model_dir()  # copied instead of pre-training a variant
     monkeypatch.setenv("RAISE_SELECT_CACHE", str(tmp_path))
     builds = []
 
-    def build(folder):
-        builds.append(folder)
-        for file in built.iterdir():
+    def build(folder, pretrain_seed):
+        builds.append(pretrain_seed)
+        for file in shipped.iterdir():
             if file.name != "manifest.json":
                 shutil.copy2(file, folder / file.name)
 
     monkeypatch.setattr(synthetic, "_build_model", build)
-    folder = synthetic.synthetic_model_dir()
-    assert len(builds) == 1 and (folder / "manifest.json").is_file()
-    assert synthetic.synthetic_model_dir() == folder and len(builds) == 1  # verified, not rebuilt
+    folder = synthetic.synthetic_model_dir(7)
+    assert builds == [7] and (folder / "manifest.json").is_file() and folder.name.endswith("-seed7")
+    assert synthetic.synthetic_model_dir(7) == folder and builds == [7]  # verified, not rebuilt
 
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING):
-        assert synthetic.synthetic_model_dir() == folder
-    assert len(builds) == 2 and "corrupt" in caplog.text and "model.safetensors" in caplog.text
-    assert weights.read_bytes() == (built / "model.safetensors").read_bytes()
+        assert synthetic.synthetic_model_dir(7) == folder
+    assert builds == [7, 7] and "corrupt" in caplog.text and "model.safetensors" in caplog.text
+    assert weights.read_bytes() == (shipped / "model.safetensors").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+
+
+def test_shipped_testbed_model_is_verified_and_never_rebuilt(tmp_path, monkeypatch):
+    """synthetic-tiny loads the packaged weights as they are; a damaged copy is a one-line error, not a rebuild."""
+    monkeypatch.setattr(synthetic, "_build_model", lambda *args: pytest.fail("the shipped model was rebuilt"))
+    monkeypatch.setenv("RAISE_SELECT_CACHE", str(tmp_path / "cache"))
+    assert synthetic.synthetic_model_dir() == synthetic.SHIPPED_MODEL_DIR
+    assert not (tmp_path / "cache").exists()  # nothing pre-trained, nothing cached
+    damaged = tmp_path / "shipped"
+    shutil.copytree(synthetic.SHIPPED_MODEL_DIR, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setattr(synthetic, "SHIPPED_MODEL_DIR", damaged)
+    with pytest.raises(UserError, match="shipped testbed model .* is damaged .*model.safetensors has 1000 bytes"):
+        synthetic.synthetic_model_dir()
 
 
 @pytest.mark.parametrize("interrupt_at", [1, 3])

@@ -39,7 +39,7 @@ def cached_folder(target: Path, build: Callable[[Path], None], what: str) -> Pat
         building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         build(building)
-        write_json(building / MANIFEST_FILE, _describe(building))
+        write_json(building / MANIFEST_FILE, describe_folder(building))
         if verify_folder(target) is not None:  # else another process finished the same build first: keep its folder
             replace_folder(building, target)
     finally:
@@ -70,7 +70,8 @@ def verify_folder(folder: Path) -> str | None:
     return None
 
 
-def _describe(folder: Path) -> dict:
+def describe_folder(folder: Path) -> dict:
+    """Every file's size and SHA-256 (the manifest), except the manifest itself."""
     return {
         file.name: {"size": file.stat().st_size, "sha256": _sha256(file)}
         for file in sorted(folder.iterdir())
@@ -101,7 +102,7 @@ def _adopt_legacy(folder: Path) -> str | None:
         except (SafetensorError, OSError, ValueError) as error:
             return f"{file.name} is unreadable ({str(error).splitlines()[0]})"
     try:
-        write_json(folder / MANIFEST_FILE, _describe(folder))
+        write_json(folder / MANIFEST_FILE, describe_folder(folder))
     except UserError:  # a read-only cache stays usable without a manifest
         pass
     return None

