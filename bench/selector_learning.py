@@ -59,7 +59,7 @@ def main() -> None:
             f"compare.budget_steps=[{args.budget_steps}]",
             f"compare.seeds=[{', '.join(map(str, args.seeds))}]",
             f"compare.selector_seeds=[{', '.join(map(str, args.selector_seeds))}]",
-            "compare.test_metric=false",
+            "compare.test_metric=true",
         ],
     )
     output = Path(args.output)
@@ -69,7 +69,9 @@ def main() -> None:
     def group_stats(group: list[dict]) -> dict:
         losses = [r["validation_loss"] for r in group]
         helpful, corrupted = zip(*(shares(output / r["run_dir"]) for r in group))
+        scores = [r["test_score"] for r in group if r.get("test_score") is not None]
         return {
+            "exact_match": float(np.mean(scores)) if scores else float("nan"),
             "mean": float(np.mean(losses)),
             "std": float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
             "helpful": float(np.mean(helpful)),
@@ -91,20 +93,20 @@ def main() -> None:
         f"\nsynthetic testbed, pool {pool}, budget {args.budget_steps} steps, fine-tuning seeds {args.seeds}, "
         f"selector seeds {args.selector_seeds} ({output})\n"
     )
-    print("| method | runs | validation loss | gap closed | helpful-clean share | corrupted share |")
-    print("|---|---|---|---|---|---|")
+    print("| method | runs | validation loss | gap closed | test exact match | helpful-clean share | corrupted share |")
+    print("|---|---|---|---|---|---|---|")
     for method in sorted(methods, key=lambda m: by_method[m]["mean"]):
         s = by_method[method]
         print(
             f"| {method} | {s['n']} | {s['mean']:.4f} ± {s['std']:.4f} | {closed(s['mean'])} | "
-            f"{s['helpful']:.2f} | {s['corrupted']:.2f} |"
+            f"{s['exact_match']:.3f} | {s['helpful']:.2f} | {s['corrupted']:.2f} |"
         )
 
     print(
         "\n| RAISE selector seed | validation loss (per fine-tuning seed) | below random | gap closed | "
-        "helpful-clean | corrupted | selector training (s) |"
+        "test exact match | helpful-clean | corrupted | selector training (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     per_seed = {}
     for selector_seed in args.selector_seeds:
         group = [r for r in rows if r["method"] == "raise" and r.get("selector_seed") == selector_seed]
@@ -115,7 +117,7 @@ def main() -> None:
         values = ", ".join(f"{r['validation_loss']:.3f}" for r in group)
         print(
             f"| {selector_seed} | {s['mean']:.4f} ({values}) | {'yes' if s['mean'] < random_loss else 'NO'} | "
-            f"{closed(s['mean'])} | {s['helpful']:.2f} | {s['corrupted']:.2f} | {seconds:.0f} |"
+            f"{closed(s['mean'])} | {s['exact_match']:.3f} | {s['helpful']:.2f} | {s['corrupted']:.2f} | {seconds:.0f} |"
         )
     (output / "selector_learning.json").write_text(
         json.dumps({"methods": by_method, "selector_seeds": per_seed}, indent=1)

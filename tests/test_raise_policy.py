@@ -276,5 +276,6 @@ def test_the_episode_head_adds_a_linear_term_sampled_in_training_and_its_mean_wh
     np.testing.assert_array_equal(weights, selector.sample_head(torch.Generator().manual_seed(5)))
     selector.reset(1)
     np.testing.assert_array_equal(selector.select(state), chosen)
-    with pytest.raises(UserError, match="raise.head_dims=11 exceeds the 10 static feature columns"):
-        make_selector(features, head_dims=11)
+    with pytest.raises(UserError, match="raise.head_dims=5 exceeds the 4 named static feature columns"):
+        make_selector(features, head_dims=5)  # the head never reads the embedding
+    assert make_selector(features).head_dims == len(features.names)  # None: every named column

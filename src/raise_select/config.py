@@ -234,6 +234,13 @@ class FeatureConfig:
         default=True,
         metadata={"help": "reuse cached features when the key matches"},
     )
+    reference_steps: int = field(
+        default=32,
+        metadata={
+            "help": "add the column reference_loss: each example's response loss under the model tuned for this many "
+            "steps on the target's validation split (train.learning_rate, train.batch_size); 0: no such column [ours]"
+        },
+    )
 
 
 @dataclass
@@ -263,11 +270,12 @@ class RaiseConfig:
             " a few units: repeat a much better example rather than take a much worse fresh one)"
         },
     )
-    head_dims: int = field(
-        default=5,
+    head_dims: int | None = field(
+        default=None,
         metadata={
-            "help": "k: a linear head over the first k static fused columns (5: difficulty + target_similarity), its "
-            "weights drawn once per training episode from a Gaussian whose mean NES moves (0: none) [ours]"
+            "help": "k: a linear head over the first k static fused columns (None: every named column: the difficulty "
+            "columns, target_similarity and reference_loss), its weights drawn once per training episode from a "
+            "Gaussian whose mean moves after each update (0: none) [ours]"
         },
     )
     head_std: float = field(
@@ -663,6 +671,7 @@ RANGES: dict[str, str] = {
     "train.decision_interval": ">= 1",
     "train.max_budget_epochs": "> 0",
     "features.pca_dim": ">= 1",
+    "features.reference_steps": ">= 0",
     "features.batch_size": ">= 1",
     "raise.clusters": ">= 1",
     "raise.hidden_size": ">= 1",
@@ -841,7 +850,7 @@ def check_raise_batching(config: RaiseConfig) -> None:
             f"raise.episodes={config.episodes} must be a positive multiple of raise.episodes_per_update="
             f"{config.episodes_per_update} (each PPO update plays that many episodes)"
         )
-    if config.head_antithetic and (config.head_dims < 1 or config.episodes_per_update % 2):
+    if config.head_antithetic and (config.head_dims == 0 or config.episodes_per_update % 2):
         raise UserError(
             f"raise.head_antithetic pairs the episodes of an update and needs raise.head_dims >= 1 and an even "
             f"raise.episodes_per_update (got head_dims={config.head_dims}, episodes_per_update="

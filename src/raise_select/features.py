@@ -71,6 +71,10 @@ class StaticFeatures:
     def column(self, name: str) -> np.ndarray:
         return self.values[:, self.names.index(name)]
 
+    def select(self, names: Sequence[str]) -> StaticFeatures:
+        """The same features with only the difficulty columns ``names``, in that order."""
+        return replace(self, names=tuple(names), values=self.values[:, [self.names.index(name) for name in names]])
+
     def project(self, hidden: np.ndarray) -> np.ndarray:
         """Map raw pooled hidden states [n, hidden] into this pool's PCA space."""
         return ((hidden - self.pca_mean) @ self.pca_components.T).astype(np.float32)
@@ -244,4 +248,64 @@ def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarra
         features,
         names=tuple(features.names) + ("target_similarity",),
         values=np.column_stack([features.values, similarity]).astype(np.float32),
+    )
+
+
+
+def reference_losses(
+    lm: LoadedModel,
+    pool_tokens: TokenizedSet,
+    validation_tokens: TokenizedSet,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+) -> np.ndarray:
+    """[N] float32: each example's response loss under a reference model tuned on the target's validation split.
+
+    [ours, after RHO-LOSS (Mindermann et al. 2022), whose "irreducible loss model" is trained on
+    holdout data] The reference is ``lm`` after ``steps`` AdamW steps on random batches of the
+    validation examples; then one forward pass scores the pool and the weights are restored
+    bit-exactly. The reference has learned what the target wants, so a correct answer to the
+    target's kind of question gets a low loss under it and a wrong one a high loss, whether or not
+    the base model knew the answer (the base model's response loss separates them only as well as
+    the base model knows the task). Costs ``steps`` training steps on validation examples and one
+    pool pass. Only the selector reads it: the validation loss the reward measures is unchanged,
+    and the test split stays unseen.
+    """
+    parameters = lm.trainable_parameters()
+    snapshot = [p.detach().clone() for p in parameters]
+    was_training = lm.model.training
+    generator = np.random.default_rng(seed)
+    count = len(validation_tokens)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+            lm.model.train()
+            for _ in range(steps):
+                rows = generator.choice(count, size=min(batch_size, count), replace=False)
+                batch = validation_tokens.collate(np.sort(rows).tolist(), lm.tokenizer.pad_token_id)
+                with lm.autocast():
+                    loss = per_example_loss(lm, batch).float().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        desc = "features: loss under the reference" if progress else None
+        return map_examples(lm, pool_tokens, None, batch_size, per_example_loss, progress=desc).astype(np.float32)
+    finally:
+        with torch.no_grad():
+            for p, w in zip(parameters, snapshot):
+                p.copy_(w)
+                p.grad = None
+        lm.model.train(was_training)
+
+
+def with_reference_loss(features: StaticFeatures, losses: np.ndarray) -> StaticFeatures:
+    """Add the column ``reference_loss`` (:func:`reference_losses`)."""
+    return replace(
+        features,
+        names=tuple(features.names) + ("reference_loss",),
+        values=np.column_stack([features.values, losses]).astype(np.float32),
     )

@@ -26,7 +26,14 @@ from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
 from .environment import FineTuneEnv, full_data_steps, resolve_budget
 from .evaluation import evaluate_test
-from .features import StaticFeatures, compute_static_features, embed_examples, with_target_similarity
+from .features import (
+    StaticFeatures,
+    compute_static_features,
+    embed_examples,
+    reference_losses,
+    with_reference_loss,
+    with_target_similarity,
+)
 from .io_utils import append_jsonl, atomic_write, staged_folder, write_json, write_text
 from .model import LoadedModel, load_model, seed_everything
 from .protocol import Explains, HasClusters, SelectionContext, Selector
@@ -135,8 +142,27 @@ class Workbench:
         # Two forward passes over the pool (with and without the prompt) + one over the validation set,
         # in training-token equivalents of the model being tuned (the aux model's size relative to it).
         response_only = int(self.pool_tokens.response_lengths.sum())
+        pool = self.pool_tokens.num_tokens(np.arange(len(self.pool_tokens)))
         validation = self.validation_tokens.num_tokens(np.arange(len(self.validation_tokens)))
-        forward = self.pool_tokens.num_tokens(np.arange(len(self.pool_tokens))) + response_only + validation
+        forward = pool + response_only + validation
+        if feature_config.reference_steps:
+            same_tokens = aux is self.lm
+            reference = reference_losses(
+                aux,
+                self.pool_tokens if same_tokens else tokenize_examples(self.pool.examples, aux.tokenizer, max_length),
+                self.validation_tokens
+                if same_tokens
+                else tokenize_examples(list(self.target.validation), aux.tokenizer, max_length),
+                steps=feature_config.reference_steps,
+                learning_rate=self.config.train.learning_rate,
+                batch_size=self.config.train.batch_size,
+                seed=self.config.seed,
+                progress=progress,
+            )
+            self.features = with_reference_loss(self.features, reference)
+            # the reference's training steps (forward + backward: 3x) and one more pass over the pool
+            batch_tokens = self.validation_tokens.lengths.mean() * min(self.config.train.batch_size, len(self.validation_tokens))
+            forward += pool + 3 * int(feature_config.reference_steps * batch_tokens)
         size = aux.parameter_count() / self.lm.parameter_count()
         tokens = round(forward * forward_token_weight(self.config.model) * size)
         self.feature_cost.add(time.perf_counter() - started, tokens)

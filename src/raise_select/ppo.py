@@ -274,7 +274,7 @@ def head_update(selector: RaiseSelector, episodes: Sequence[RolloutBuffer], conf
     policy = selector.policy
     mean, std = policy.head_mean.numpy().astype(np.float64), policy.head_std.numpy().astype(np.float64)
     if config.head_update == "regression":
-        head_columns = selector.fused_static[:, : config.head_dims].numpy()  # a view: only the picks are read
+        head_columns = selector.fused_static[:, : selector.head_dims].numpy()  # a view: only the picks are read
         decisions = [(t, d) for buffer in episodes for t, d in enumerate(buffer.decisions)]
         compositions = np.stack([head_columns[d.chosen].mean(axis=0, dtype=np.float64) for _, d in decisions])
         rewards = np.array([d.reward for _, d in decisions])

@@ -341,6 +341,7 @@ class RaiseSelector:
         self.features: StaticFeatures | None = None
         self.standardization: Standardization | None = None
         self.centroids: np.ndarray | None = None
+        self.head_dims = 0  # k columns the episode head reads (raise.head_dims resolved against the features in setup)
         self.clusters: np.ndarray | None = None  # [N] cluster of each pool example (read by run reports)
         self.members: list[torch.Tensor] = []  # pool indices of each cluster
         self.local_position: torch.Tensor | None = None  # [N] position of each example within its cluster
@@ -363,6 +364,8 @@ class RaiseSelector:
             raise UserError(
                 "the raise selector needs static features; the run did not compute them (requires_features)"
             )
+        if self.artifact is not None:
+            features = self._artifact_columns(features)
         pool_size = features.values.shape[0]
         largest_decision = context.batch_size * context.decision_interval
         if largest_decision > pool_size:
@@ -376,15 +379,16 @@ class RaiseSelector:
             )
         self._context, self.features, self._pool_fingerprint = context, features, None
         static_size = len(features.names) + features.embedding.shape[1]
-        if self.config.head_dims > static_size:
+        self.head_dims = len(features.names) if self.config.head_dims is None else self.config.head_dims
+        if self.head_dims > len(features.names):  # the head reads named columns, never the embedding
             raise UserError(
-                f"raise.head_dims={self.config.head_dims} exceeds the {static_size} static feature columns; "
-                f"use at most {static_size}"
+                f"raise.head_dims={self.head_dims} exceeds the {len(features.names)} named static feature "
+                f"columns ({', '.join(features.names)}); use at most {len(features.names)}"
             )
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
             self.policy = AcquisitionMLP(
-                static_size, self.config.hidden_size, self.config.head_dims, self.config.head_std
+                static_size, self.config.hidden_size, self.head_dims, self.config.head_std
             )
             self.critic = Critic(self.config.hidden_size)
         if self.artifact is None:
@@ -415,14 +419,23 @@ class RaiseSelector:
         )
         self.centroids = fit_clusters(features.embedding, self.config.clusters, seed)
 
+    def _artifact_columns(self, features: StaticFeatures) -> StaticFeatures:
+        """The difficulty columns the saved selector was trained on, by name (a run may compute more)."""
+        artifact = self.artifact
+        missing = [name for name in artifact.static_names if name not in features.names]
+        if missing or features.embedding.shape[1] != artifact.pca_dim:
+            fix = f"set features.pca_dim={artifact.pca_dim}"
+            if "reference_loss" in missing:
+                fix = "set features.reference_steps > 0 (the selector was trained with a reference_loss column)"
+            raise UserError(
+                f"selector expects features {list(artifact.static_names)} with pca_dim={artifact.pca_dim}, got "
+                f"{list(features.names)} with pca_dim={features.embedding.shape[1]}; {fix}"
+            )
+        return features.select(artifact.static_names)
+
     def _adapt_artifact(self, features: StaticFeatures, seed: int) -> None:
         """Reuse the saved statistics/centroids where they are valid for these features; re-fit the rest."""
         artifact = self.artifact
-        if tuple(features.names) != artifact.static_names or features.embedding.shape[1] != artifact.pca_dim:
-            raise UserError(
-                f"selector expects features {list(artifact.static_names)} with pca_dim={artifact.pca_dim}, got "
-                f"{list(features.names)} with pca_dim={features.embedding.shape[1]}; set features.pca_dim={artifact.pca_dim}"
-            )
         saved = artifact.standardization
         self.adaptation_notes = []
         difficulty = (saved["difficulty_mean"], saved["difficulty_std"])
@@ -461,7 +474,7 @@ class RaiseSelector:
     # -- the episode head ----------------------------------------------------------------------
     @property
     def has_head(self) -> bool:
-        return self.config.head_dims > 0
+        return self.head_dims > 0
 
     def set_head(self, weights: np.ndarray | None) -> None:
         """Score with these episode-head weights from now on (None: the learned mean, as deployed)."""
@@ -469,7 +482,7 @@ class RaiseSelector:
             return
         with torch.no_grad():
             w = self.policy.head_mean.detach() if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-            self._head_offset = self.fused_static[:, : self.config.head_dims] @ w
+            self._head_offset = self.fused_static[:, : self.head_dims] @ w
 
     def sample_head(self, generator: torch.Generator, mirror: bool = False) -> np.ndarray:
         """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on.
