@@ -322,8 +322,8 @@ class RaiseConfig:
     gae_lambda: float = field(
         default=1.0,
         metadata={
-            "help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline; "
-            "per-step rewards explain ~2 % of their own variance on the testbed, see bench/reward_signal.py)"
+            "help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline, "
+            "since a single decision's reward says little about its own picks; see bench/reward_signal.py)"
         },
     )
     clip_coef: float = field(
