@@ -32,7 +32,7 @@ _EXPORTS = {
     # the pipeline
     "Workbench": "pipeline",
     "run_finetune": "pipeline",
-    "RunResult": "pipeline",
+    "RunResult": "run_folders",
     "train_raise_selector": "experiments",
     "run_comparison": "experiments",
     "write_report": "report",
@@ -104,9 +104,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .environment import FineTuneEnv
     from .errors import UserError
     from .experiments import recipe_path, run_comparison, train_raise_selector
-    from .pipeline import RunResult, Workbench, run_finetune
+    from .pipeline import Workbench, run_finetune
     from .ppo import train_selector
     from .report import write_report
+    from .run_folders import RunResult
     from .selector_artifact import load_selector
     from .selectors import SELECTORS, EnvState, SelectionContext, Selector, build_selector
     from .selectors.raise_policy import RaiseSelector

