@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def test_every_exported_name_resolves():
         assert getattr(rs, name) is not None, name
     with pytest.raises(AttributeError):
         rs.not_a_name  # noqa: B018
+
+
+def test_the_type_checkers_imports_mirror_the_export_list():
+    """The TYPE_CHECKING imports of raise_select/__init__.py name exactly the exports, from the same modules."""
+    tree = ast.parse(Path(rs.__file__).read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    imported = {alias.name: node.module for node in block.body for alias in node.names}
+    assert imported == rs._EXPORTS
 
 
 class Recorder(rs.Callback):
