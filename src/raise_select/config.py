@@ -428,6 +428,15 @@ class RaiseConfig:
 # learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
 RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
 
+# Experimental settings: no shipped config and no documented use needs them; they stay for experiments.
+# `raise-select config` marks each with its reason (docs/method.md, "Experimental settings").
+EXPERIMENTAL_FIELDS = {
+    "model.num_layers": "a cut model serves only as a layer-cut proxy (raise.proxy_layers)",
+    "raise.head_antithetic": "no shipped config mirrors its draws (docs/results.md compares the two)",
+    "raise.proxy_model": "every shipped config plays its episodes on the tuned model itself",
+    "raise.proxy_layers": "a layer-cut proxy must still be a language model on the pool: check with bench/proxy_cost.py",
+}
+
 
 @dataclass
 class CompareConfig:
@@ -933,7 +942,10 @@ def describe_fields(section: str | None = None) -> list[FieldDoc]:
                 if isinstance(value, list)
                 else value
             )
-            docs.append(FieldDoc(name, str(f.type), shown, f.metadata.get("help", "")))
+            help_text = f.metadata.get("help", "")
+            if name in EXPERIMENTAL_FIELDS:
+                help_text += f" [experimental: {EXPERIMENTAL_FIELDS[name]}]"
+            docs.append(FieldDoc(name, str(f.type), shown, help_text))
             args = typing.get_args(hints[f.name])
             if typing.get_origin(hints[f.name]) is list and args and dataclasses.is_dataclass(args[0]):
                 walk(args[0], f"{name}[].", args[0]())
