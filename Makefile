@@ -28,6 +28,7 @@ demo-quick: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

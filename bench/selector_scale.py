@@ -63,7 +63,7 @@ def measure(pool_size: int, update_epochs: int, threads: int | None) -> dict:
     from raise_select.config import RaiseConfig
     from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
     from raise_select.ppo import RolloutBuffer, ppo_update
-    from raise_select.selectors.base import EnvState, SelectionContext
+    from raise_select.protocol import EnvState, SelectionContext
     from raise_select.selectors.raise_policy import RaiseSelector
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from raise_select.config import ModelConfig
 from raise_select.data.types import Example, Pool
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures
 from raise_select.model import LoadedModel, load_model
-from raise_select.selectors.base import DEFAULT_STATIC_EPOCHS, EnvState, SelectionContext
+from raise_select.protocol import DEFAULT_STATIC_EPOCHS, EnvState, SelectionContext
 
 # -- the synthetic testbed ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
-"""The public API: the README's "Use from Python" example runs as written, and callbacks see and stop runs."""
+"""The public API: every exported name resolves, and callbacks see and stop runs (the README's example: test_readme.py)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -10,27 +11,20 @@ import pytest
 import raise_select as rs
 from raise_select.callbacks import CallbackList
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _python_example() -> str:
-    section = README.read_text(encoding="utf-8").split("## Use from Python", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # it writes runs/py-selector relative to the working directory
-    exec(compile(_python_example(), "README.md (Use from Python)", "exec"), {"__name__": "readme_example"})
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["raise", "random"]
-    assert (tmp_path / "runs" / "py-selector" / "selector" / "selector.json").is_file()
-
 
 def test_every_exported_name_resolves():
     for name in rs.__all__:
         assert getattr(rs, name) is not None, name
     with pytest.raises(AttributeError):
         rs.not_a_name  # noqa: B018
+
+
+def test_the_type_checkers_imports_mirror_the_export_list():
+    """The TYPE_CHECKING imports of raise_select/__init__.py name exactly the exports, from the same modules."""
+    tree = ast.parse(Path(rs.__file__).read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    imported = {alias.name: node.module for node in block.body for alias in node.names}
+    assert imported == rs._EXPORTS
 
 
 class Recorder(rs.Callback):

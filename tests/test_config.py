@@ -119,3 +119,10 @@ def test_config_command_lists_every_field_and_refuses_an_unknown_section(capsys)
         capsys.readouterr(),
         ["unknown config section 'rais'", "valid: seed, output, selector, model", "raise"],
     )
+
+
+def test_experimental_settings_are_real_fields_marked_in_the_config_listing():
+    docs = {doc.name: doc.help for doc in describe_fields()}
+    for name, reason in config_module.EXPERIMENTAL_FIELDS.items():
+        assert docs[name].endswith(f"[experimental: {reason}]"), name
+    assert sum("[experimental:" in help_text for help_text in docs.values()) == len(config_module.EXPERIMENTAL_FIELDS)

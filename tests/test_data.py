@@ -528,3 +528,11 @@ def test_smollm2_tokenizer_labels_exactly_the_response():
             tokenized.input_ids[row].tolist()
             == tokenizer(full.removesuffix("\n"), add_special_tokens=False)["input_ids"]
         )
+
+
+def test_the_config_names_every_bundled_target_the_loader_knows():
+    from raise_select.config import BUNDLED_SOURCES, TARGET_NAMES
+    from raise_select.data.bundled import _ASSETS, _TARGET_METRICS
+
+    assert set(TARGET_NAMES) == {*_TARGET_METRICS, "synthetic"}
+    assert set(_ASSETS) <= set(BUNDLED_SOURCES)

@@ -33,8 +33,8 @@ from raise_select.ppo import (
     train_selector,
     update_episodes,
 )
+from raise_select.protocol import EnvState
 from raise_select.selector_artifact import load_selector
-from raise_select.selectors.base import EnvState
 from raise_select.selectors.raise_policy import RaiseSelector
 
 POOL_SIZE, BATCH_SIZE, BUDGET = 120, 4, 7

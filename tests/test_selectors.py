@@ -13,8 +13,8 @@ from helpers import make_context, make_features, make_state
 from raise_select.config import Config
 from raise_select.data.types import Example
 from raise_select.errors import UserError
+from raise_select.protocol import EnvState, Explains, HasClusters, SelectionContext, Selector
 from raise_select.selectors import SELECTORS, build_selector
-from raise_select.selectors.base import EnvState, Explains, HasClusters, SelectionContext, Selector
 from raise_select.selectors.baselines import (
     HighLossSelector,
     IFDSelector,

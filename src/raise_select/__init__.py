@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# The public names and the module each comes from: the one export list (``__all__`` is made from it;
+# the TYPE_CHECKING imports at the end mirror it for type checkers, and tests/test_api.py checks they agree).
 _EXPORTS = {
     # configuration
     "Config": "config",
@@ -32,16 +34,16 @@ _EXPORTS = {
     # the pipeline
     "Workbench": "pipeline",
     "run_finetune": "pipeline",
-    "RunResult": "pipeline",
+    "RunResult": "run_folders",
     "train_raise_selector": "experiments",
     "run_comparison": "experiments",
     "write_report": "report",
     # selectors
     "build_selector": "selectors",
     "SELECTORS": "selectors",
-    "Selector": "selectors",
-    "SelectionContext": "selectors",
-    "EnvState": "selectors",
+    "Selector": "protocol",
+    "SelectionContext": "protocol",
+    "EnvState": "protocol",
     "RaiseSelector": "selectors.raise_policy",
     "load_selector": "selector_artifact",
     # selector training, lower level
@@ -54,35 +56,7 @@ _EXPORTS = {
     # errors
     "UserError": "errors",
 }
-
-__all__ = [
-    "SELECTORS",
-    "Callback",
-    "CallbackList",
-    "Config",
-    "EnvState",
-    "FineTuneEnv",
-    "ProgressBar",
-    "RaiseSelector",
-    "RunResult",
-    "SelectionContext",
-    "Selector",
-    "UserError",
-    "Workbench",
-    "__version__",
-    "build_selector",
-    "dump_config",
-    "load_config",
-    "load_selector",
-    "recipe_path",
-    "run_comparison",
-    "run_finetune",
-    "train_raise_selector",
-    "train_selector",
-    "validate",
-    "write_report",
-]
-assert set(__all__) == {"__version__", *_EXPORTS}
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
@@ -104,9 +78,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .environment import FineTuneEnv
     from .errors import UserError
     from .experiments import recipe_path, run_comparison, train_raise_selector
-    from .pipeline import RunResult, Workbench, run_finetune
+    from .pipeline import Workbench, run_finetune
     from .ppo import train_selector
+    from .protocol import EnvState, SelectionContext, Selector
     from .report import write_report
+    from .run_folders import RunResult
     from .selector_artifact import load_selector
-    from .selectors import SELECTORS, EnvState, SelectionContext, Selector, build_selector
+    from .selectors import SELECTORS, build_selector
     from .selectors.raise_policy import RaiseSelector

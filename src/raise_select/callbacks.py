@@ -5,18 +5,21 @@ to :func:`raise_select.ppo.train_selector` / :func:`raise_select.experiments.tra
 (selector training) or :func:`raise_select.pipeline.run_finetune` (a fine-tuning run). Every
 callback in the list sees every event; an ``on_..._end`` step event that returns ``False`` stops the
 loop after the current step (selector training: after the current PPO update, which is saved).
-Progress bars are one such callback (:class:`ProgressBar`).
+Progress bars are one such callback (:class:`ProgressBar`); :func:`progress_bars` switches off the
+bars of the libraries a run calls (model loading, pre-training the testbed model) when a run has none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import tqdm.auto as tqdm_auto
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from .pipeline import RunResult
+    from .run_folders import RunResult
     from .selector_artifact import RaiseArtifact
 
 
@@ -113,6 +116,33 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Within it, with ``enabled`` False, the bars of the libraries we call are off too: transformers'
+    (loading weights) and every ``tqdm.auto`` bar created inside (building the testbed model). Our own
+    bars take an explicit flag instead; this covers code that shows a bar without asking."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    library_tqdm = tqdm_auto.tqdm
+
+    class SilentTqdm(library_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    tqdm_auto.tqdm = SilentTqdm
+    try:
+        yield
+    finally:
+        tqdm_auto.tqdm = library_tqdm
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def with_progress(callbacks: Sequence[Callback], progress: bool) -> CallbackList:

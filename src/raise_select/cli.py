@@ -131,7 +131,7 @@ def cmd_finetune(args) -> int:
     check_output(output, FINETUNE)
     selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
     _record_policy_settings(args, config, selector)
-    bench = Workbench.build(config)
+    bench = Workbench.build(config, progress=not args.no_progress)
     budget = resolve_budget(len(bench.pool), config.train)
     result = run_finetune(
         bench, selector, output, budget, config.seed, test_metric=not args.no_test, progress=not args.no_progress
@@ -183,7 +183,7 @@ def cmd_train_selector(args) -> int:
     check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
         check_resume(output, config)  # the cheap checks, before the model loads
-    bench = Workbench.build(config)
+    bench = Workbench.build(config, progress=not args.no_progress)
     artifact_dir = train_raise_selector(
         bench, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )
@@ -219,7 +219,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .data.bundled import BUNDLED_SOURCES
+    from .config import BUNDLED_SOURCES
     from .model import BUNDLED_MODELS
     from .selectors import SELECTORS
 
@@ -270,10 +270,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        if getattr(args, "no_progress", False):
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()  # its "Loading weights" bar, too
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

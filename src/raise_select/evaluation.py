@@ -47,9 +47,14 @@ def validation_loss(lm: LoadedModel, tokens: TokenizedSet, batch_size: int = 16)
 
 
 def evaluate_test(
-    lm: LoadedModel, target: TargetTask, max_length: int, batch_size: int = 16, max_new_tokens: int = 128
+    lm: LoadedModel,
+    target: TargetTask,
+    max_length: int,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    progress: bool = True,
 ) -> dict:
-    """Test loss and the task metric on ``target.test``.
+    """Test loss and the task metric on ``target.test`` (``progress``: show the passes' bars).
 
     Returns ``{"metric", "n", "test_loss"}`` plus ``"accuracy"`` (multiple_choice) or
     ``"exact_match"`` and ``"samples"`` (a few generations for the report).
@@ -58,22 +63,28 @@ def evaluate_test(
     if not examples:
         raise UserError(f"target '{target.name}' has no test examples; set target.n_test above 0")
     test_tokens = tokenize_examples(examples, lm.tokenizer, max_length)
-    losses = map_examples(lm, test_tokens, None, batch_size, per_example_loss, progress="test loss")
+    losses = map_examples(
+        lm, test_tokens, None, batch_size, per_example_loss, progress="test loss" if progress else None
+    )
     result = {"metric": target.metric, "n": len(examples), "test_loss": float(losses.mean())}
     if target.metric == "multiple_choice":
-        result["accuracy"] = multiple_choice_accuracy(lm, examples, max_length, batch_size)
+        result["accuracy"] = multiple_choice_accuracy(lm, examples, max_length, batch_size, progress)
     elif target.metric == "exact_match":
-        result.update(exact_match(lm, examples, target.answer_pattern, max_length, batch_size, max_new_tokens))
+        result.update(
+            exact_match(lm, examples, target.answer_pattern, max_length, batch_size, max_new_tokens, progress)
+        )
     return result
 
 
 def multiple_choice_accuracy(
-    lm: LoadedModel, examples: Sequence[Example], max_length: int, batch_size: int = 16
+    lm: LoadedModel, examples: Sequence[Example], max_length: int, batch_size: int = 16, progress: bool = True
 ) -> float:
     """Fraction of examples whose highest-likelihood choice is ``meta["answer_index"]``."""
     candidates = [dataclasses.replace(e, response=choice) for e in examples for choice in e.meta["choices"]]
     candidate_tokens = tokenize_examples(candidates, lm.tokenizer, max_length)
-    logprobs = map_examples(lm, candidate_tokens, None, batch_size, sequence_logprob, progress="choices")
+    logprobs = map_examples(
+        lm, candidate_tokens, None, batch_size, sequence_logprob, progress="choices" if progress else None
+    )
     boundaries = np.cumsum([len(e.meta["choices"]) for e in examples])[:-1]
     correct = [
         int(np.argmax(choice_logprobs)) == int(example.meta["answer_index"])
@@ -89,11 +100,11 @@ def exact_match(
     max_length: int,
     batch_size: int = 16,
     max_new_tokens: int = 128,
+    progress: bool = True,
 ) -> dict:
     """Greedy-generate an answer for each prompt; ``{"exact_match": fraction, "samples": [...]}``."""
-    generations = generate(
-        lm, [render_prompt_ids(e, lm.tokenizer)[-max_length:] for e in examples], batch_size, max_new_tokens
-    )
+    prompts = [render_prompt_ids(e, lm.tokenizer)[-max_length:] for e in examples]
+    generations = generate(lm, prompts, batch_size, max_new_tokens, progress)
     extracted = [extract_answer(text, answer_pattern) for text in generations]
     correct = [answers_match(found, example.meta["answer"]) for found, example in zip(extracted, examples)]
     samples = [
@@ -110,7 +121,11 @@ def exact_match(
 
 @torch.no_grad()
 def generate(
-    lm: LoadedModel, prompts: Sequence[Sequence[int]], batch_size: int = 16, max_new_tokens: int = 128
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    progress: bool = True,
 ) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, stop at eos), decoded."""
     tokenizer = lm.tokenizer
@@ -120,7 +135,7 @@ def generate(
     was_training = lm.model.training
     lm.model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", leave=False):
+        for start in tqdm(range(0, len(order), batch_size), desc="generate", leave=False, disable=not progress):
             positions = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in positions)
             input_ids = torch.full((len(positions), width), tokenizer.pad_token_id, dtype=torch.long)

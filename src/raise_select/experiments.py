@@ -252,7 +252,7 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
     output = Path(output)
     _check_resumable(output, config)
     check_output(output, COMPARISON)
-    bench = bench or Workbench.build(config)
+    bench = bench or Workbench.build(config, progress=progress)
     budgets = _budget_list(config, len(bench.pool))
     write_text(output / CONFIG_FILE, dump_config(config))  # after the set-up: a failed one leaves no folder
     full_steps = full_data_steps(len(bench.pool), config.train)

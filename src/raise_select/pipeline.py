@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .callbacks import Callback, with_progress
+from .callbacks import Callback, progress_bars, with_progress
 from .config import Config, ModelConfig, dump_config, validate
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
@@ -46,6 +46,7 @@ from .run_folders import (
     METRICS_FILE,
     SELECTIONS_FILE,
     SUMMARY_FILE,
+    RunResult,
     check_output,
 )
 
@@ -96,13 +97,15 @@ class Workbench:
             self.base_weights = self.lm.snapshot()
 
     @classmethod
-    def build(cls, config: Config) -> Workbench:
+    def build(cls, config: Config, progress: bool = True) -> Workbench:
+        """Check ``config``, then load the pool, the target and the model (``progress``: show loading bars)."""
         validate(config)  # the same one-line errors as the CLI, before any data or model is loaded
         seed_everything(config.seed)
         pool = build_pool(config.pool, seed=config.seed)
         resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work
         target = build_target(config.target, seed=config.seed)
-        lm = load_model(config.model, seed=config.seed)
+        with progress_bars(progress):
+            lm = load_model(config.model, seed=config.seed)
         max_length = config.pool.max_length
         pool_tokens = tokenize_examples(pool.examples, lm.tokenizer, max_length)
         validation_tokens = tokenize_examples(list(target.validation), lm.tokenizer, max_length)
@@ -118,15 +121,16 @@ class Workbench:
         self.lm.restore(self.base_weights)  # features describe the pool under the BASE model
         aux = self.lm
         if feature_config.aux_model and feature_config.aux_model != self.config.model.name:
-            aux = load_model(
-                ModelConfig(
-                    name=feature_config.aux_model,
-                    finetune="full",
-                    precision=self.config.model.precision,
-                    device=self.config.model.device,
-                ),
-                seed=self.config.seed,
-            )
+            with progress_bars(progress):
+                aux = load_model(
+                    ModelConfig(
+                        name=feature_config.aux_model,
+                        finetune="full",
+                        precision=self.config.model.precision,
+                        device=self.config.model.device,
+                    ),
+                    seed=self.config.seed,
+                )
         max_length = self.config.pool.max_length
         self.features = compute_static_features(
             aux,
@@ -187,7 +191,8 @@ class Workbench:
         config.pool.max_length = settings.proxy_max_length or config.pool.max_length
         config.train.decision_interval = settings.proxy_decision_interval or config.train.decision_interval
         same_model = config.model == self.config.model
-        lm = self.lm if same_model else load_model(config.model, seed=config.seed)
+        with progress_bars(progress):
+            lm = self.lm if same_model else load_model(config.model, seed=config.seed)
         max_length = config.pool.max_length
         return Workbench(
             config,
@@ -270,22 +275,6 @@ def _selection_record(pool: Pool, decision: int, step: int, indices: np.ndarray,
         "helpful": [e.meta.get("helpful") for e in examples],
         "corrupted": [e.meta.get("corrupted") for e in examples],
     }
-
-
-@dataclass
-class RunResult:
-    """The numbers of one fine-tuning run (also written to its folder)."""
-
-    method: str
-    seed: int
-    budget_steps: int
-    validation_loss_initial: float
-    validation_loss_final: float
-    test: dict | None
-    steps: int
-    tokens: int
-    seconds: float
-    output: Path | None  # the run folder (None: run without one)
 
 
 def run_finetune(
@@ -397,6 +386,7 @@ def run_finetune(
                 config.pool.max_length,
                 batch_size=config.train.eval_batch_size,
                 max_new_tokens=config.target.max_new_tokens,
+                progress=progress,
             )
         write_json(
             folder / EVALUATION_FILE,

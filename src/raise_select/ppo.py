@@ -20,30 +20,30 @@ Advantages (``raise.baseline``):
   fitted per update): the return-to-go regressed on a basis of the stage features (progress,
   validation loss relative to the start, its latest change) over the OTHER episodes of the batch.
   It also removes what the state explains: a run whose loss is already low has less left to gain,
-  so a per-step baseline alone makes good early decisions count against the later ones. With
-  lambda = 1 it beat the group baseline over three selector seeds on the testbed (README); greedy
-  picks still drift away from helpful data late in an episode.
+  so a per-step baseline alone makes good early decisions count against the later ones.
 * ``critic``: classic GAE with the learned critic V(s).
 
 Episode head (``raise.head_dims`` > 0, see ``raise_policy``): each episode's head weights are drawn
-at its start and stored in its buffer; after the batch, ``head_update`` moves the head's mean by one
-separable-NES step (Wierstra et al. 2014; natural gradient of a Gaussian's mean with rank-based
-fitness shaping, as in OpenAI-ES): ``mean += head_learning_rate * std * sum_e u_e eps_e`` with
-``eps_e`` the standardized draw and ``u_e`` the centered rank of episode e's return. It is not a PPO
-parameter: a clipped ratio on a k-dimensional Gaussian lets the mean move only a few percent of its
-std per update, far too slowly for a few dozen episodes. With ``raise.head_antithetic`` the draws come
-in mirrored pairs, ``mean + std * eps`` and ``mean - std * eps``, played with the same seed (mirrored
-sampling with common random numbers, as in Salimans et al. 2017): the pair's return difference is
-the head's effect along ``eps``, with the sampler's and the environment's noise shared.
-With ``raise.head_update=regression`` the step uses every decision rather than four whole-episode
-returns: what a decision's reward depends on is the data it trained on, and the draw reaches it only
-through the noisy Plackett-Luce picks. ``response_surface_step`` fits each decision's reward on the mean
-head features of its picks (ridge, one intercept per position in the episode) and moves the mean
-along the fitted slope, ``head_learning_rate * std`` at a time (steepest ascent, Box & Wilson 1951).
-The fit is on this update's decisions only: the reward is not linear in the composition over the
-whole pool, so only a local fit, around where the policy now chooses, points the right way. It
-suits episodes of a few decisions whose rewards each reflect their own picks (SmolLM2's proxy); on
-the testbed's 24 one-update decisions per episode it learns less than NES (README).
+at its start and stored in its buffer; after the batch, ``head_update`` moves the head's mean. It is
+not a PPO parameter: a clipped ratio on a k-dimensional Gaussian lets the mean move only a few
+percent of its std per update, far too slowly for a few dozen episodes.
+
+* ``nes``: one separable-NES step (Wierstra et al. 2014; natural gradient of a Gaussian's mean with
+  rank-based fitness shaping, as in OpenAI-ES): ``mean += head_learning_rate * std * sum_e u_e eps_e``
+  with ``eps_e`` the standardized draw and ``u_e`` the centered rank of episode e's return. With
+  ``raise.head_antithetic`` the draws come in mirrored pairs, ``mean + std * eps`` and
+  ``mean - std * eps``, played with the same seed (mirrored sampling with common random numbers, as
+  in Salimans et al. 2017): the pair's return difference is the head's effect along ``eps``, with
+  the sampler's and the environment's noise shared.
+* ``regression``: the step uses every decision rather than the batch's whole-episode returns: what a
+  decision's reward depends on is the data it trained on, and the draw reaches it only through the
+  noisy Plackett-Luce picks. ``response_surface_step`` fits each decision's reward on the mean head
+  features of its picks (ridge, one intercept per position in the episode) and moves the mean along
+  the fitted slope, ``head_learning_rate * std`` at a time (steepest ascent, Box & Wilson 1951). The
+  fit is on this update's decisions only: the reward is not linear in the composition over the whole
+  pool, so only a local fit, around where the policy now chooses, points the right way. It suits
+  episodes of a few decisions whose rewards each reflect their own picks; where single rewards are
+  mostly noise (many one-update decisions per episode), ``nes`` is the better step.
 
 The critic is trained whatever the baseline (its value loss is logged); advantages are normalized over
 the whole batch. Ratios are clipped per pick (see ``RaiseSelector.pick_log_probs``), and an update
@@ -63,7 +63,7 @@ which is the exact gradient (the loss depends on theta only through s) with memo
 
 Outputs in ``output_dir``: ``episodes.jsonl`` (one row per episode, with its update's statistics),
 ``checkpoint.pt`` (atomic, after every update; ``resume=True`` continues bit-for-bit) and
-``selector/`` (the artifact).
+``selector/`` (the artifact). The method as a whole: ``docs/method.md``.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -199,6 +200,25 @@ class FolderSwap:
         if self.previous is not None:
             os.replace(self.previous, self.folder)
         self.done = True
+
+
+# ----------------------------------------------------------------------------- a finetune run's result
+
+
+@dataclass
+class RunResult:
+    """The numbers of one fine-tuning run (:func:`pipeline.run_finetune`; also written to its folder)."""
+
+    method: str
+    seed: int
+    budget_steps: int
+    validation_loss_initial: float
+    validation_loss_final: float
+    test: dict | None
+    steps: int
+    tokens: int
+    seconds: float
+    output: Path | None  # the run folder (None: run without one)
 
 
 # ----------------------------------------------------------------------------- naming

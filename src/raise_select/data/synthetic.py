@@ -325,7 +325,7 @@ def parse_synthetic_model_name(name: str) -> int | None | bool:
     return int(match.group(1)) if match else False
 
 
-def _build_model(folder: Path, pretrain_seed: int = _PRETRAIN_SEED, progress: bool = True) -> None:
+def _build_model(folder: Path, pretrain_seed: int = _PRETRAIN_SEED) -> None:
     """Pre-train the tiny Llama (see the module docstring) and save it with its tokenizer into ``folder``.
 
     Runs on one thread (``torch.set_num_threads(1)``, restored afterwards): a multi-threaded float
@@ -355,10 +355,7 @@ def _build_model(folder: Path, pretrain_seed: int = _PRETRAIN_SEED, progress: bo
             optimizer = torch.optim.AdamW(model.parameters(), lr=_PRETRAIN_LR, weight_decay=0.0)
             warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / _PRETRAIN_WARMUP))
             batches = _pretraining_batches(tokenizer, random.Random(pretrain_seed))
-            steps = tqdm(
-                range(_PRETRAIN_STEPS), desc="pre-training the synthetic model", unit="step", disable=not progress
-            )
-            for _ in steps:
+            for _ in tqdm(range(_PRETRAIN_STEPS), desc="pre-training the synthetic model", unit="step"):
                 tokens = next(batches)
                 loss = model(input_ids=tokens, labels=tokens).loss
                 optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,8 @@
 """Selectors: the learned RAISE policy and the baselines it is compared against.
 
 ``SELECTORS`` maps every name the CLI accepts to a one-line description (taken from each class's
-docstring); :func:`build_selector` constructs one by name.
+docstring); :func:`build_selector` constructs one by name. The ``Selector`` protocol and what a
+selector reads (``SelectionContext``, ``EnvState``) are in :mod:`raise_select.protocol`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from ..protocol import EnvState, Explains, HasClusters, SelectionContext, Selector
 from .baselines import (
     HighLossSelector,
     HighPerplexitySelector,
@@ -23,6 +23,7 @@ from .simple import FullDataSelector, OracleSelector, RandomSelector
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..protocol import Selector
 
 _BASELINE_CLASSES = (
     RandomSelector,
@@ -55,6 +56,3 @@ def build_selector(name: str, config: Config) -> Selector:
         if cls.name == name:
             return cls()
     raise UserError(f"unknown selector '{name}'; valid selectors: {', '.join(SELECTORS)}")
-
-
-__all__ = ["SELECTORS", "EnvState", "Explains", "HasClusters", "SelectionContext", "Selector", "build_selector"]
