@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # The public names and the module each comes from: the one export list (``__all__`` is made from it;
 # the TYPE_CHECKING imports at the end mirror it for type checkers, and tests/test_api.py checks they agree).

@@ -77,7 +77,7 @@ from sklearn.metrics import pairwise_distances_argmin
 from torch import nn
 from torch.nn import functional as F
 
-from .. import __version__
+from .._version import __version__
 from ..config import RaiseConfig
 from ..errors import UserError
 from ..features import StaticFeatures
