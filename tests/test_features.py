@@ -235,3 +235,34 @@ def test_target_similarity_is_the_cosine_to_the_target_mean():
     assert extended.names[-1] == "target_similarity" and extended.values.shape == (3, 5)
     np.testing.assert_allclose(extended.column("target_similarity"), [1.0, 0.0, -1.0], atol=1e-6)
     assert base.values.shape == (3, 4)  # the cached features are not modified
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_reference_losses_are_the_pool_losses_after_tuning_on_validation_and_restore_the_weights(tiny_folder, lora):
+    """reference_losses = the pool's losses under the model after `steps` AdamW steps on validation batches,
+    replayed by hand with the same seed; the weights come back bit-exact and the model's mode is kept."""
+    from raise_select.features import reference_losses
+
+    pool, validation = EXAMPLES[:6], EXAMPLES[6:]
+    reference_model = tiny_lm(tiny_folder, lora=lora)
+    pool_tokens = tokenize_examples(pool, reference_model.tokenizer, MAX_LENGTH)
+    validation_tokens = tokenize_examples(validation, reference_model.tokenizer, MAX_LENGTH)
+    before = {name: value.clone() for name, value in reference_model.model.state_dict().items()}
+    got = reference_losses(reference_model, pool_tokens, validation_tokens, 3, 1e-2, 2, seed=5, progress=False)
+    assert reference_model.model.training
+    for name, value in reference_model.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+    by_hand = tiny_lm(tiny_folder, lora=lora)
+    rows = np.random.default_rng(5)
+    torch.manual_seed(5)
+    optimizer = torch.optim.AdamW(by_hand.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(3):
+        batch = validation_tokens.collate(np.sort(rows.choice(4, size=2, replace=False)).tolist(), 0)
+        loss = per_example_loss(by_hand, batch).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    by_hand.model.eval()
+    np.testing.assert_allclose(got, single_loss(by_hand, pool), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, single_loss(reference_model, pool), rtol=1e-3)  # tuning moved them

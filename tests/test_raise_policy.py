@@ -279,3 +279,24 @@ def test_the_episode_head_adds_a_linear_term_sampled_in_training_and_its_mean_wh
     with pytest.raises(UserError, match="raise.head_dims=5 exceeds the 4 named static feature columns"):
         make_selector(features, head_dims=5)  # the head never reads the embedding
     assert make_selector(features).head_dims == len(features.names)  # None: every named column
+
+
+def test_a_saved_selector_reads_its_own_columns_by_name(tmp_path):
+    """A run may compute more named columns (reference_loss) than a selector was trained on: it reads its own."""
+    features = make_features()
+    trained = make_selector(features, head_dims=None)
+    folder = save_selector(trained.to_artifact(), tmp_path / "selector")
+    extra = np.random.default_rng(1).normal(size=(features.values.shape[0], 1)).astype(np.float32)
+    wider = replace(features, names=(*features.names, "reference_loss"), values=np.hstack([features.values, extra]))
+    loaded = RaiseSelector.load(folder)
+    loaded.setup(make_context(features=wider))
+    assert loaded.head_dims == len(features.names) and loaded.features.names == features.names
+    state = make_state(120)
+    torch.testing.assert_close(
+        loaded.pool_scores(stage_features(state), state.selection_counts),
+        trained.pool_scores(stage_features(state), state.selection_counts),
+    )
+    trained_wide = make_selector(wider)
+    wide_folder = save_selector(trained_wide.to_artifact(), tmp_path / "wide")
+    with pytest.raises(UserError, match="selector expects features .*reference_loss.*set features.reference_steps > 0"):
+        RaiseSelector.load(wide_folder).setup(make_context(features=features))
