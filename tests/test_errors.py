@@ -328,7 +328,8 @@ def _cache_is_a_file(monkeypatch, ws):
     blocker = ws / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("RAISE_SELECT_CACHE", str(blocker))
-    argv = ["finetune", "--output", str(ws / "new"), "model.name=synthetic-tiny@seed5"]  # a variant is built in the cache
+    # a variant is built in the cache
+    argv = ["finetune", "--output", str(ws / "new"), "model.name=synthetic-tiny@seed5"]
     return argv, [str(blocker), "set RAISE_SELECT_CACHE to a writable folder"]
 
 

@@ -251,7 +251,6 @@ def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarra
     )
 
 
-
 def reference_losses(
     lm: LoadedModel,
     pool_tokens: TokenizedSet,

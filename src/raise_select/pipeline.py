@@ -165,7 +165,9 @@ class Workbench:
             )
             self.features = with_reference_loss(self.features, reference)
             # the reference's training steps (forward + backward: 3x) and one more pass over the pool
-            batch_tokens = self.validation_tokens.lengths.mean() * min(self.config.train.batch_size, len(self.validation_tokens))
+            batch_tokens = self.validation_tokens.lengths.mean() * min(
+                self.config.train.batch_size, len(self.validation_tokens)
+            )
             forward += pool + 3 * int(feature_config.reference_steps * batch_tokens)
         size = aux.parameter_count() / self.lm.parameter_count()
         tokens = round(forward * forward_token_weight(self.config.model) * size)

@@ -387,9 +387,7 @@ class RaiseSelector:
             )
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
-            self.policy = AcquisitionMLP(
-                static_size, self.config.hidden_size, self.head_dims, self.config.head_std
-            )
+            self.policy = AcquisitionMLP(static_size, self.config.hidden_size, self.head_dims, self.config.head_std)
             self.critic = Critic(self.config.hidden_size)
         if self.artifact is None:
             self._fit_to_pool(features, context.seed)
