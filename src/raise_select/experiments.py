@@ -38,6 +38,7 @@ from .run_folders import (
     FolderSwap,
     check_output,
     comparison_run_dir,
+    interrupted_parts,
     load_run,
     output_lock,
     read_episodes,
@@ -263,6 +264,9 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
         check_rollout_workers(config)
     _check_resumable(output, config)
     check_output(output, COMPARISON)
+    for part in interrupted_parts(output):  # what a killed run of this comparison left: cleaned up under its lock
+        with output_lock(part, "compare"):
+            pass
     bench = bench or Workbench.build(config, progress=progress)
     budgets = _budget_list(config, len(bench.pool))
     write_text(output / CONFIG_FILE, dump_config(config))  # after the set-up: a failed one leaves no folder

@@ -374,6 +374,24 @@ def clean_interrupted(folder: Path) -> None:
                     shutil.rmtree(path)
 
 
+_LEFTOVER_OF = re.compile(r"\.(.+)\.(?:[a-z0-9_]{8}\.tmp|old-\d+|lock)")  # group 1: the folder it belongs to
+
+
+def interrupted_parts(comparison: Path) -> list[Path]:
+    """The folders of a comparison (its selector trainings and runs) that a killed command left
+    temporary siblings or a lock file of: taking their lock (:func:`output_lock`) cleans them up."""
+    comparison = Path(comparison)
+    parts = set()
+    for parent in (comparison, comparison / RUNS_DIR):
+        if parent.is_dir():
+            with user_path(parent, "read"):
+                for entry in parent.iterdir():
+                    match = _LEFTOVER_OF.fullmatch(entry.name)
+                    if match and (entry.is_dir() or entry.name.endswith(".lock")):
+                        parts.add(parent / match.group(1))
+    return sorted(parts)
+
+
 class FolderSwap:
     """Replace ``folder`` in place, keeping its old contents until :meth:`commit`.
 
