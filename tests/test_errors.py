@@ -692,3 +692,18 @@ def test_skipped_records_are_counted_on_stderr_in_the_run_folder_and_the_report(
     assert summary["skipped_records"] == 1 and "latin1.jsonl:4: not UTF-8" in summary["skipped_reasons"][0]
     assert main(["report", str(tmp_path / "run")]) == 0
     assert note in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name, new_folder", [("training", "empty"), ("run", "missing")])
+def test_a_folder_moved_aside_by_a_killed_run_comes_back(ws, tmp_path, name, new_folder):
+    """Killed (-9) after the old folder was moved aside: before the first new episode of --overwrite
+    (the new folder still empty), or between a finetune's two renames (no folder): the next command
+    into it puts the old folder back and drops the unfinished run."""
+    shutil.copytree(ws / name, tmp_path / f".{name}.old-999999")
+    (tmp_path / f".{name}.abcd1234.tmp").mkdir()
+    if new_folder == "empty":
+        (tmp_path / name).mkdir()
+    with run_folders.output_lock(tmp_path / name, "finetune"):
+        pass
+    assert sorted(os.listdir(tmp_path)) == [name]
+    assert snapshot(tmp_path / name) == snapshot(ws / name)
