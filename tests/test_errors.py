@@ -13,6 +13,9 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,6 +94,27 @@ def _nan_selector(ws):
         first = sorted(k for k in tensors if k.startswith("policy."))[0]
         tensors[first] = torch.full_like(tensors[first], float("nan"))
         save_file(tensors, str(folder / "weights.safetensors"), metadata={"format": "raise-select-selector"})
+    return folder
+
+
+def _training_of(ws, episodes: int):
+    """A copy of the workspace's selector training continued to ``episodes`` episodes."""
+    folder = ws / f"training-{episodes}"
+    if not folder.exists():
+        shutil.copytree(ws / "training", folder)
+        argv = ["train-selector", "--resume", "--output", str(folder), f"raise.episodes={episodes}"]
+        assert main(_run(ws, [*argv, "raise.episode_steps=2"])) == 0
+    return folder
+
+
+def _with_user_files(ws, name: str):
+    """A copy of one of the workspace's folders where a user put a note and a file among the plots."""
+    folder = ws / f"{name}-with-notes"
+    if not folder.exists():
+        shutil.copytree(ws / name, folder)
+        (folder / "notes.txt").write_text("my notes")
+        (folder / "plots").mkdir(exist_ok=True)
+        (folder / "plots" / "mine.csv").write_text("a,b\n")
     return folder
 
 
@@ -187,6 +211,28 @@ CASES = {
             ],
         ),
         ["different train.batch_size"],
+    ),
+    "resume with fewer episodes than played": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                str(_training_of(ws, 4)),
+                "raise.episodes=2",
+                "raise.episode_steps=2",
+            ],
+        ),
+        ["--resume", "already played 4 episodes", "raise.episodes=2", "pass raise.episodes=4 or more"],
+    ),
+    "finetune re-run over a run folder holding a user's files": (
+        lambda ws: _run(ws, ["finetune", "--output", str(_with_user_files(ws, "run"))]),
+        ["holds files a finetune run folder does not write", "notes.txt", "plots/mine.csv", "move them out"],
+    ),
+    "overwrite of a selector training holding a user's files": (
+        lambda ws: _run(ws, ["train-selector", "--overwrite", "--output", str(_with_user_files(ws, "training"))]),
+        ["holds files a selector-training folder", "notes.txt", "plots/mine.csv", "move them out"],
     ),
     "resume and overwrite together": (
         lambda ws: _run(ws, ["train-selector", "--resume", "--overwrite", "--output", str(ws / "training")]),
@@ -328,12 +374,8 @@ def _cache_is_a_file(monkeypatch, ws):
     blocker = ws / "cache-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("RAISE_SELECT_CACHE", str(blocker))
-    argv = [
-        "finetune",
-        "--output",
-        str(ws / "new"),
-        "model.name=synthetic-tiny@seed5",
-    ]  # a variant is built in the cache
+    # a variant is built in the cache
+    argv = ["finetune", "--output", str(ws / "new"), "model.name=synthetic-tiny@seed5"]
     return argv, [str(blocker), "set RAISE_SELECT_CACHE to a writable folder"]
 
 
@@ -543,3 +585,125 @@ def test_comparison_interrupted_while_training_its_selector_resumes(ws, tmp_path
     assert kept == (["config.yaml"] if interrupt_at == 1 else ["config.yaml", "selector-s0"])
     assert main(argv) == 0
     assert len((tmp_path / "comparison" / "selector-s0" / "episodes.jsonl").read_text().splitlines()) == 4
+
+
+# -- concurrent and interrupted commands: real processes --------------------------------------------
+
+LONG_RUN = "train.budget_steps=400"  # long enough to be caught in the middle (a few seconds on the testbed)
+
+
+def _start(ws, argv) -> subprocess.Popen:
+    command = [sys.executable, "-m", "raise_select.cli", *_run(ws, argv)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert process.poll() is None, f"the command ended before {what}: {process.stderr.read()}"
+        assert time.monotonic() < deadline, f"no {what} after 60 s"
+        time.sleep(0.05)
+
+
+def _lock_record(folder) -> dict | None:
+    try:
+        return json.loads(run_folders.lock_path(folder).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_busy_output_is_refused_naming_the_holder(ws, tmp_path, capsys):
+    """A second command into a folder another one is writing: one line naming the holder, nothing
+    changed; once the holder is killed (-9) its lock file is stale and the next command takes it over."""
+    shutil.copytree(ws / "run", tmp_path / "run")
+    holder = _start(ws, ["finetune", "--output", str(tmp_path / "run"), LONG_RUN])
+    try:
+        _wait_for(lambda: _lock_record(tmp_path / "run"), holder, "lock")
+        before = snapshot(tmp_path / "run")
+        for argv in (
+            _run(ws, ["finetune", "--output", str(tmp_path / "run")]),
+            _run(ws, ["compare", "--output", str(tmp_path / "sub" / ".." / "run")]),  # the same folder, spelt otherwise
+            ["report", str(tmp_path / "run")],
+        ):
+            capsys.readouterr()
+            expected = ["is in use by raise-select finetune", f"(pid {holder.pid} ", "started ", "wait for it"]
+            assert_one_line_error(main(argv), capsys.readouterr(), expected)
+            assert snapshot(tmp_path / "run") == before
+        assert not (tmp_path / "sub").exists()
+        holder.kill()
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert _lock_record(tmp_path / "run")["pid"] == holder.pid  # left behind by the killed holder
+    assert main(_run(ws, ["finetune", "--output", str(tmp_path / "run")])) == 0
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # stale lock file and the killed run's staging folder gone
+
+
+@pytest.mark.parametrize(
+    "command, signal_number",
+    [("finetune", signal.SIGTERM), ("compare", signal.SIGHUP)],
+)
+def test_termination_signals_unwind_like_ctrl_c(ws, tmp_path, command, signal_number):
+    """SIGTERM/SIGHUP in the middle of a run: exit 128+N, the finished folder byte-identical, no
+    temporary folder or lock file left; leftovers of a run killed with -9 go with the next run."""
+    folder = tmp_path / "output"
+    if command == "finetune":
+        shutil.copytree(ws / "run", folder)
+        argv, staging_parent = ["finetune", "--output", str(folder), LONG_RUN], tmp_path
+    else:  # a finished comparison extended by a method whose run is long
+        shutil.copytree(ws / "comparison", folder)
+        argv = ["compare", "--output", str(folder), "compare.methods=[random,full]", "compare.seeds=[0]"]
+        argv += ["compare.budget_steps=[2]", "compare.test_metric=false"]
+        staging_parent = folder / "runs"
+    (folder / ".config.yaml.abcd1234.tmp").write_text("an atomic write killed with -9")
+    killed_run = staging_parent / f".{'output' if command == 'finetune' else 'random-2steps-s0'}.zz99yy88.tmp"
+    killed_run.mkdir()
+    process = _start(ws, argv)
+    try:
+        _wait_for(lambda: any(p.suffix == ".tmp" and p != killed_run for p in staging_parent.iterdir()), process, "run")
+        assert not killed_run.exists() and not (folder / ".config.yaml.abcd1234.tmp").exists()
+        before = snapshot(tmp_path)
+        before = {k: v for k, v in before.items() if ".tmp" not in k and ".lock" not in k}
+        process.send_signal(signal_number)
+        assert process.wait(timeout=30) == 128 + signal_number
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr.read().strip() == f"interrupted by {signal.Signals(signal_number).name}"
+    assert snapshot(tmp_path) == before
+
+
+def test_skipped_records_are_counted_on_stderr_in_the_run_folder_and_the_report(ws, tmp_path, caplog):
+    """pool.on_error=skip: one warning (stderr in the CLI) with the count and the first reasons, the
+    same in summary.json and report.md."""
+    argv = _run(ws, ["finetune", "--output", str(tmp_path / "run"), "--pool", str(_bad_utf8_pool(ws))])
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "pool.on_error=skip", "--no-test"]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and len(warnings[0].splitlines()) == 1, warnings
+    note = warnings[0]
+    assert note.startswith("pool.on_error=skip dropped 1 malformed record from the pool: ")
+    assert "latin1.jsonl:4: not UTF-8" in note
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_records"] == 1 and "latin1.jsonl:4: not UTF-8" in summary["skipped_reasons"][0]
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert note in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name, new_folder", [("training", "empty"), ("run", "missing")])
+def test_a_folder_moved_aside_by_a_killed_run_comes_back(ws, tmp_path, name, new_folder):
+    """Killed (-9) after the old folder was moved aside: before the first new episode of --overwrite
+    (the new folder still empty), or between a finetune's two renames (no folder): the next command
+    into it puts the old folder back and drops the unfinished run."""
+    shutil.copytree(ws / name, tmp_path / f".{name}.old-999999")
+    (tmp_path / f".{name}.abcd1234.tmp").mkdir()
+    if new_folder == "empty":
+        (tmp_path / name).mkdir()
+    with run_folders.output_lock(tmp_path / name, "finetune"):
+        pass
+    assert sorted(os.listdir(tmp_path)) == [name]
+    assert snapshot(tmp_path / name) == snapshot(ws / name)

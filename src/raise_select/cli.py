@@ -15,10 +15,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,21 +125,12 @@ def _output(args, config, command: str) -> Path:
 
 
 def cmd_finetune(args) -> int:
-    from .environment import resolve_budget
-    from .pipeline import Workbench, run_finetune
-    from .run_folders import FINETUNE, check_output
-    from .selectors import build_selector
+    from .run_folders import output_lock
 
     config = _load(args)
     output = _output(args, config, "finetune")
-    check_output(output, FINETUNE)
-    selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
-    _record_policy_settings(args, config, selector)
-    bench = Workbench.build(config, progress=not args.no_progress)
-    budget = resolve_budget(len(bench.pool), config.train)
-    result = run_finetune(
-        bench, selector, output, budget, config.seed, test_metric=not args.no_test, progress=not args.no_progress
-    )
+    with output_lock(output, "finetune"):
+        result = _finetune(args, config, output)
     print(
         f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
         f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}"
@@ -143,6 +138,22 @@ def cmd_finetune(args) -> int:
     if result.test:
         print("test:", {k: v for k, v in result.test.items() if k != "samples"})
     return 0
+
+
+def _finetune(args, config, output: Path):
+    from .environment import resolve_budget
+    from .pipeline import Workbench, run_finetune
+    from .run_folders import FINETUNE, check_output
+    from .selectors import build_selector
+
+    check_output(output, FINETUNE)
+    selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
+    _record_policy_settings(args, config, selector)
+    bench = Workbench.build(config, progress=not args.no_progress)
+    budget = resolve_budget(len(bench.pool), config.train)
+    return run_finetune(
+        bench, selector, output, budget, config.seed, test_metric=not args.no_test, progress=not args.no_progress
+    )
 
 
 def _record_policy_settings(args, config, selector) -> None:
@@ -173,30 +184,33 @@ def _record_policy_settings(args, config, selector) -> None:
 def cmd_train_selector(args) -> int:
     from .experiments import check_resume, check_rollout_workers, train_raise_selector
     from .pipeline import Workbench
-    from .run_folders import SELECTOR_TRAINING, check_output
+    from .run_folders import SELECTOR_TRAINING, check_output, output_lock
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = _load(args)
     check_rollout_workers(config)
     output = _output(args, config, "train-selector")
-    check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
-    if args.resume:
-        check_resume(output, config)  # the cheap checks, before the model loads
-    bench = Workbench.build(config, progress=not args.no_progress)
-    artifact_dir = train_raise_selector(
-        bench, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-    )
+    with output_lock(output, "train-selector"):
+        check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            check_resume(output, config)  # the cheap checks, before the model loads
+        bench = Workbench.build(config, progress=not args.no_progress)
+        artifact_dir = train_raise_selector(
+            bench, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     print(f"selector written to {artifact_dir}; use: raise-select finetune --selector raise --policy {artifact_dir}")
     return 0
 
 
 def cmd_compare(args) -> int:
     from .experiments import run_comparison
+    from .run_folders import output_lock
 
     config = _load(args)
     output = _output(args, config, "compare")
-    run_comparison(config, output, progress=not args.no_progress)
+    with output_lock(output, "compare"):
+        run_comparison(config, output, progress=not args.no_progress)
     print(f"comparison written to {output} (results.md, results.csv, results.json)")
     return 0
 
@@ -211,9 +225,11 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     from .experiments import run_demo
+    from .run_folders import output_lock
 
     output = Path(args.output or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(output, quick=args.quick, progress=not args.no_progress)
+    with output_lock(output, "demo"):
+        report = run_demo(output, quick=args.quick, progress=not args.no_progress)
     print(f"demo finished; open {report}")
     return 0
 
@@ -267,10 +283,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds like Ctrl-C: temporary
+    folders are removed, a replaced folder is put back, the output lock is released."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+_TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _terminate(signal_number: int, frame) -> None:
+    for number in _TERMINATION_SIGNALS:  # a second signal must not cut the clean-up short
+        signal.signal(number, signal.SIG_IGN)
+    raise Terminated(signal_number)
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP unwind it like Ctrl-C (only the main thread can catch them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, _terminate) for number in _TERMINATION_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parse_args(argv)
-        return COMMANDS[args.command](args)
+        with _termination_as_interrupt():
+            args = parse_args(argv)
+            return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -282,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {os_error_message(error, 'use')}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        print(f"interrupted by {signal.Signals(stop.signal_number).name}", file=sys.stderr)
+        return 128 + stop.signal_number
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -38,7 +38,9 @@ from .run_folders import (
     FolderSwap,
     check_output,
     comparison_run_dir,
+    interrupted_parts,
     load_run,
+    output_lock,
     read_episodes,
     result_row,
     selector_training_dir,
@@ -138,11 +140,17 @@ def train_raise_selector(
     ``output`` must be empty, or hold a selector training and ``overwrite`` be set: the old folder
     is kept until the first new episode is saved, and restored if training fails before that.
     """
+    with output_lock(output, "train-selector"):
+        return _train_raise_selector(bench, Path(output), resume, overwrite, progress, callbacks)
+
+
+def _train_raise_selector(
+    bench: Workbench, output: Path, resume: bool, overwrite: bool, progress: bool, callbacks: Sequence[Callback]
+) -> Path:
     from .ppo import train_selector
     from .selectors.raise_policy import RaiseSelector
 
     config = bench.config
-    output = Path(output)
     check_rollout_workers(config)
     check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
     episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
@@ -239,6 +247,11 @@ def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
 
 def run_comparison(config: Config, output: Path, progress: bool = True, bench: Workbench | None = None) -> dict:
     """Every method x budget x seed at equal step budgets on one model, pool and target."""
+    with output_lock(output, "compare"):
+        return _run_comparison(config, Path(output), progress, bench)
+
+
+def _run_comparison(config: Config, output: Path, progress: bool, bench: Workbench | None) -> dict:
     from .analysis import comparison_results, results_markdown
 
     if not config.compare.methods:
@@ -249,9 +262,11 @@ def run_comparison(config: Config, output: Path, progress: bool = True, bench: W
             build_selector(method, config)
     if "raise" in methods and config.raise_.policy is None:
         check_rollout_workers(config)
-    output = Path(output)
     _check_resumable(output, config)
     check_output(output, COMPARISON)
+    for part in interrupted_parts(output):  # what a killed run of this comparison left: cleaned up under its lock
+        with output_lock(part, "compare"):
+            pass
     bench = bench or Workbench.build(config, progress=progress)
     budgets = _budget_list(config, len(bench.pool))
     write_text(output / CONFIG_FILE, dump_config(config))  # after the set-up: a failed one leaves no folder

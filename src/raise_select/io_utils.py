@@ -9,7 +9,9 @@ import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,15 +116,33 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
 
 def replace_folder(new: Path, folder: Path) -> None:
     """Rename ``new`` to ``folder``; an old ``folder`` is moved aside first (rename(2) cannot replace a
-    non-empty folder) and deleted only after."""
+    non-empty folder) and deleted only after. No interruption lands between the two renames."""
     with user_path(folder, "replace"):
         previous = None
-        if folder.exists():
-            previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, previous)
-        os.replace(new, folder)
+        with uninterrupted():
+            if folder.exists():
+                previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, previous)
+            os.replace(new, folder)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+
+
+_INTERRUPTING_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Defer Ctrl-C, SIGTERM and SIGHUP while the block runs (a few renames that must happen together);
+    they are delivered when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTING_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,10 +46,17 @@ from .run_folders import (
     LEDGER_FILE,
     METRICS_FILE,
     SELECTIONS_FILE,
+    SKIPPED_COUNT,
+    SKIPPED_FIRST,
+    SKIPPED_SHOWN,
     SUMMARY_FILE,
     RunResult,
     check_output,
+    output_lock,
+    skipped_records_note,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def default_output(command: str) -> Path:
@@ -102,6 +110,8 @@ class Workbench:
         validate(config)  # the same one-line errors as the CLI, before any data or model is loaded
         seed_everything(config.seed)
         pool = build_pool(config.pool, seed=config.seed)
+        if pool.skipped:
+            logger.warning(skipped_records_note(len(pool.skipped), pool.skipped))
         resolve_budget(len(pool), config.train)  # fail early on a budget or batch size that cannot work
         target = build_target(config.target, seed=config.seed)
         with progress_bars(progress):
@@ -319,92 +329,95 @@ def run_finetune(
     output = Path(output)
     # Written into a temporary sibling renamed over ``output`` when the run has finished: an old run
     # folder is replaced whole, and a failed or interrupted run leaves nothing behind.
-    check_output(output, FINETUNE)
-    with staged_folder(output) as folder:
-        write_text(folder / CONFIG_FILE, dump_config(config))
-        write_json(
-            folder / SUMMARY_FILE,
-            {
-                "method": selector.name,
-                "seed": seed,
-                "budget_steps": budget_steps,
-                "budget_fraction": budget_steps / bench.phi()["steps"],
-                "batch_size": config.train.batch_size,
-                "pool_size": len(bench.pool),
-                "model": config.model.name,
-                "target": bench.target.name,
-            },
-        )
-
-        state = env.reset(seed)
-        selector.reset(seed)
-        clusters = selector.clusters if isinstance(selector, HasClusters) else None
-        metrics_path, selections_path = folder / METRICS_FILE, folder / SELECTIONS_FILE
-        append_jsonl(
-            metrics_path,
-            {
-                "decision": 0,
-                "step": 0,
-                "train_loss": None,
-                "validation_loss": state.validation_loss,
-                "reward": None,
-                "seconds": 0.0,
-                "tokens": 0,
-            },
-        )
-        total_seconds, total_tokens, decision = 0.0, 0, 0
-        events = with_progress(callbacks, progress)
-        events.on_run_start(selector.name, -(-budget_steps // config.train.decision_interval))
-        while not env.done:
-            started = time.perf_counter()
-            indices = np.asarray(selector.select(state), dtype=np.int64)
-            selection_seconds = time.perf_counter() - started
-            step_before = state.step
-            result = env.step(indices)
-            decision += 1
-            total_seconds += selection_seconds + result.seconds
-            total_tokens += result.tokens
-            append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
-            metrics = {
-                "decision": decision,
-                "step": state.step,
-                "train_loss": result.train_loss,
-                "validation_loss": result.validation_loss,
-                "reward": result.reward,
-                "seconds": round(total_seconds, 4),
-                "tokens": total_tokens,
-                "selection_seconds": round(selection_seconds, 5),
-            }
-            append_jsonl(metrics_path, metrics)
-            if not events.on_decision_end(decision, metrics):
-                break  # a callback ended the run
-
-        final_validation = state.validation_history[-1]
-        test = None
-        if test_metric and len(bench.target.test):
-            test = evaluate_test(
-                bench.lm,
-                bench.target,
-                config.pool.max_length,
-                batch_size=config.train.eval_batch_size,
-                max_new_tokens=config.target.max_new_tokens,
-                progress=progress,
+    with output_lock(output, "finetune"):
+        check_output(output, FINETUNE)
+        with staged_folder(output) as folder:
+            write_text(folder / CONFIG_FILE, dump_config(config))
+            write_json(
+                folder / SUMMARY_FILE,
+                {
+                    "method": selector.name,
+                    "seed": seed,
+                    "budget_steps": budget_steps,
+                    "budget_fraction": budget_steps / bench.phi()["steps"],
+                    "batch_size": config.train.batch_size,
+                    "pool_size": len(bench.pool),
+                    "model": config.model.name,
+                    "target": bench.target.name,
+                    SKIPPED_COUNT: len(bench.pool.skipped),
+                    SKIPPED_FIRST: bench.pool.skipped[:SKIPPED_SHOWN],
+                },
             )
-        write_json(
-            folder / EVALUATION_FILE,
-            {
-                "validation_loss_initial": state.validation_history[0],
-                "validation_loss_final": final_validation,
-                "test": test,
-            },
-        )
-        phases = dict(extra_phases or {})
-        if selector.requires_features:
-            phases.setdefault("features", bench.feature_cost)
-        phases["finetune"] = PhaseCost(total_seconds, total_tokens)
-        write_json(folder / LEDGER_FILE, ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
-        if isinstance(selector, Explains):
-            write_explain_csv(folder / EXPLAIN_FILE, selector.explain(), bench.pool)
+
+            state = env.reset(seed)
+            selector.reset(seed)
+            clusters = selector.clusters if isinstance(selector, HasClusters) else None
+            metrics_path, selections_path = folder / METRICS_FILE, folder / SELECTIONS_FILE
+            append_jsonl(
+                metrics_path,
+                {
+                    "decision": 0,
+                    "step": 0,
+                    "train_loss": None,
+                    "validation_loss": state.validation_loss,
+                    "reward": None,
+                    "seconds": 0.0,
+                    "tokens": 0,
+                },
+            )
+            total_seconds, total_tokens, decision = 0.0, 0, 0
+            events = with_progress(callbacks, progress)
+            events.on_run_start(selector.name, -(-budget_steps // config.train.decision_interval))
+            while not env.done:
+                started = time.perf_counter()
+                indices = np.asarray(selector.select(state), dtype=np.int64)
+                selection_seconds = time.perf_counter() - started
+                step_before = state.step
+                result = env.step(indices)
+                decision += 1
+                total_seconds += selection_seconds + result.seconds
+                total_tokens += result.tokens
+                append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
+                metrics = {
+                    "decision": decision,
+                    "step": state.step,
+                    "train_loss": result.train_loss,
+                    "validation_loss": result.validation_loss,
+                    "reward": result.reward,
+                    "seconds": round(total_seconds, 4),
+                    "tokens": total_tokens,
+                    "selection_seconds": round(selection_seconds, 5),
+                }
+                append_jsonl(metrics_path, metrics)
+                if not events.on_decision_end(decision, metrics):
+                    break  # a callback ended the run
+
+            final_validation = state.validation_history[-1]
+            test = None
+            if test_metric and len(bench.target.test):
+                test = evaluate_test(
+                    bench.lm,
+                    bench.target,
+                    config.pool.max_length,
+                    batch_size=config.train.eval_batch_size,
+                    max_new_tokens=config.target.max_new_tokens,
+                    progress=progress,
+                )
+            write_json(
+                folder / EVALUATION_FILE,
+                {
+                    "validation_loss_initial": state.validation_history[0],
+                    "validation_loss_final": final_validation,
+                    "test": test,
+                },
+            )
+            phases = dict(extra_phases or {})
+            if selector.requires_features:
+                phases.setdefault("features", bench.feature_cost)
+            phases["finetune"] = PhaseCost(total_seconds, total_tokens)
+            write_json(folder / LEDGER_FILE, ledger(bench.phi(), phases, total_seconds / max(total_tokens, 1)))
+            if isinstance(selector, Explains):
+                write_explain_csv(folder / EXPLAIN_FILE, selector.explain(), bench.pool)
     result = RunResult(
         selector.name,
         seed,

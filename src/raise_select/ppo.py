@@ -634,6 +634,13 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
     if changed or payload["seed"] != seed:
         what = ", ".join(f"raise.{k}" for k in changed) or f"seed ({payload['seed']} vs {seed})"
         raise UserError(f"checkpoint {path} was written with a different {what}; resume with the original settings")
+    played = int(payload["episode"])
+    if config.episodes < played:
+        raise UserError(
+            f"--resume: {path.parent} has already played {played} episodes, more than raise.episodes="
+            f"{config.episodes}; pass raise.episodes={played} or more (only raise.episodes may grow), "
+            "or train into a new --output"
+        )
     return payload
 
 

@@ -54,12 +54,16 @@ from .run_folders import (
     REPORT_FILE,
     RESULTS_JSON,
     SELECTOR_DIR,
+    SKIPPED_COUNT,
+    SKIPPED_FIRST,
     load_run,
+    output_lock,
     read_config,
     read_episodes,
     read_selector_metadata,
     result_row,
     selector_trainings,
+    skipped_records_note,
 )
 
 TOP_FEATURES = 12  # features shown in the score-driver bars (ranked by their largest |rho|)
@@ -81,9 +85,10 @@ def write_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.md`` (and ``run_dir/plots/*.png``); return the report's path."""
     run_dir = Path(run_dir)
     kind = detect_kind(run_dir)
-    report = _Report(run_dir)
-    {"compare": _compare_report, "finetune": _finetune_report, "train-selector": _selector_report}[kind](report)
-    return write_text(run_dir / REPORT_FILE, report.render())
+    with output_lock(run_dir, "report"):
+        report = _Report(run_dir)
+        {"compare": _compare_report, "finetune": _finetune_report, "train-selector": _selector_report}[kind](report)
+        return write_text(run_dir / REPORT_FILE, report.render())
 
 
 class _Report:
@@ -137,7 +142,8 @@ def _compare_report(report: _Report) -> None:
     budgets = list(dict.fromkeys(format_budget(r.get("budget"), r.get("steps")) for r in summary))
     seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     # Run-independent fields only: budgets differ between the runs of a comparison.
-    shared_summary = {key: first_summary.get(key) for key in ("model", "target", "pool_size", "batch_size")}
+    shared = ("model", "target", "pool_size", "batch_size", SKIPPED_COUNT, SKIPPED_FIRST)
+    shared_summary = {key: first_summary.get(key) for key in shared}
     report.what_was_run = _describe_setup(config, shared_summary) + [
         f"methods: {', '.join(methods)}",
         f"budgets: {', '.join(budgets)} of full-data steps",
@@ -252,6 +258,8 @@ def _describe_setup(config: dict, summary: dict) -> list[str]:
             f"budget: {summary['budget_steps']} optimizer steps"
             + (f" ({format_budget(fraction)} of full-data steps)" if fraction is not None else "")
         )
+    if summary.get(SKIPPED_COUNT):
+        lines.append(skipped_records_note(summary[SKIPPED_COUNT], summary.get(SKIPPED_FIRST) or []))
     if not config:
         lines.append("config.yaml not found: setup taken from summary files only")
     return lines

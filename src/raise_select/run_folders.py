@@ -5,7 +5,8 @@ A **finetune run folder** (``finetune``; one run of a comparison, see :func:`pip
 
 ========================  =====================================================================
 ``config.yaml``           the resolved configuration
-``summary.json``          method, seed, budget (steps and fraction of full-data steps), pool size, model, target
+``summary.json``          method, seed, budget (steps and fraction of full-data steps), pool size, model, target,
+                          records dropped by ``pool.on_error=skip`` (count, first reasons)
 ``metrics.jsonl``         per decision: step, train loss, validation loss, reward, time, tokens
 ``selections.jsonl``      per decision: chosen indices, ids, sources, families, clusters, labels
 ``evaluation.json``       validation loss before/after and the test-split metric
@@ -43,21 +44,36 @@ Rules: a command writes into a missing or empty folder, or into a folder of its 
 ``finetune`` replaces its run folder whole after the new run has finished (:func:`io_utils.staged_folder`),
 ``compare`` reuses finished runs, ``train-selector`` needs ``--resume`` or ``--overwrite`` (and
 :class:`FolderSwap` keeps the old folder until the first new episode is saved). Anything else is
-refused with a one-line error naming ``--resume``/``--overwrite`` or another ``--output``.
+refused with a one-line error naming ``--resume``/``--overwrite`` or another ``--output``. A folder
+that a command would replace or overwrite must hold only the files its kind lists (:func:`foreign_entries`):
+files a user put there are never deleted, the command is refused instead.
+
+Every command holds :func:`output_lock` on its folder for its whole duration: a second command
+into the same folder is refused, and the temporary siblings an interrupted command left behind
+(``.<name>.*.tmp``, ``.<name>.old-<pid>``) are cleaned up (or the old folder put back) when the
+next one takes the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
+import json
 import os
+import re
 import shutil
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError
-from .io_utils import make_dirs, read_json, read_jsonl, user_path
+from .io_utils import make_dirs, os_error_message, read_json, read_jsonl, uninterrupted, user_path
 
 # -- file names (shared by every kind of folder)
 CONFIG_FILE = "config.yaml"
@@ -84,6 +100,9 @@ RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.
 RUNS_DIR = "runs"
 SELECTOR_SEED_PREFIX = "selector-s"
 
+SKIPPED_COUNT, SKIPPED_FIRST = "skipped_records", "skipped_reasons"  # summary.json keys (pool.on_error=skip)
+SKIPPED_SHOWN = 3  # how many reasons are kept and shown
+
 FINETUNE, SELECTOR_TRAINING, COMPARISON, SELECTOR, OTHER = (
     "finetune",
     "selector-training",
@@ -91,6 +110,15 @@ FINETUNE, SELECTOR_TRAINING, COMPARISON, SELECTOR, OTHER = (
     "selector",
     "other",
 )
+
+# What each kind of folder may hold (a trailing "/": a folder) besides the report's files; anything
+# else is a user's file that a replacing or overwriting command must not delete.
+_OWN_ENTRIES = {
+    FINETUNE: {CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, SELECTIONS_FILE, EVALUATION_FILE, LEDGER_FILE, EXPLAIN_FILE},
+    SELECTOR_TRAINING: {CONFIG_FILE, EPISODES_FILE, CHECKPOINT_FILE, LEDGER_FILE, SELECTOR_DIR + "/"},
+}
+_REPORT_ENTRIES = {REPORT_FILE, PLOTS_DIR + "/"}
+_SELECTOR_ENTRIES = {SELECTOR_FILE, SELECTOR_WEIGHTS_FILE}
 
 _DESCRIPTIONS = {
     FINETUNE: "a finetune run folder",
@@ -136,16 +164,16 @@ def check_output(folder: Path, kind: str, resume: bool = False, overwrite: bool 
     Also refuses a path that is a file, lies under a file, or cannot be written, before any work.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--output {folder} is a file; choose a folder path for --output")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise UserError(f"--output {folder} lies under the file {existing}; choose a folder path for --output")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"--output {folder}: {existing} is not writable; choose another --output or fix its permissions"
-        )
+    check_output_path(folder)
     found = folder_kind(folder)
+    if found == kind and (kind == FINETUNE or overwrite):  # the command would replace the folder
+        foreign = foreign_entries(folder, kind)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise UserError(
+                f"--output {folder} holds files {_DESCRIPTIONS[kind]} does not write ({shown}), which replacing "
+                "it would delete; move them out of the folder or choose another --output (nothing was written)"
+            )
     if kind == SELECTOR_TRAINING:
         if resume:
             if found != SELECTOR_TRAINING or not (folder / CHECKPOINT_FILE).is_file():
@@ -169,6 +197,201 @@ def check_output(folder: Path, kind: str, resume: bool = False, overwrite: bool 
     )
 
 
+def foreign_entries(folder: Path, kind: str) -> list[str]:
+    """The entries of ``folder`` (relative paths, folders with a trailing "/") that a command of
+    ``kind`` and ``report`` do not write: a user's files, which replacing the folder would delete."""
+    folder = Path(folder)
+    own = _OWN_ENTRIES[kind] | _REPORT_ENTRIES
+    foreign = []
+    with user_path(folder, "read"):
+        for entry in sorted(folder.iterdir()):
+            name = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+            if name not in own and not _is_own_leftover(entry.name, own):
+                foreign.append(name)
+            elif name == PLOTS_DIR + "/":
+                foreign += [f"{name}{p.name}" for p in sorted(entry.iterdir()) if p.suffix != ".png" or not p.is_file()]
+            elif name == SELECTOR_DIR + "/":
+                foreign += [
+                    f"{name}{p.name}" + ("/" if p.is_dir() else "")
+                    for p in sorted(entry.iterdir())
+                    if not (p.name in _SELECTOR_ENTRIES or _is_own_leftover(p.name, _SELECTOR_ENTRIES))
+                ]
+    return foreign
+
+
+_ATOMIC_WRITE_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # io_utils.atomic_write's temporary files
+
+
+def _is_own_leftover(name: str, own: set[str]) -> bool:
+    """A temporary file :func:`io_utils.atomic_write` left beside one of ``own`` when it was killed."""
+    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{o.rstrip('/')}.") for o in own)
+
+
+# ----------------------------------------------------------------------------- one command per folder
+
+_held_locks: dict[Path, int] = {}  # lock file -> its open descriptor, for the locks this process holds
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock file of a run folder: a hidden sibling, which survives the folder being replaced."""
+    folder = Path(folder).resolve()
+    return folder.with_name(f".{folder.name}.lock")
+
+
+def check_output_path(folder: Path) -> None:
+    """Refuse an ``--output`` that is a file, lies under a file, or cannot be written (nothing written)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--output {folder} is a file; choose a folder path for --output")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"--output {folder} lies under the file {existing}; choose a folder path for --output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"--output {folder}: {existing} is not writable; choose another --output or fix its permissions"
+        )
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while the block runs (the whole of a command ``command``).
+
+    The lock is ``flock(2)`` on :func:`lock_path`: the kernel releases it when the holder exits, however
+    it exits, so a lock file left by a killed run is simply taken over. A second command into the same
+    folder gets a one-line error naming the holder (pid, command, start time). Nested holders in one
+    process share the lock. Once it is held, what an interrupted earlier command left beside the
+    folder is cleaned up (:func:`clean_interrupted`). The lock file is removed when released.
+    """
+    folder = Path(folder)
+    check_output_path(folder)
+    path = lock_path(folder)
+    if path in _held_locks:  # a command's own step (a comparison's runs): the command holds it already
+        yield
+        return
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    make_dirs(path.parent)
+    descriptor = _acquire(path, folder, command)
+    try:
+        _held_locks[path] = descriptor
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
+        with user_path(path, "write"):
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, json.dumps(record).encode())
+        clean_interrupted(folder)
+        yield
+    finally:
+        _held_locks.pop(path, None)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked: a waiting process then sees a new file, not this one
+        os.close(descriptor)
+        for parent in created:  # parents made for the lock file alone (a refused command) go again
+            if not _remove_empty(parent):
+                break
+
+
+def _remove_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+        return True
+    except OSError:  # not empty (the command wrote there) or already gone
+        return False
+
+
+def _acquire(path: Path, folder: Path, command: str) -> int:
+    """Open and lock ``path``; retry when the holder removed it between our open and our lock."""
+    while True:
+        with user_path(path, "create the lock file"):
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(os_error_message(error, "lock", path)) from None
+            raise UserError(_busy_message(folder, path, command)) from None
+        try:
+            same = os.fstat(descriptor).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return descriptor
+        os.close(descriptor)  # the previous holder removed the file it had locked: lock the new one
+
+
+def _busy_message(folder: Path, path: Path, command: str) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder["started"])))
+        who = f"raise-select {holder['command']} (pid {holder['pid']} on {holder['host']}, started {started})"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "another raise-select command (just starting)"
+    if command == "report":
+        return f"{folder} is in use by {who}; wait for it to finish or stop it (nothing was written)"
+    return (
+        f"--output {folder} is in use by {who}; wait for it to finish or stop it, or choose another --output "
+        "(nothing was written)"
+    )
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child must not keep its parent's locks alive after the parent exits."""
+    for descriptor in _held_locks.values():
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+def clean_interrupted(folder: Path) -> None:
+    """Remove what an interrupted command left beside ``folder`` (call with its lock held): staging
+    folders ``.<name>.*.tmp`` of an unfinished run, and ``.<name>.old-<pid>``, the previous folder
+    moved aside while it was replaced, which is put back when ``folder`` is missing or empty; and in
+    ``folder``, the temporary files ``.<file>.*.tmp`` of unfinished atomic writes."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return
+    if folder_kind(folder) not in (None, OTHER):  # only in a folder of ours: a user's own files stay as they are
+        with user_path(folder, "clean up"):
+            for path in folder.iterdir():
+                if _ATOMIC_WRITE_LEFTOVER.fullmatch(path.name) and path.is_file():
+                    path.unlink()
+    name = re.escape(folder.name)
+    staging, moved_aside = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp"), re.compile(rf"\.{name}\.old-\d+")
+    with user_path(folder.parent, "clean up"):
+        for path in sorted(folder.parent.iterdir()):
+            if not path.is_dir() or path.is_symlink():
+                continue
+            if staging.fullmatch(path.name):
+                shutil.rmtree(path)
+            elif moved_aside.fullmatch(path.name):
+                if folder_kind(folder) is None:  # interrupted before the new folder had anything: the old comes back
+                    if folder.exists():
+                        folder.rmdir()
+                    os.replace(path, folder)
+                else:
+                    shutil.rmtree(path)
+
+
+_LEFTOVER_OF = re.compile(r"\.(.+)\.(?:[a-z0-9_]{8}\.tmp|old-\d+|lock)")  # group 1: the folder it belongs to
+
+
+def interrupted_parts(comparison: Path) -> list[Path]:
+    """The folders of a comparison (its selector trainings and runs) that a killed command left
+    temporary siblings or a lock file of: taking their lock (:func:`output_lock`) cleans them up."""
+    comparison = Path(comparison)
+    parts = set()
+    for parent in (comparison, comparison / RUNS_DIR):
+        if parent.is_dir():
+            with user_path(parent, "read"):
+                for entry in parent.iterdir():
+                    match = _LEFTOVER_OF.fullmatch(entry.name)
+                    if match and (entry.is_dir() or entry.name.endswith(".lock")):
+                        parts.add(parent / match.group(1))
+    return sorted(parts)
+
+
 class FolderSwap:
     """Replace ``folder`` in place, keeping its old contents until :meth:`commit`.
 
@@ -181,11 +404,11 @@ class FolderSwap:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.previous: Path | None = None
-        with user_path(self.folder, "replace"):
+        with user_path(self.folder, "replace"), uninterrupted():
             if self.folder.exists():
                 self.previous = self.folder.with_name(f".{self.folder.name}.old-{os.getpid()}")
                 os.replace(self.folder, self.previous)
-        make_dirs(self.folder)
+            self.folder.mkdir(parents=True)
         self.done = False
 
     def commit(self) -> None:
@@ -196,9 +419,10 @@ class FolderSwap:
     def rollback(self) -> None:
         if self.done:
             return
-        shutil.rmtree(self.folder, ignore_errors=True)
-        if self.previous is not None:
-            os.replace(self.previous, self.folder)
+        with uninterrupted():
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if self.previous is not None:
+                os.replace(self.previous, self.folder)
         self.done = True
 
 
@@ -219,6 +443,13 @@ class RunResult:
     tokens: int
     seconds: float
     output: Path | None  # the run folder (None: run without one)
+
+
+def skipped_records_note(count: int, first: list[str]) -> str:
+    """One line on the records ``pool.on_error=skip`` dropped (stderr, report)."""
+    problems = [reason.split("; ")[0] for reason in first[:SKIPPED_SHOWN]]  # "file:line: problem", without the fix
+    shown = " | ".join(problems) + (" | ..." if count > len(problems) else "")
+    return f"pool.on_error=skip dropped {count} malformed record{'s' if count != 1 else ''} from the pool: {shown}"
 
 
 # ----------------------------------------------------------------------------- naming
