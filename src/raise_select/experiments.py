@@ -181,7 +181,7 @@ def _train_raise_selector(
             callbacks=[first_episode, *callbacks],
             rollouts=rollouts,
             provenance={
-                "model": bench.lm.identity,
+                "model": bench.lm.portable_identity,
                 "pool_fingerprint": bench.pool.fingerprint(),
                 "target": bench.target.name,
                 "episode_steps": episode_steps,
@@ -218,7 +218,7 @@ def episodes_model(bench: Workbench, episodes_bench: Workbench) -> dict:
     lm = episodes_bench.lm
     return {
         "proxy": episodes_bench is not bench,
-        "model": lm.identity,
+        "model": lm.portable_identity,
         "num_layers": lm.config.num_layers,
         "max_length": episodes_bench.config.pool.max_length,
         "decision_interval": episodes_bench.config.train.decision_interval,

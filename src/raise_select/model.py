@@ -132,6 +132,12 @@ class LoadedModel:
         if self.config.num_layers is not None:  # a reduced copy is another model
             self.identity += f"|layers={self.config.num_layers}"
 
+    @property
+    def portable_identity(self) -> str:
+        """The model's name (and layer cut) without this machine's folder or file times: what provenance records."""
+        cut = f"|layers={self.config.num_layers}" if self.config.num_layers is not None else ""
+        return f"{self.name}{cut}"
+
     def parameter_count(self) -> int:
         """Weights the forward pass uses (tied input/output embeddings counted once)."""
         return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
