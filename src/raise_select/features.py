@@ -244,11 +244,7 @@ def with_target_similarity(features: StaticFeatures, target_embedding: np.ndarra
     centre = target_embedding.mean(axis=0)
     norms = np.linalg.norm(features.embedding, axis=1) * (np.linalg.norm(centre) or 1.0)
     similarity = (features.embedding @ centre) / np.where(norms > 0, norms, 1.0)
-    return replace(
-        features,
-        names=tuple(features.names) + ("target_similarity",),
-        values=np.column_stack([features.values, similarity]).astype(np.float32),
-    )
+    return with_column(features, "target_similarity", similarity)
 
 
 def reference_losses(
@@ -301,10 +297,10 @@ def reference_losses(
         lm.model.train(was_training)
 
 
-def with_reference_loss(features: StaticFeatures, losses: np.ndarray) -> StaticFeatures:
-    """Add the column ``reference_loss`` (:func:`reference_losses`)."""
+def with_column(features: StaticFeatures, name: str, values: np.ndarray) -> StaticFeatures:
+    """The same features with one more named difficulty column appended (``target_similarity``, ``reference_loss``)."""
     return replace(
         features,
-        names=tuple(features.names) + ("reference_loss",),
-        values=np.column_stack([features.values, losses]).astype(np.float32),
+        names=tuple(features.names) + (name,),
+        values=np.column_stack([features.values, values]).astype(np.float32),
     )

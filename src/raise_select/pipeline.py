@@ -32,7 +32,7 @@ from .features import (
     compute_static_features,
     embed_examples,
     reference_losses,
-    with_reference_loss,
+    with_column,
     with_target_similarity,
 )
 from .io_utils import append_jsonl, atomic_write, staged_folder, write_json, write_text
@@ -173,7 +173,7 @@ class Workbench:
                 seed=self.config.seed,
                 progress=progress,
             )
-            self.features = with_reference_loss(self.features, reference)
+            self.features = with_column(self.features, "reference_loss", reference)
             # the reference's training steps (forward + backward: 3x) and one more pass over the pool
             batch_tokens = self.validation_tokens.lengths.mean() * min(
                 self.config.train.batch_size, len(self.validation_tokens)
