@@ -345,7 +345,8 @@ def search_best_static(
     """The ``best_static`` mixture at ``steps``: every grid mixture of the pool's helpful families
     (:func:`~raise_select.selectors.mixtures.mixture_grid`) fine-tuned at each of ``seeds``, ranked by
     mean final validation loss. Returns ``{"steps", "seeds", "grid": [{"proportions", "validation_loss"}],
-    "best"}``, kept in ``record`` (when given) and read back from it when it holds the same search."""
+    "best"}``, kept in ``record`` (when given) and read back from it when it holds the same search.
+    A reference like the oracle: its runs are not charged to the comparison's ledger."""
     from .selectors.mixtures import FamilyMixtureSelector, helpful_families, mixture_grid
 
     grid = mixture_grid(helpful_families(bench.pool))
@@ -360,7 +361,7 @@ def search_best_static(
     for proportions in grid:
         losses = [
             run_finetune(
-                quiet_bench, FamilyMixtureSelector(proportions), None, steps, seed, test_metric=False, progress=False
+                quiet_bench, FamilyMixtureSelector(proportions), None, steps, seed, test_metric=False, progress=progress
             ).validation_loss_final
             for seed in seeds
         ]

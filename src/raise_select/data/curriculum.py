@@ -16,11 +16,13 @@ teach the target in two halves, and which half is worth training on depends on t
 * corrupted copies: the prerequisite's wording with the difference instead of the sum, and the
   target's form with a random wrong number.
 
-So a schedule (prerequisite first, finishing examples last: :data:`CURRICULUM_SCHEDULE`, which each
-helpful example carries as ``meta["schedule"]`` for the ``scheduled_oracle`` selector) beats every
-fixed mixture of the two families at the recipe's budget (``recipes/curriculum.yaml``); the
-premise is measured in ``bench/curriculum_premise.py`` and pinned in ``tests/test_curriculum.py``.
-The pool is generated in-process, deterministically, in milliseconds.
+The two helpful families share their prompts, so a fixed mixture keeps answering "the sum is" a
+share of the time to the end of the run, or leaves the skill to the few finishing examples. A
+schedule (prerequisite first, finishing examples last: :data:`CURRICULUM_SCHEDULE`, which each
+helpful example carries as ``meta["schedule"]`` for the ``scheduled_oracle`` selector) has neither
+problem; at the recipe's budget (``recipes/curriculum.yaml``) it beats every fixed mixture of the two
+families (``bench/curriculum_premise.py``, pinned cheaply in ``tests/test_curriculum.py``). The pool
+is generated in-process, deterministically, in a fraction of a second.
 """
 
 from __future__ import annotations
