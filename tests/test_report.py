@@ -343,6 +343,7 @@ def test_compare_report(tmp_path):
         assert f"](plots/{name}.png)" in text  # embedded with a relative path
     # helpful share of RAISE's picks is compared against the pool share estimated from random's picks
     assert "random's picks" in text
+    _assert_stage_view(text)
 
 
 def test_finetune_report_with_selections_and_explain(tmp_path):
@@ -430,8 +431,8 @@ def test_reading_says_where_raise_stands_when_it_is_not_first():
     assert not any(f.startswith("raise: rank") and "accuracy" in f for f in facts)
 
 
-def test_stage_view_by_family_and_by_source(tmp_path):
-    text = write_report(make_compare(tmp_path / "cmp")).read_text(encoding="utf-8")
+def _assert_stage_view(text: str) -> None:
+    """The report's picks by training stage: family shares per method and fifth of the run."""
     section = text.split("## Picks by training stage", 1)[1].split("\n## ", 1)[0]
     assert "Share of each family" in section
     header = next(line for line in section.splitlines() if line.startswith("| method"))
@@ -441,6 +442,9 @@ def test_stage_view_by_family_and_by_source(tmp_path):
     share = lambda method, stage: int(rows[(f"| {method}", stage)][column].rstrip("%"))  # noqa: E731
     assert share("raise", "0–20%") < share("raise", "80–100%") and share("raise", "80–100%") >= 50
     assert share("random", "80–100%") < 50
+
+
+def test_stage_view_falls_back_to_sources():
     # unlabelled picks (no family): the view falls back to sources
     records = [{"stage": 0, "stage_label": "0–20%", "family": None, "source": s} for s in ("a", "a", "b")]
     key, table = stage_view({"m": records})
