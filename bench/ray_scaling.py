@@ -74,7 +74,7 @@ def main() -> None:
         for workers in args.workers:
             bench.config.raise_.rollout_workers = workers
             started = time.perf_counter()
-            selector_dir = train_raise_selector(bench, root / f"w{workers}", progress=False)
+            selector_dir = train_raise_selector(bench.config, root / f"w{workers}", progress=False, bench=bench)
             total = time.perf_counter() - started
             rows = read_jsonl(selector_dir.parent / "episodes.jsonl")
             per_update = [sum(r["wall_seconds"] for r in rows if r["update"] == u) for u in range(args.updates)]

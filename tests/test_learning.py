@@ -15,7 +15,6 @@ About 5 minutes on 2 CPU cores.
 """
 
 import copy
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,7 +73,7 @@ def outcomes(bench, tmp_path_factory):
     for seed in SELECTOR_SEEDS:
         config = copy.deepcopy(bench.config)
         config.seed = seed
-        policy = train_raise_selector(replace(bench, config=config), root / f"selector-s{seed}", progress=False)
+        policy = train_raise_selector(config, root / f"selector-s{seed}", progress=False, bench=bench)
         config.raise_.policy = str(policy)
         raise_runs[seed] = _run(bench, "raise", config, root, f"raise-s{seed}", 0)
     baselines = {

@@ -26,7 +26,7 @@ def bench():
 
 def _train(bench: Workbench, output, *overrides: str):
     config = load_config(None, [*TRAIN_OVERRIDES, *overrides])
-    return train_raise_selector(Workbench(**{**bench.__dict__, "config": config}), output, progress=False)
+    return train_raise_selector(config, output, progress=False, bench=bench)
 
 
 @pytest.fixture(scope="module")

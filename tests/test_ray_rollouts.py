@@ -60,7 +60,7 @@ def _without_worker_details(rows):
 def test_two_workers_train_the_same_selector_as_one_process(local_ray, bench, serial, tmp_path):
     bench.config.raise_.rollout_workers = 2  # the user's path: train-selector with raise.rollout_workers=2
     try:
-        selector_dir = train_raise_selector(bench, tmp_path, progress=False)
+        selector_dir = train_raise_selector(bench.config, tmp_path, progress=False, bench=bench)
     finally:
         bench.config.raise_.rollout_workers = 0
     rows = read_jsonl(tmp_path / EPISODES_FILE)
@@ -180,7 +180,7 @@ def test_proxy_episodes_on_workers_train_the_same_selector_as_in_process(local_r
         config.raise_.proxy_layers, config.raise_.episodes, config.raise_.rollout_workers = 1, 2, workers
         config.raise_.episodes_per_update, config.raise_.head_antithetic = 2, True
         output = tmp_path / f"workers{workers}"
-        selector_dir = train_raise_selector(dataclasses.replace(bench, config=config), output, progress=False)
+        selector_dir = train_raise_selector(config, output, progress=False, bench=bench)
         trained[workers] = (load_selector(selector_dir), read_jsonl(output / EPISODES_FILE))
     (serial_artifact, serial_rows), (ray_artifact, ray_rows) = trained[0], trained[2]
     assert ray_artifact.provenance["episodes_on"]["num_layers"] == 1

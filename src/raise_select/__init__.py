@@ -6,7 +6,7 @@ The public API (``import raise_select as rs``)::
 
     config = rs.load_config(rs.recipe_path("demo_quick"), ["raise.episodes=8"])   # or a YAML file, or rs.Config()
     bench = rs.Workbench.build(config)                  # pool, target, model, tokenized sets (features on demand)
-    policy = rs.train_raise_selector(bench, "runs/sel") # PPO; returns the selector folder
+    policy = rs.train_raise_selector(config, "runs/sel", bench=bench)  # PPO; the selector folder
     result = rs.run_finetune(bench, rs.build_selector("random", config), None, budget_steps=8, seed=0)
     rs.run_comparison(config, "runs/cmp"); rs.write_report("runs/cmp")
 

@@ -249,7 +249,11 @@ class RaiseConfig:
 
     clusters: int = field(
         default=2,
-        metadata={"help": "C: k-means clusters; each decision takes b = B / C per cluster"},
+        metadata={
+            "help": "C: k-means clusters; each decision takes b = B / C per cluster. The default is the paper's "
+            "diversity constraint; configs whose pools mix in irrelevant or corrupted families (synthetic.yaml, "
+            "smollm2_gsm8k_mixed.yaml, the recipes) set 1, so that no quota forces picks from those clusters"
+        },
     )
     hidden_size: int = field(
         default=64,
@@ -294,7 +298,8 @@ class RaiseConfig:
             "help": "how the head's mean moves after each PPO update: nes (ranks of the draws' whole-episode returns) "
             "or regression (steepest ascent of a ridge fit of every decision's reward on the mean head features of "
             "its picks, one intercept per decision index; for episodes of a few decisions, each reward reflecting "
-            "its own picks) [ours]"
+            "its own picks) [ours]. The shipped smollm2-gsm8k selector was trained with regression; the default "
+            "stays nes, which does better on the synthetic testbed (docs/results.md)"
         },
     )
     head_antithetic: bool = field(
@@ -321,7 +326,10 @@ class RaiseConfig:
     )
     episode_steps: int | None = field(
         default=None,
-        metadata={"help": "optimizer updates per training episode (default: the finetune budget)"},
+        metadata={
+            "help": "optimizer updates per training episode; None: train-selector uses the run budget "
+            "(train.budget_steps / budget_fraction), compare its first budget"
+        },
     )
     gamma: float = field(
         default=1.0,
@@ -435,6 +443,26 @@ class RaiseConfig:
 # RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
 # learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
 RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
+
+# What a resumed command may change against the run it continues (a section such as "compare" or a
+# field such as "raise.episodes"); every other setting must match, or the resume is refused.
+# A selector training (train-selector --resume, a comparison's selector-s<S>/): none of these
+# shapes an episode, so the checkpoint's episodes stay valid and only raise.episodes may grow.
+RESUMABLE_SELECTOR_TRAINING = (
+    "output",
+    "selector",
+    "compare",
+    "raise.episodes",
+    *(f"raise.{name}" for name in RUN_TIME_FIELDS),
+    "features.cache",
+    "train.eval_every",
+    "train.max_budget_epochs",
+    "target.metric",
+    "target.max_new_tokens",
+    "target.answer_pattern",
+)
+# A comparison run again into its folder reuses its finished runs: only its run list may change.
+RESUMABLE_COMPARISON = ("output", "compare")
 
 # Experimental settings: no shipped config and no documented use needs them; they stay for experiments.
 # `raise-select config` marks each with its reason (docs/method.md, "Experimental settings").

@@ -82,7 +82,7 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, with_progress
-from .config import RUN_TIME_FIELDS, RaiseConfig, check_raise_batching
+from .config import RESUMABLE_SELECTOR_TRAINING, RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
 from .protocol import SelectionContext
@@ -106,21 +106,6 @@ if TYPE_CHECKING:
     from .environment import FineTuneEnv
 
 CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per update of several episodes
-# Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
-# shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
-RESUMABLE_RUN_CHANGES = (
-    "output",
-    "selector",
-    "compare",
-    "raise.episodes",
-    *(f"raise.{name}" for name in RUN_TIME_FIELDS),
-    "features.cache",
-    "train.eval_every",
-    "train.max_budget_epochs",
-    "target.metric",
-    "target.max_new_tokens",
-    "target.answer_pattern",
-)
 
 
 # -- the maths ------------------------------------------------------------------------------
@@ -586,11 +571,9 @@ def _restore_rng_states(states: dict, minibatch_rng: np.random.Generator) -> Non
 
 
 def _comparable_config(config: RaiseConfig) -> dict:
-    """The settings a checkpoint must share with the resumed run: those the selector stores, but the
-    episode count (a resume may extend it)."""
-    settings = trained_settings(config)
-    del settings["episodes"]
-    return settings
+    """The settings a checkpoint must share with the resumed run: those the selector stores, but those a
+    resume may change (``config.RESUMABLE_SELECTOR_TRAINING``: the episode count)."""
+    return {k: v for k, v in trained_settings(config).items() if f"raise.{k}" not in RESUMABLE_SELECTOR_TRAINING}
 
 
 def save_checkpoint(
