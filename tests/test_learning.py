@@ -19,8 +19,8 @@ import copy
 import numpy as np
 import pytest
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path, train_raise_selector
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import train_raise_selector
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector

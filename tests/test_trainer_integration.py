@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
 from raise_select.integrations import RaiseTrainer, SelectionSession

@@ -1,7 +1,7 @@
 """Callbacks: named events of selector training and fine-tuning runs (Stable-Baselines3 style).
 
 Subclass :class:`Callback` and override the events you need; pass a list of them as ``callbacks=``
-to :func:`raise_select.ppo.train_selector` / :func:`raise_select.experiments.train_raise_selector`
+to :func:`raise_select.ppo.train_policy` / :func:`raise_select.experiments.train_raise_selector`
 (selector training) or :func:`raise_select.pipeline.run_finetune` (a fine-tuning run). Every
 callback in the list sees every event; an ``on_..._end`` step event that returns ``False`` stops the
 loop after the current step (selector training: after the current PPO update, which is saved).

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args) -> Config:
     """The config file with the command's options and ``field=value`` overrides, checked once (by load_config)."""
-    from .config import load_config
+    from .config_io import load_config
 
     for option in ("config", "output", "pool", "selector", "policy"):
         value = getattr(args, option, None)
@@ -222,7 +222,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import describe_fields, format_value
+    from .config_io import describe_fields, format_value
 
     docs = describe_fields(args.section)
     width = max(len(doc.name) for doc in docs)

@@ -16,19 +16,11 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import fields, replace
-from importlib import resources
 from pathlib import Path
 
 from .callbacks import Callback
-from .config import (
-    RESUMABLE_COMPARISON,
-    RESUMABLE_SELECTOR_TRAINING,
-    RUN_TIME_FIELDS,
-    Config,
-    changed_settings,
-    dump_config,
-    load_config,
-)
+from .config import RESUMABLE_COMPARISON, RESUMABLE_SELECTOR_TRAINING, RUN_TIME_FIELDS, Config
+from .config_io import changed_settings, dump_config, load_config, recipe_path
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, write_json, write_text
@@ -57,7 +49,7 @@ from .run_folders import (
     result_row,
     selector_training_dir,
 )
-from .selector_artifact import load_selector, save_selector
+from .selector_artifact import load_artifact, save_artifact
 from .selectors import build_selector
 
 logger = logging.getLogger(__name__)
@@ -85,7 +77,7 @@ def _episode_compute(train_dir: Path) -> dict:
     """How a selector training's tokens convert to the tuned model's (saved in its selector.json)."""
     compute = {"size_ratio": 1.0, "forward_token_weight": 0.0}  # old selectors: training tokens only
     if (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
-        episodes_on = (load_selector(train_dir / SELECTOR_DIR).provenance or {}).get("episodes_on") or {}
+        episodes_on = (load_artifact(train_dir / SELECTOR_DIR).provenance or {}).get("episodes_on") or {}
         compute.update({k: float(episodes_on[k]) for k in compute if k in episodes_on})
     return compute
 
@@ -189,7 +181,7 @@ def train_raise_selector(
 def _train_raise_selector(
     bench: Workbench, output: Path, resume: bool, progress: bool, callbacks: Sequence[Callback]
 ) -> Path:
-    from .ppo import train_selector
+    from .ppo import train_policy
     from .selectors.raise_policy import RaiseSelector
 
     config = bench.config
@@ -208,7 +200,7 @@ def _train_raise_selector(
     with contextlib.nullcontext() if resume else FolderSwap(output) as swap:
         first_episode = _AfterFirstEpisode(output, config, swap)
         try:
-            train_selector(
+            train_policy(
                 env,
                 context,
                 config.raise_,
@@ -235,9 +227,9 @@ def _train_raise_selector(
     costs = ledger(bench.phi(), {"features": bench.feature_cost, "selector_training": cost}, None)
     write_json(output / LEDGER_FILE, costs)
     # The selector carries what it cost, so a comparison or demo that deploys it can charge it.
-    artifact = load_selector(output / SELECTOR_DIR)
+    artifact = load_artifact(output / SELECTOR_DIR)
     artifact.provenance["training_cost"] = {"phi": costs["phi"], **costs["phases"]}
-    save_selector(artifact, output / SELECTOR_DIR)
+    save_artifact(artifact, output / SELECTOR_DIR)
     return output / SELECTOR_DIR
 
 
@@ -300,7 +292,7 @@ def adopt_trained_settings(config: Config, selector) -> Config:
 def trained_selector_cost(policy: str) -> PhaseCost:
     """The selector training (features excluded) a trained selector's provenance records; zero for
     selectors saved before it was recorded."""
-    recorded = (load_selector(policy).provenance.get("training_cost") or {}).get("selector_training") or {}
+    recorded = (load_artifact(policy).provenance.get("training_cost") or {}).get("selector_training") or {}
     return PhaseCost(float(recorded.get("seconds", 0.0)), int(recorded.get("tokens", 0)))
 
 
@@ -466,11 +458,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-def recipe_path(name: str) -> Path:
-    """A config shipped inside the package (the demo's)."""
-    return Path(str(resources.files("raise_select") / "recipes" / f"{name}.yaml"))
 
 
 def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:

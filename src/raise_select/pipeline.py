@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks import Callback, CallbackList, RunFolderRows, progress_bars, with_progress
-from .config import Config, ModelConfig, dump_config, validate
+from .config import Config, ModelConfig, validate
+from .config_io import dump_config
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
