@@ -129,12 +129,12 @@ def _output(args, config, command: str) -> Path:
 
 
 def cmd_finetune(args) -> int:
-    from .experiments import finetune
+    from .experiments import finetune_from_config
 
     config = _load(args)
     _refuse_policy_overrides(args, config)
     output = _output(args, config, "finetune")
-    result = finetune(config, output, test_metric=not args.no_test, progress=not args.no_progress)
+    result = finetune_from_config(config, output, test_metric=not args.no_test, progress=not args.no_progress)
     print(
         f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
         f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}"

@@ -1,4 +1,6 @@
-"""Selector training, equal-budget comparisons with a compute ledger, and the demo.
+"""The commands as library functions: ``finetune_from_config``, ``train_raise_selector``, ``run_comparison`` and
+``run_demo``. Each checks everything cheap first (the output folder, the selector, a resume's
+settings) and only then loads the pool, target and model; the command line parses and prints.
 
 A comparison folder holds ``config.yaml``, ``selector-s<S>/`` (one RAISE selector training per
 selector seed S in ``compare.selector_seeds``), ``runs/`` (one fine-tuning run folder per method,
@@ -233,7 +235,7 @@ def _train_raise_selector(
     return output / SELECTOR_DIR
 
 
-def finetune(
+def finetune_from_config(
     config: Config,
     output: Path,
     test_metric: bool = True,
