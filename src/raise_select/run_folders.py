@@ -399,6 +399,9 @@ class FolderSwap:
     deletes the old contents (call it once the new run has its first result), ``rollback()`` removes
     what the new run wrote and puts the old folder back. For runs that must write in place (PPO
     checkpoints that ``--resume`` reads after a kill), where a staged sibling would not do.
+
+    As a context manager (``with FolderSwap(folder) as swap:``) it rolls back when the block raises
+    before ``commit()``, and commits when the block ends normally.
     """
 
     def __init__(self, folder: Path):
@@ -410,6 +413,15 @@ class FolderSwap:
                 os.replace(self.folder, self.previous)
             self.folder.mkdir(parents=True)
         self.done = False
+
+    def __enter__(self) -> FolderSwap:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.rollback()
 
     def commit(self) -> None:
         if not self.done and self.previous is not None:
