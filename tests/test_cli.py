@@ -124,6 +124,11 @@ def _case_policy_not_a_selector(ws, run):
     return _finetune(ws, run, "--selector", "raise", "--policy", str(run)), [str(run), "not a raise-select selector"]
 
 
+def _case_policy_with_a_baseline(ws, run):
+    argv = _finetune(ws, run, "--selector", "longest", "--policy", "smollm2-gsm8k")
+    return argv, ["--policy smollm2-gsm8k", "--selector longest", "--selector raise"]
+
+
 def _case_report_not_a_run(ws, run):
     return ["report", str(ws)], [str(ws), "not a raise-select run folder"]
 
@@ -152,6 +157,7 @@ ERROR_CASES = {
     "unknown selector": _case_unknown_selector,
     "raise without policy": _case_raise_without_policy,
     "policy is not a selector": _case_policy_not_a_selector,
+    "policy with a baseline": _case_policy_with_a_baseline,
     "report on a non-run": _case_report_not_a_run,
     "resume without checkpoint": _case_resume_without_checkpoint,
     "unknown override": _case_unknown_override,
@@ -173,6 +179,7 @@ def test_report_and_list_succeed(finished_run, tmp_path, capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert "synthetic-tiny" in listing and "raise" in listing and "targeted" in listing
+    assert "smollm2-gsm8k" in listing  # the trained selectors shipped in the package
     assert main(["report", str(finished_run)]) == 0
     assert (finished_run / "report.md").is_file()
     assert "report written to" in capsys.readouterr().out
@@ -212,9 +219,7 @@ def test_trained_selector_drives_a_finetune(trained_selector, workspace, capsys)
             output,
             "--pool",
             str(workspace / "mydata.jsonl"),
-            "--selector",
-            "raise",
-            "--policy",
+            "--policy",  # implies --selector raise
             str(trained_selector),
             "--no-test",
             "train.budget_steps=2",

@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(finetune)
     finetune.add_argument("--pool", help="pool file or datasets folder (replaces pool.sources)")
     finetune.add_argument("--selector", help="selector name (raise-select list shows them)")
-    finetune.add_argument("--policy", help="trained selector folder for --selector raise")
+    finetune.add_argument(
+        "--policy",
+        help="trained RAISE selector: a folder or a shipped name (raise-select list); implies --selector raise",
+    )
     finetune.add_argument("--no-test", action="store_true", help="skip the test-split metric")
 
     train = commands.add_parser("train-selector", help="train the RAISE selector with PPO")
@@ -113,9 +116,20 @@ def _load(args) -> Config:
     if getattr(args, "selector", None):
         config.selector = args.selector
     if getattr(args, "policy", None):
+        _check_policy_selector(args)
+        config.selector = "raise"
         config.raise_.policy = args.policy
     validate(config)  # the options above are settings too
     return config
+
+
+def _check_policy_selector(args) -> None:
+    """``--policy`` is a RAISE selector: with another ``--selector`` it would be ignored, so it is refused."""
+    if args.selector not in (None, "raise"):
+        raise UserError(
+            f"--policy {args.policy} is a trained RAISE selector and --selector {args.selector} would ignore it; "
+            f"drop --policy to run {args.selector}, or use --selector raise"
+        )
 
 
 def _output(args, config, command: str) -> Path:
@@ -237,12 +251,14 @@ def cmd_demo(args) -> int:
 def cmd_list(args) -> int:
     from .config import BUNDLED_SOURCES
     from .model import BUNDLED_MODELS
+    from .selector_artifact import BUNDLED_SELECTORS
     from .selectors import SELECTORS
 
     for title, table in (
         ("models", BUNDLED_MODELS),
         ("sources and targets", BUNDLED_SOURCES),
-        ("selectors", SELECTORS),
+        ("selectors (--selector NAME)", SELECTORS),
+        ("trained RAISE selectors in the package (--policy NAME)", BUNDLED_SELECTORS),
     ):
         print(f"{title}:")
         for name, description in table.items():
