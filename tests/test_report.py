@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from raise_select.analysis import comparison_results, format_results_table, ranking_facts, summarize
+from raise_select.analysis import comparison_results, format_results_table, ranking_facts, stage_view, summarize
 from raise_select.errors import UserError
 from raise_select.report import write_report
 from raise_select.run_folders import comparison_run_dir, load_run, result_row
@@ -343,6 +343,7 @@ def test_compare_report(tmp_path):
         assert f"](plots/{name}.png)" in text  # embedded with a relative path
     # helpful share of RAISE's picks is compared against the pool share estimated from random's picks
     assert "random's picks" in text
+    _assert_stage_view(text)
 
 
 def test_finetune_report_with_selections_and_explain(tmp_path):
@@ -428,3 +429,23 @@ def test_reading_says_where_raise_stands_when_it_is_not_first():
     assert "raise: rank 3 of 3 by validation loss at budget 1% (1.3000 vs random 1.1000)" in facts
     assert any(f.startswith("raise: highest test accuracy at budget 1% (0.600 vs random 0.500") for f in facts)
     assert not any(f.startswith("raise: rank") and "accuracy" in f for f in facts)
+
+
+def _assert_stage_view(text: str) -> None:
+    """The report's picks by training stage: family shares per method and fifth of the run."""
+    section = text.split("## Picks by training stage", 1)[1].split("\n## ", 1)[0]
+    assert "Share of each family" in section
+    header = next(line for line in section.splitlines() if line.startswith("| method"))
+    column = header.split(" | ").index("fam-gsm8k")
+    rows = {tuple(line.split(" | ")[:2]): line.split(" | ") for line in section.splitlines() if line.startswith("| ")}
+    # the fake RAISE run drifts to gsm8k as training goes on; random does not
+    share = lambda method, stage: int(rows[(f"| {method}", stage)][column].rstrip("%"))  # noqa: E731
+    assert share("raise", "0–20%") < share("raise", "80–100%") and share("raise", "80–100%") >= 50
+    assert share("random", "80–100%") < 50
+
+
+def test_stage_view_falls_back_to_sources():
+    # unlabelled picks (no family): the view falls back to sources
+    records = [{"stage": 0, "stage_label": "0–20%", "family": None, "source": s} for s in ("a", "a", "b")]
+    key, table = stage_view({"m": records})
+    assert key == "source" and "| m | 0–20% | 3 | 67% | 33% |" in table

@@ -31,7 +31,7 @@ class SourceConfig:
     name: str = field(
         default="gsm8k",
         metadata={
-            "help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic) or a path to "
+            "help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic, synthetic_curriculum) or a path to "
             ".jsonl/.json or a saved `datasets` folder"
         },
     )
@@ -82,7 +82,7 @@ class TargetConfig:
     name: str = field(
         default="gsm8k",
         metadata={
-            "help": "bundled target (gsm8k, mmlu, humaneval, synthetic) or a path to a JSONL file with the pool formats"
+            "help": "bundled target (gsm8k, mmlu, humaneval, synthetic, synthetic_curriculum) or a path to a JSONL file with the pool formats"
         },
     )
     n_validation: int = field(
@@ -846,8 +846,11 @@ BUNDLED_SOURCES = {
     "chat": "206 chat examples: code help, customer support, short maths answers, Turkish medical QA (forgelm)",
     "gsm8k_corrupted": "GSM8K train questions paired with another question's solution: wrong answers, for noise tests",
     "synthetic": "the synthetic testbed, generated in-process (see raise_select.data.synthetic)",
+    "synthetic_curriculum": "the testbed's curriculum world: data whose value changes with the training stage "
+    "(see raise_select.data.curriculum)",
 }
-TARGET_NAMES = ("gsm8k", "mmlu", "humaneval", "synthetic")  # bundled targets; other bundled names are pool-only
+# bundled targets; other bundled names are pool-only
+TARGET_NAMES = ("gsm8k", "mmlu", "humaneval", "synthetic", "synthetic_curriculum")
 
 
 def _check_data_names(config: Config) -> None:

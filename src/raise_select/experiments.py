@@ -21,7 +21,7 @@ from .callbacks import Callback
 from .config import Config, changed_settings, dump_config, load_config
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
-from .io_utils import atomic_write, write_json, write_text
+from .io_utils import atomic_write, read_json, write_json, write_text
 from .lm_eval_bridge import check_lm_eval_available
 from .pipeline import PhaseCost, Workbench, forward_token_weight, ledger, run_finetune
 from .run_folders import (
@@ -37,6 +37,7 @@ from .run_folders import (
     SELECTOR_FILE,
     SELECTOR_TRAINING,
     FolderSwap,
+    best_static_file,
     check_output,
     comparison_run_dir,
     interrupted_parts,
@@ -308,6 +309,9 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
                     run_dir = comparison_run_dir(output, method, steps, seed, selector_seed)
                     if not (run_dir / EVALUATION_FILE).is_file():
                         selector = build_selector(method, method_config)
+                        if method == "best_static":
+                            search = search_best_static(bench, steps, seeds, best_static_file(output, steps), progress)
+                            selector.proportions = search["best"]
                         extra = {"selector_training": selector_phases[selector_seed]} if method == "raise" else None
                         run_finetune(
                             bench,
@@ -335,6 +339,40 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
     _write_csv(output / RESULTS_CSV, rows)
     write_text(output / RESULTS_MD, results_markdown(results))
     return results
+
+
+def search_best_static(
+    bench: Workbench, steps: int, seeds: Sequence[int], record: Path | None = None, progress: bool = True
+) -> dict:
+    """The ``best_static`` mixture at ``steps``: every grid mixture of the pool's helpful families
+    (:func:`~raise_select.selectors.mixtures.mixture_grid`) fine-tuned at each of ``seeds``, ranked by
+    mean final validation loss. Returns ``{"steps", "seeds", "grid": [{"proportions", "validation_loss"}],
+    "best"}``, kept in ``record`` (when given) and read back from it when it holds the same search.
+    A reference like the oracle: its runs are not charged to the comparison's ledger."""
+    from .selectors.mixtures import FamilyMixtureSelector, helpful_families, mixture_grid
+
+    grid = mixture_grid(helpful_families(bench.pool))
+    if record is not None and record.is_file():
+        saved = read_json(record)
+        if saved.get("seeds") == list(seeds) and [row["proportions"] for row in saved["grid"]] == grid:
+            return saved
+    quiet = copy.deepcopy(bench.config)
+    quiet.train.eval_every = steps  # the search ranks final losses only: one evaluation per run
+    quiet_bench = replace(bench, config=quiet)
+    rows = []
+    for proportions in grid:
+        losses = [
+            run_finetune(
+                quiet_bench, FamilyMixtureSelector(proportions), None, steps, seed, test_metric=False, progress=progress
+            ).validation_loss_final
+            for seed in seeds
+        ]
+        rows.append({"proportions": proportions, "validation_loss": sum(losses) / len(losses), "per_seed": losses})
+    best = min(rows, key=lambda row: row["validation_loss"])["proportions"]
+    search = {"steps": steps, "seeds": list(seeds), "grid": rows, "best": best}
+    if record is not None:
+        write_json(record, search)
+    return search
 
 
 def _check_resumable(output: Path, config: Config) -> None:

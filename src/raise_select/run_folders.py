@@ -471,6 +471,11 @@ def selector_training_dir(output: Path, selector_seed: int) -> Path:
     return Path(output) / f"{SELECTOR_SEED_PREFIX}{selector_seed}"
 
 
+def best_static_file(output: Path, steps: int) -> Path:
+    """Where a comparison keeps its ``best_static`` grid search at one budget (reused on resume)."""
+    return Path(output) / f"best-static-{steps}steps.json"
+
+
 def comparison_run_dir(output: Path, method: str, steps: int, seed: int, selector_seed: int | None = None) -> Path:
     """A comparison's finetune run folder: ``runs/<method>[-sel<S>]-<steps>steps-s<seed>``."""
     name = method if selector_seed is None else f"{method}-sel{selector_seed}"
