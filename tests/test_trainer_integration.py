@@ -260,16 +260,19 @@ def test_sft_trainer_without_trl_names_the_extra(monkeypatch):
 
 
 @pytest.mark.parametrize("script", ["hf_trainer.py", "trl_sft.py"])
-def test_example_scripts_run_on_the_testbed(script, tmp_path):
+def test_example_scripts_run_from_a_fresh_clone(script, tmp_path):
+    """With no option and nothing trained or written before (an empty working directory): the testbed and
+    the random baseline, written to runs/trainer."""
     if script == "trl_sft.py":
         pytest.importorskip("trl")
     path = Path(__file__).parents[1] / "examples" / script
-    command = [sys.executable, str(path), "--selector", "random", "--max-steps", "3", "--output", str(tmp_path)]
+    command = [sys.executable, str(path), "--max-steps", "3"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "validation loss" in finished.stdout
-    assert [row["decision"] for row in read_jsonl(tmp_path / "selections.jsonl")] == [1, 2, 3]
+    selections = read_jsonl(tmp_path / "runs" / "trainer" / "selections.jsonl")
+    assert [row["decision"] for row in selections] == [1, 2, 3]
 
 
 def _free_port() -> int:

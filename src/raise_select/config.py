@@ -114,6 +114,17 @@ class TargetConfig:
         default=None,
         metadata={"help": "regex with one group extracting the answer (exact match); default per task"},
     )
+    lm_eval: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "also score each run's test with lm-evaluation-harness (pip install raise-select[eval]): "
+            "'target' (this target's test split as a local lm-eval task) and/or lm-eval task names available offline"
+        },
+    )
+    lm_eval_include: str | None = field(
+        default=None,
+        metadata={"help": "a folder of your own lm-eval task YAMLs for target.lm_eval (lm_eval --include_path)"},
+    )
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .config_io import changed_settings, dump_config, load_config, recipe_path
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_json, write_json, write_text
+from .lm_eval_bridge import check_lm_eval_available
 from .pipeline import PhaseCost, Workbench, forward_token_weight, ledger, run_finetune
 from .run_folders import (
     CHECKPOINT_FILE,
@@ -348,6 +349,7 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
             build_selector(method, config)
     if "raise" in methods and config.raise_.policy is None:
         check_rollout_workers(config)
+    check_lm_eval_available(config.target.lm_eval if config.compare.test_metric else [])
     _check_resumable(output, config)
     check_output(output, COMPARISON)
     for part in interrupted_parts(output):  # what a killed run of this comparison left: cleaned up under its lock
@@ -494,7 +496,7 @@ def _comparison_ledger(bench: Workbench, rows: list[dict], selector_phase: Phase
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))

@@ -38,6 +38,7 @@ from .features import (
     with_target_similarity,
 )
 from .io_utils import atomic_write, staged_folder, write_json, write_text
+from .lm_eval_bridge import check_lm_eval_available, evaluate_lm_eval
 from .model import LoadedModel, load_model, seed_everything
 from .protocol import Explains, HasClusters, SelectionContext, Selector
 from .run_folders import (
@@ -46,6 +47,7 @@ from .run_folders import (
     EXPLAIN_FILE,
     FINETUNE,
     LEDGER_FILE,
+    LM_EVAL_DIR,
     SKIPPED_COUNT,
     SKIPPED_FIRST,
     SKIPPED_SHOWN,
@@ -310,6 +312,7 @@ def run_finetune(
     config = replace(bench.config, seed=seed, selector=selector.name)
     # Everything that can fail on the user's input happens before the run folder is touched.
     selector.setup(bench.selection_context(selector, budget_steps, seed, progress=progress))
+    check_lm_eval_available(config.target.lm_eval if test_metric else [])
     env = bench.make_env(budget_steps, evaluate_every=config.train.eval_every)
     output = Path(output)
     # Written into a temporary sibling renamed over ``output`` when the run has finished: an old run
@@ -377,6 +380,18 @@ def run_finetune(
                     max_new_tokens=config.target.max_new_tokens,
                     progress=progress,
                 )
+                if config.target.lm_eval:  # beside our metric, in evaluation.json and lm_eval/
+                    test["lm_eval"] = evaluate_lm_eval(
+                        bench.lm,
+                        bench.target,
+                        config.target.lm_eval,
+                        folder / LM_EVAL_DIR,
+                        config.pool.max_length,
+                        config.target.max_new_tokens,
+                        batch_size=config.train.eval_batch_size,
+                        include_path=config.target.lm_eval_include,
+                        final_folder=output / LM_EVAL_DIR,
+                    )
             write_json(
                 folder / EVALUATION_FILE,
                 {

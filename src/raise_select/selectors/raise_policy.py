@@ -611,7 +611,7 @@ class RaiseSelector:
             "features_key": features.key,
             "aux_model": features.aux_model,
             "seed": self._context.seed,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "library_version": __version__,
             "adaptation_notes": list(self.adaptation_notes),
             **(provenance or {}),
