@@ -15,10 +15,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config, recipe_path
 from raise_select.data.tokenize import render_prompt_ids
 from raise_select.evaluation import answers_match, extract_answer, generate
-from raise_select.experiments import recipe_path
 from raise_select.io_utils import read_jsonl
 from raise_select.lm_eval_bridge import target_task_name
 from raise_select.pipeline import Workbench, run_finetune

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.data.tokenize import render_prompt_ids
 from raise_select.errors import UserError
 from raise_select.evaluation import generate

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import assert_one_line_error
 from raise_select.cli import main
-from raise_select.config import flat_settings, load_config
+from raise_select.config_io import flat_settings, load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 # The fields a starter sets from its shipped experiment (the pool, the target's size and the comparison are the user's).

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, from_dict, validate
+from .config import Config, validate
+from .config_io import from_dict
 from .errors import UserError
 from .io_utils import write_text
 
