@@ -1,17 +1,18 @@
 """RAISE learns on the synthetic testbed, where the right answer is known: a success rate over seeds.
 
 RL results vary with the selector-training seed, so one pinned training proves nothing. Five
-selector trainings (seeds 0-4, 32 episodes each, the demo's) on the demo --quick testbed at 24
-steps, each deployed greedily, against random, targeted and the oracle over three fine-tuning seeds,
-on the shipped base model (the same weights on every machine). The same runs as
-``python bench/selector_learning.py --episodes 32`` (docs/results.md), which gives, per selector
-seed 0-4: 0.987 1.244 1.004 1.501 0.862 (mean 1.120, 62 % of the random -> oracle gap) against
-random 1.528, targeted 1.148 and the oracle 0.869; helpful-clean 0.74 and corrupted 0.14 of the
-picks (pool 0.24 and 0.24); test exact match 0.134 against random 0.020 and targeted 0.160.
+selector trainings (seeds 0-4, the demo's 64 episodes of 12 steps each) on the demo --quick testbed,
+each deployed greedily for 24 steps, against random, targeted and the oracle over three fine-tuning
+seeds, on the shipped base model (the same weights on every machine). The same runs as
+``python bench/selector_learning.py`` (docs/results.md), which gives, per selector seed 0-4:
+1.278 0.989 0.761 1.073 1.044 (mean 1.029, 76 % of the random -> oracle gap) against random 1.528,
+targeted 1.148 and the oracle 0.869; helpful-clean 0.87 and corrupted 0.13 of the picks (pool 0.24
+and 0.24); test exact match 0.158 against random 0.020 and targeted 0.160.
 
-The thresholds below hold with the margins named beside them. Not asserted, because it does not
-hold yet: exact match above targeted's, and a mean below full data's on every fine-tuning seed.
-About 5 minutes on 2 CPU cores.
+Selector training does not reproduce bit for bit across CPU kernel sets (docs/results.md), so the
+thresholds below hold with the margins named beside them rather than pinning one training. Not
+asserted, because it does not hold yet: exact match above targeted's, and corrupted below half the
+pool's share. About 5 minutes on 2 CPU cores.
 """
 
 import copy
@@ -28,20 +29,19 @@ from raise_select.selectors import build_selector
 BUDGET = 24  # 6.4 % of full-data steps: at 8 steps (2 %) random's own spread over seeds is as large as RAISE's gain
 SELECTOR_SEEDS = (0, 1, 2, 3, 4)
 RANDOM_SEEDS = (0, 1, 2)
-EPISODES = 32
-SEED_MARGIN = 0.02  # every selector seed below random's mean loss by this much (nats/token)
-MIN_GAP_CLOSED = 0.5  # of the random -> oracle gap, by RAISE's mean
-MARGIN = 0.01  # RAISE's mean below targeted's
-MIN_HELPFUL = 0.65  # helpful-clean share of what RAISE trains on (pool 0.24)
-MAX_CORRUPTED_OF_POOL = 0.7  # corrupted share of what RAISE trains on, relative to the pool's
-EM_MARGIN = 0.05  # RAISE's test exact match above random's
+SEED_MARGIN = 0.05  # every selector seed below random's mean loss by this much (nats/token; measured >= 0.25)
+MIN_GAP_CLOSED = 0.6  # of the random -> oracle gap, by RAISE's mean (measured 0.76)
+MARGIN = 0.03  # RAISE's mean below targeted's (measured 0.12)
+MIN_HELPFUL = 0.75  # helpful-clean share of what RAISE trains on (pool 0.24; measured 0.87)
+MAX_CORRUPTED_OF_POOL = 0.7  # corrupted share of what RAISE trains on, relative to the pool's (measured 0.54)
+EM_MARGIN = 0.08  # RAISE's test exact match above random's (measured 0.14)
 
 
 @pytest.fixture(scope="module")
 def bench():
     config = load_config(
         recipe_path("demo_quick"),
-        [f"train.budget_steps={BUDGET}", f"raise.episodes={EPISODES}", "features.cache=false"],
+        [f"train.budget_steps={BUDGET}", "features.cache=false"],
     )
     return Workbench.build(config)
 
@@ -109,9 +109,9 @@ def test_raise_exact_match_is_above_random(outcomes):
     assert exact_match > baselines["random"]["exact_match"] + EM_MARGIN
 
 
-def test_selector_training_logs_every_episode(outcomes):
+def test_selector_training_logs_every_episode(outcomes, bench):
     _, _, root = outcomes
     rows = read_jsonl(root / "selector-s0" / "episodes.jsonl")
-    assert [r["episode"] for r in rows] == list(range(EPISODES))
-    assert all(r["updates"] == BUDGET for r in rows)
+    assert [r["episode"] for r in rows] == list(range(bench.config.raise_.episodes))
+    assert all(r["updates"] == bench.config.raise_.episode_steps for r in rows)
     assert all(np.isfinite([r["return"], r["policy_loss"], r["value_loss"], r["entropy"]]).all() for r in rows)

@@ -262,7 +262,7 @@ class FeatureConfig:
         metadata={"help": "reuse cached features when the key matches"},
     )
     reference_steps: int = field(
-        default=32,
+        default=128,
         metadata={
             "range": ">= 0",
             "help": "add the column reference_loss: each example's response loss under the model tuned for this many "

@@ -91,8 +91,9 @@ features:
   batch_size: 64
 raise:
   clusters: 1            # as every shipped result (library default 2: each batch split between k-means clusters)
-  episodes: 64           # 8 PPO updates of 8 episodes: what bench/selector_learning.py trains per selector seed
+  episodes: 64           # 8 PPO updates of 8 episodes, as every shipped testbed result
   episodes_per_update: 8
+  episode_steps: 12      # training episodes of half the budget: twice the updates for the same cost
   hidden_size: 64
 compare:
   methods: [{methods}]
