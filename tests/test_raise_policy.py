@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -109,6 +110,7 @@ def test_greedy_shortlist_picks_what_scoring_the_whole_pool_picks(monkeypatch, r
     selector.refresh_projection()
     if head:
         selector.sample_head(torch.Generator().manual_seed(1))
+    twin = copy.deepcopy(selector)  # never selects greedily: its sampler has no cache to be misled by
     built, scored_rows = [], []
     build, score = selector._build_greedy_reference, selector.policy.from_projection
     monkeypatch.setattr(selector, "_build_greedy_reference", lambda *a: built.append(1) or build(*a))
@@ -128,6 +130,9 @@ def test_greedy_shortlist_picks_what_scoring_the_whole_pool_picks(monkeypatch, r
         largest_scored = max(largest_scored, *scored_rows)
         np.add.at(state.selection_counts, chosen, 1)
         state.validation_history.append(state.validation_history[-1] * (1 - 0.05 * rng.uniform()))
+    sampled, expected_sample = (s.sample(state, torch.Generator().manual_seed(5)) for s in (selector, twin))
+    np.testing.assert_array_equal(sampled.indices, expected_sample.indices)
+    torch.testing.assert_close(sampled.log_probs, expected_sample.log_probs, rtol=0, atol=1e-6)
     assert 1 < len(built) < 40  # the reference moved with the stage, and was reused in between
     assert largest_scored <= 3000 // 8 + 40 * 8  # decisions scored a fraction of the pool (and the selected)
 

@@ -627,8 +627,8 @@ class RaiseSelector:
         stage_tensor = torch.from_numpy(stage)
         with torch.no_grad():
             parts = [
-                self.policy.scores_and_stage_gradients(projection, stage_tensor)
-                for projection in self._projection[order].split(SCORE_CHUNK_ROWS)
+                self.policy.scores_and_stage_gradients(self._projection[rows], stage_tensor)
+                for rows in order.split(SCORE_CHUNK_ROWS)
             ]
         scores, gradients = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         if self._head_offset is not None:
