@@ -35,10 +35,9 @@ from step_time import median_seconds
 from trainer_overhead import measure as trainer_steps_per_second
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config, recipe_path
 from raise_select.data.synthetic import synthetic_model_dir
 from raise_select.evaluation import validation_loss
-from raise_select.experiments import recipe_path
 from raise_select.model import training_loss
 from raise_select.pipeline import Workbench
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from _tiny import TESTBED_OVERRIDES
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path
+from raise_select.config_io import load_config, recipe_path
 from raise_select.pipeline import Workbench
 
 CONFIG = Path(__file__).parents[1] / "examples" / "configs" / "smollm2_gsm8k_mixed.yaml"

@@ -29,8 +29,8 @@ import numpy as np
 from _tiny import TESTBED_OVERRIDES
 
 from raise_select.analysis import full_data_matches
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path, run_comparison
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import run_comparison
 
 
 def main() -> None:

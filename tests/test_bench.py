@@ -16,6 +16,7 @@ BENCH = Path(__file__).parents[1] / "bench"
 # What each script's tiny run must print: a line of its figures (a header, then a number on the same line or after).
 FIGURES = {
     "comparison_breakdown": "## Validation loss by step",
+    "curriculum_premise": "| base model | method | validation loss",
     "feature_separation": "P(clean < corrupted)",
     "gpu": "training step (batch",
     "proxy_cost": "| max tokens |",

@@ -10,7 +10,7 @@ import yaml
 
 from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select.cli import main
-from raise_select.config import dump_config, load_config
+from raise_select.config_io import dump_config, load_config
 from raise_select.io_utils import read_jsonl
 
 POOL_SIZE = 12

@@ -534,5 +534,5 @@ def test_the_config_names_every_bundled_target_the_loader_knows():
     from raise_select.config import BUNDLED_SOURCES, TARGET_NAMES
     from raise_select.data.bundled import _ASSETS, _TARGET_METRICS
 
-    assert set(TARGET_NAMES) == {*_TARGET_METRICS, "synthetic"}
+    assert set(TARGET_NAMES) == {*_TARGET_METRICS, "synthetic", "synthetic_curriculum"}
     assert set(_ASSETS) <= set(BUNDLED_SOURCES)

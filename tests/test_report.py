@@ -17,6 +17,7 @@ from raise_select.analysis import (
     full_data_matches,
     ranking_facts,
     results_markdown,
+    stage_view,
     summarize,
 )
 from raise_select.errors import UserError
@@ -350,6 +351,7 @@ def test_compare_report(tmp_path):
         assert f"](plots/{name}.png)" in text  # embedded with a relative path
     # helpful share of RAISE's picks is compared against the pool share estimated from random's picks
     assert "random's picks" in text
+    _assert_stage_view(text)
 
 
 def test_finetune_report_with_selections_and_explain(tmp_path):
@@ -457,3 +459,23 @@ def test_full_data_matches_name_the_smallest_budget_reaching_full_datas_loss():
     assert full_data_matches([r for r in rows if r["method"] != "full"]) == []
     text = results_markdown(comparison_results(rows))
     assert "reached by raise at 8 steps (8.0 %, 1.0750); random not within its budgets (best 1.3000)" in text
+
+
+def _assert_stage_view(text: str) -> None:
+    """The report's picks by training stage: family shares per method and fifth of the run."""
+    section = text.split("## Picks by training stage", 1)[1].split("\n## ", 1)[0]
+    assert "Share of each family" in section
+    header = next(line for line in section.splitlines() if line.startswith("| method"))
+    column = header.split(" | ").index("fam-gsm8k")
+    rows = {tuple(line.split(" | ")[:2]): line.split(" | ") for line in section.splitlines() if line.startswith("| ")}
+    # the fake RAISE run drifts to gsm8k as training goes on; random does not
+    share = lambda method, stage: int(rows[(f"| {method}", stage)][column].rstrip("%"))  # noqa: E731
+    assert share("raise", "0–20%") < share("raise", "80–100%") and share("raise", "80–100%") >= 50
+    assert share("random", "80–100%") < 50
+
+
+def test_stage_view_falls_back_to_sources():
+    # unlabelled picks (no family): the view falls back to sources
+    records = [{"stage": 0, "stage_label": "0–20%", "family": None, "source": s} for s in ("a", "a", "b")]
+    key, table = stage_view({"m": records})
+    assert key == "source" and "| m | 0–20% | 3 | 67% | 33% |" in table

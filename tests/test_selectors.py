@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -238,12 +239,19 @@ def test_every_selector_respects_decision_sizes_including_the_last_partial_one()
     context = make_context(
         n, features, budget_steps=7, batch_size=2, decision_interval=3, target_embedding=rng.normal(size=(4, 3))
     )
+    # the family-reading references need family and schedule labels (as the curriculum world has)
+    context.pool.examples[:] = [
+        replace(e, meta={**e.meta, "family": f"f{i % 2}", "schedule": (0.0, 0.5) if i % 2 else (0.5, 1.0)})
+        for i, e in enumerate(context.pool.examples)
+    ]
     for name in SELECTORS:
         if name == "raise":
             continue
         selector = build_selector(name, Config())
         assert isinstance(selector, Selector) and selector.name == name
         assert not isinstance(selector, (Explains, HasClusters)), name  # the run folder has no explain.csv / clusters
+        if name == "best_static":
+            selector.proportions = {"f0": 0.5, "f1": 0.5}
         selector.setup(context)
         decisions = run_episode(selector, context, loss_probe=lambda indices: rng.random(len(indices)))
         assert [len(d) for d in decisions] == [6, 6, 2], name

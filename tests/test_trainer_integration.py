@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
 from raise_select.integrations import RaiseTrainer, SelectionSession
@@ -35,7 +35,7 @@ def overrides():
 def policy(overrides, tmp_path_factory):
     """A RAISE selector trained briefly (2 PPO episodes) on the testbed."""
     config = load_config(None, [*overrides, "raise.episodes=2", "raise.minibatch_size=4", "raise.update_epochs=1"])
-    return train_raise_selector(Workbench.build(config), tmp_path_factory.mktemp("selector"), progress=False)
+    return train_raise_selector(config, tmp_path_factory.mktemp("selector"), progress=False)
 
 
 @pytest.fixture(scope="module")

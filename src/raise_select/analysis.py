@@ -387,6 +387,32 @@ def selection_records(run: dict) -> list[dict]:
     return records
 
 
+def stage_view(records_by_method: dict[str, list[dict]], top: int = 8) -> tuple[str, str] | None:
+    """Each method's picks per training stage as shares of each family (labelled pools) or source.
+
+    Returns (the key used, a Markdown table: one row per method and stage, one column per family or
+    source, the ``top`` most picked over all methods and the rest as "other"), or None without picks.
+    The family is used when every pick carries one, else the source.
+    """
+    records = [r for method_records in records_by_method.values() for r in method_records]
+    if not records:
+        return None
+    key = "family" if all(r["family"] not in (None, "") for r in records) else "source"
+    overall = list(value_shares(r[key] for r in records))
+    shown = overall[:top]
+    headers = ["method", "stage (training progress)", "picks", *shown] + (["other"] if len(overall) > top else [])
+    body = []
+    for method, method_records in records_by_method.items():
+        for stage in sorted({r["stage"] for r in method_records}):
+            in_stage = [r for r in method_records if r["stage"] == stage]
+            shares = value_shares(r[key] for r in in_stage)
+            cells = [f"{shares.get(name, 0.0):.0%}" for name in shown]
+            if len(overall) > top:
+                cells.append(f"{sum(v for name, v in shares.items() if name not in shown):.0%}")
+            body.append([method, in_stage[0]["stage_label"], str(len(in_stage)), *cells])
+    return key, markdown_table(headers, body)
+
+
 # selections.jsonl list field holding each per-example label
 SELECTION_FIELDS = {
     "source": "sources",

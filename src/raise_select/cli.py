@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
+import json
 import os
 import re
 import signal
@@ -99,23 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args) -> Config:
-    from .config import SourceConfig, load_config, validate
+    """The config file with the command's options and ``field=value`` overrides, checked once (by load_config)."""
+    from .config_io import load_config
 
     for option in ("config", "output", "pool", "selector", "policy"):
         value = getattr(args, option, None)
         if value is not None and not value.strip():
             raise UserError(f"--{option} is empty; give a path or name, or leave the option out")
-    config = load_config(args.config, args.overrides)
+    options = []  # the options are settings too: overrides after the user's, as JSON strings (valid YAML)
     if args.seed is not None:
-        config.seed = args.seed
+        options.append(f"seed={args.seed}")
     if getattr(args, "pool", None):
-        config.pool.sources = [SourceConfig(name=args.pool)]
+        options.append(f"pool.sources=[{{name: {_quoted(args.pool)}}}]")
     if getattr(args, "selector", None):
-        config.selector = args.selector
+        options.append(f"selector={_quoted(args.selector)}")
     if getattr(args, "policy", None):
-        config.raise_.policy = args.policy
-    validate(config)  # the options above are settings too
-    return config
+        options.append(f"raise.policy={_quoted(args.policy)}")
+    return load_config(args.config, [*args.overrides, *options])
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _output(args, config, command: str) -> Path:
@@ -125,12 +129,12 @@ def _output(args, config, command: str) -> Path:
 
 
 def cmd_finetune(args) -> int:
-    from .run_folders import output_lock
+    from .experiments import finetune_from_config
 
     config = _load(args)
+    _refuse_policy_overrides(args, config)
     output = _output(args, config, "finetune")
-    with output_lock(output, "finetune"):
-        result = _finetune(args, config, output)
+    result = finetune_from_config(config, output, test_metric=not args.no_test, progress=not args.no_progress)
     print(
         f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
         f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}"
@@ -140,29 +144,9 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def _finetune(args, config, output: Path):
-    from .environment import resolve_budget
-    from .pipeline import Workbench, run_finetune
-    from .run_folders import FINETUNE, check_output
-    from .selectors import build_selector
-
-    check_output(output, FINETUNE)
-    selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
-    _record_policy_settings(args, config, selector)
-    bench = Workbench.build(config, progress=not args.no_progress)
-    budget = resolve_budget(len(bench.pool), config.train)
-    return run_finetune(
-        bench, selector, output, budget, config.seed, test_metric=not args.no_test, progress=not args.no_progress
-    )
-
-
-def _record_policy_settings(args, config, selector) -> None:
-    """With --policy the selector's own RaiseConfig runs: refuse raise.* overrides it would ignore,
-    and record its settings (not the config file's) in the run's config.yaml."""
-    from .config import RUN_TIME_FIELDS
-
-    trained = getattr(selector, "artifact", None)
-    if trained is None:
+def _refuse_policy_overrides(args, config) -> None:
+    """With --policy the selector's own raise settings run: refuse raise.* overrides it would ignore."""
+    if config.selector != "raise" or config.raise_.policy is None:
         return
     ignored = sorted(
         {
@@ -176,29 +160,16 @@ def _record_policy_settings(args, config, selector) -> None:
             f"{', '.join(ignored)} cannot change a trained selector (--policy {config.raise_.policy} "
             "was trained with its own raise settings); drop the override or train a new selector"
         )
-    config.raise_ = dataclasses.replace(  # a selector does not store the run-time fields: they stay the run's own
-        trained.config, **{name: getattr(config.raise_, name) for name in RUN_TIME_FIELDS}
-    )
 
 
 def cmd_train_selector(args) -> int:
-    from .experiments import check_resume, check_rollout_workers, train_raise_selector
-    from .pipeline import Workbench
-    from .run_folders import SELECTOR_TRAINING, check_output, output_lock
+    from .experiments import train_raise_selector
 
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = _load(args)
-    check_rollout_workers(config)
     output = _output(args, config, "train-selector")
-    with output_lock(output, "train-selector"):
-        check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
-        if args.resume:
-            check_resume(output, config)  # the cheap checks, before the model loads
-        bench = Workbench.build(config, progress=not args.no_progress)
-        artifact_dir = train_raise_selector(
-            bench, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-        )
+    artifact_dir = train_raise_selector(
+        config, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print(f"selector written to {artifact_dir}; use: raise-select finetune --selector raise --policy {artifact_dir}")
     return 0
 
@@ -251,7 +222,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import describe_fields, format_value
+    from .config_io import describe_fields, format_value
 
     docs = describe_fields(args.section)
     width = max(len(doc.name) for doc in docs)

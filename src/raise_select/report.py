@@ -33,6 +33,7 @@ from .analysis import (
     score_correlations,
     selection_records,
     selector_seed_breakdown,
+    stage_view,
     summarize,
     validation_curve,
     value_shares,
@@ -174,6 +175,7 @@ def _compare_report(report: _Report) -> None:
     )
     _ledger_section(report, results.get("ledger"), RESULTS_JSON)
 
+    _stage_view_section(report, runs)
     raise_runs = [run for row, run in runs if row["method"] == "raise"]
     random_selections = [selection_records(run) for row, run in runs if row["method"] == "random"]
     explain = next((run["explain"] for run in raise_runs if run["explain"]), None)
@@ -307,6 +309,24 @@ def _ledger_section(report: _Report, ledger: dict | None, source: str) -> None:
         "Φ is the estimated cost of one full-data fine-tuning run (the paper's unit); a phase's Φ is its tokens / Φ's tokens. "
         "Seconds are compute, summed over rollout workers" + (f" ({'; '.join(elapsed)})." if elapsed else "."),
         markdown_table(["phase", "seconds", "tokens", "Φ"], body),
+    )
+
+
+def _stage_view_section(report: _Report, runs: list[tuple[dict, dict]]) -> None:
+    """Every method's picks per fifth of the run, by family (labelled pools) or source, pooled over its runs."""
+    by_method: dict[str, list[dict]] = {}
+    for row, run in runs:
+        if row["method"] != "full":  # full data: the pool's own shares at every stage
+            by_method.setdefault(row["method"], []).extend(selection_records(run))
+    view = stage_view({method: records for method, records in by_method.items() if records})
+    if view is None:
+        return
+    key, table = view
+    report.section(
+        "Picks by training stage",
+        f"Share of each {key} in what each method trained on, per fifth of the run (pooled over its runs; "
+        "full data, which follows the pool, is left out).",
+        table,
     )
 
 

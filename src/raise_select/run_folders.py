@@ -399,6 +399,9 @@ class FolderSwap:
     deletes the old contents (call it once the new run has its first result), ``rollback()`` removes
     what the new run wrote and puts the old folder back. For runs that must write in place (PPO
     checkpoints that ``--resume`` reads after a kill), where a staged sibling would not do.
+
+    As a context manager (``with FolderSwap(folder) as swap:``) it rolls back when the block raises
+    before ``commit()``, and commits when the block ends normally.
     """
 
     def __init__(self, folder: Path):
@@ -410,6 +413,15 @@ class FolderSwap:
                 os.replace(self.folder, self.previous)
             self.folder.mkdir(parents=True)
         self.done = False
+
+    def __enter__(self) -> FolderSwap:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.rollback()
 
     def commit(self) -> None:
         if not self.done and self.previous is not None:
@@ -458,6 +470,11 @@ def skipped_records_note(count: int, first: list[str]) -> str:
 def selector_training_dir(output: Path, selector_seed: int) -> Path:
     """Where a comparison trains (or finds) its RAISE selector for one selector seed."""
     return Path(output) / f"{SELECTOR_SEED_PREFIX}{selector_seed}"
+
+
+def best_static_file(output: Path, steps: int) -> Path:
+    """Where a comparison keeps its ``best_static`` grid search at one budget (reused on resume)."""
+    return Path(output) / f"best-static-{steps}steps.json"
 
 
 def comparison_run_dir(output: Path, method: str, steps: int, seed: int, selector_seed: int | None = None) -> Path:

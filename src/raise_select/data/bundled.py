@@ -60,6 +60,7 @@ from .types import Example, Pool, TargetTask
 SPLIT_SEED = 0  # the fixed permutation behind every bundled and user-target split
 SPLITS = ("train", "validation", "test")
 SYNTHETIC_POOL_SIZE = 2000  # synthetic pool size when the source sets no limit
+_GENERATED = ("synthetic", "synthetic_curriculum")  # generated in-process, not read from a package file
 
 # (package, file or folder inside it) for each file-backed source.
 _ASSETS = {
@@ -83,7 +84,7 @@ _LETTERS = "ABCD"
 def bundled_examples(name: str, split: str) -> list[Example]:
     """The examples of one split (train | validation | test) of a file-backed bundled source."""
     if name not in _HELD_OUT_SIZES and name != "gsm8k_corrupted":
-        known = ", ".join(n for n in BUNDLED_SOURCES if n != "synthetic")
+        known = ", ".join(n for n in BUNDLED_SOURCES if n not in _GENERATED)
         raise UserError(f"'{name}' is not a bundled data source; choose one of {known} (or use a file path)")
     if split not in SPLITS:
         raise UserError(f"split {split!r} does not exist; choose one of {', '.join(SPLITS)}")
@@ -127,6 +128,12 @@ def build_target(target_cfg: TargetConfig, seed: int = 0) -> TargetTask:
         task = synthetic_target(n_validation, n_test)
         default_metric, default_pattern = task.metric, task.answer_pattern
         validation, test = list(task.validation), list(task.test)
+    elif name == "synthetic_curriculum":
+        from .curriculum import curriculum_target
+
+        task = curriculum_target(n_validation, n_test)
+        default_metric, default_pattern = task.metric, task.answer_pattern
+        validation, test = list(task.validation), list(task.test)
     elif name in _TARGET_METRICS:
         validation = _first(
             bundled_examples(name, "validation"), n_validation, f"{name} validation split", "target.n_validation"
@@ -148,6 +155,10 @@ def _bundled_pool_examples(source: SourceConfig, seed: int) -> list[Example]:
         from .synthetic import synthetic_pool  # the testbed is built only when asked for
 
         examples = synthetic_pool(source.limit or SYNTHETIC_POOL_SIZE, seed)
+    elif source.name == "synthetic_curriculum":
+        from .curriculum import curriculum_pool
+
+        examples = curriculum_pool(source.limit or SYNTHETIC_POOL_SIZE, seed)
     else:
         examples = bundled_examples(source.name, "train")
     if not source.tag:

@@ -185,14 +185,46 @@ def _family_generators() -> dict[str, Callable[[random.Random], tuple[str, str]]
 # ----------------------------------------------------------------------------- pool and target
 
 
-def _family_counts(n: int) -> dict[str, int]:
+def family_counts(n: int, families: dict[str, dict]) -> dict[str, int]:
     """Split ``n`` by the families' shares (largest remainder; ties go to the earlier family)."""
-    exact = {family: n * spec["share"] for family, spec in SYNTHETIC_FAMILIES.items()}
+    exact = {family: n * spec["share"] for family, spec in families.items()}
     counts = {family: int(value) for family, value in exact.items()}
     by_remainder = sorted(exact, key=lambda family: counts[family] - exact[family])
     for family in by_remainder[: n - sum(counts.values())]:
         counts[family] += 1
     return counts
+
+
+def labelled_examples(
+    name: str,
+    counts: dict[str, int],
+    families: dict[str, dict],
+    generators: dict[str, Callable[[random.Random], tuple[str, str]]],
+    seed: int,
+) -> list[Example]:
+    """``counts[family]`` examples of each family in a seeded order; ids are ``<name>/<family>/<k>``.
+
+    Each family draws from its own seeded stream, so example ``k`` of a family is the same for
+    every count (a bigger pool extends a smaller one). ``meta`` holds the family and every label of
+    its spec except ``share`` and ``description``.
+    """
+    examples = []
+    for family, count in counts.items():
+        rng = random.Random(f"{seed}/{family}")  # str seeds hash the same in every process
+        labels = {key: value for key, value in families[family].items() if key not in ("share", "description")}
+        for k in range(count):
+            prompt, response = generators[family](rng)
+            examples.append(
+                Example(
+                    id=f"{name}/{family}/{k}",
+                    source=f"{name}/{family}",
+                    messages=({"role": "user", "content": prompt},),
+                    response=response,
+                    meta={"family": family, **labels},
+                )
+            )
+    random.Random(seed).shuffle(examples)
+    return examples
 
 
 def synthetic_pool(n: int, seed: int = 0) -> list[Example]:
@@ -205,27 +237,12 @@ def synthetic_pool(n: int, seed: int = 0) -> list[Example]:
         raise UserError(
             f"the synthetic pool needs at least 1 example (got {n}); set the source's limit to a positive number"
         )
-    generators = _family_generators()
-    examples = []
-    for family, count in _family_counts(n).items():
-        rng = random.Random(f"{seed}/{family}")  # str seeds hash the same in every process
-        spec = SYNTHETIC_FAMILIES[family]
-        for k in range(count):
-            prompt, response = generators[family](rng)
-            examples.append(
-                Example(
-                    id=f"synthetic/{family}/{k}",
-                    source=f"synthetic/{family}",
-                    messages=({"role": "user", "content": prompt},),
-                    response=response,
-                    meta={"family": family, "helpful": spec["helpful"], "corrupted": spec["corrupted"]},
-                )
-            )
-    random.Random(seed).shuffle(examples)
-    return examples
+    return labelled_examples(
+        "synthetic", family_counts(n, SYNTHETIC_FAMILIES), SYNTHETIC_FAMILIES, _family_generators(), seed
+    )
 
 
-def synthetic_target(n_validation: int, n_test: int) -> TargetTask:
+def synthetic_target(n_validation: int, n_test: int, name: str = TARGET_NAME) -> TargetTask:
     """The target ``what is 32+45?`` -> ``77`` on operand pairs that never occur in the pool.
 
     The splits are fixed: validation is the first ``n_validation`` reserved pairs, test the next ``n_test``.
@@ -250,7 +267,7 @@ def synthetic_target(n_validation: int, n_test: int) -> TargetTask:
         ]
 
     return TargetTask(
-        name=TARGET_NAME,
+        name=name,
         validation=split("validation", target_pairs[:n_validation]),
         test=split("test", target_pairs[n_validation : n_validation + n_test]),
         metric="exact_match",

@@ -11,7 +11,8 @@ import argparse
 from collections.abc import Callable
 from importlib import resources
 
-from ..config import Config, SourceConfig, load_config
+from ..config import Config, SourceConfig
+from ..config_io import load_config
 from ..errors import UserError
 from ..pipeline import Workbench
 from ..selectors import build_selector

@@ -19,6 +19,7 @@ from .baselines import (
     SelfPacedSelector,
     TargetedSelector,
 )
+from .mixtures import FamilyMixtureSelector, ScheduledOracleSelector
 from .simple import FullDataSelector, OracleSelector, RandomSelector
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ _BASELINE_CLASSES = (
     SelfPacedSelector,
     HighLossSelector,
     OracleSelector,
+    ScheduledOracleSelector,
+    FamilyMixtureSelector,
 )
 
 SELECTORS: dict[str, str] = {

@@ -89,7 +89,7 @@ from ..config import RaiseConfig
 from ..errors import UserError
 from ..features import StaticFeatures
 from ..protocol import EnvState, SelectionContext
-from ..selector_artifact import RaiseArtifact, load_selector
+from ..selector_artifact import RaiseArtifact, load_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class RaiseSelector:
 
     @classmethod
     def load(cls, path: str | Path) -> RaiseSelector:
-        artifact = load_selector(path)
+        artifact = load_artifact(path)
         return cls(artifact.config, artifact)
 
     # -- binding to a pool -------------------------------------------------------------------
