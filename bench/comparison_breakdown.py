@@ -1,6 +1,7 @@
 """What each method picked and how its validation loss moved, over a comparison folder's runs.
 
     python bench/comparison_breakdown.py runs/smollm2-mixed
+    python bench/comparison_breakdown.py --tiny    # a 2-step comparison on a cut-down testbed, in seconds
 
 Prints, per method: the share of its picks from each pool source next to the pool's share, and the
 validation loss at every evaluated step (mean ± std over runs) with the gap to random, so you can
@@ -14,25 +15,43 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from _tiny import TESTBED_OVERRIDES
 
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import run_comparison
 from raise_select.io_utils import read_jsonl
 from raise_select.run_folders import read_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comparison", type=Path)
+    parser.add_argument("comparison", type=Path, nargs="?", help="a `raise-select compare` output folder")
+    parser.add_argument("--tiny", action="store_true", help="break down a tiny comparison run here (seconds)")
     args = parser.parse_args()
+    if args.tiny:
+        with tempfile.TemporaryDirectory() as folder:
+            overrides = ["compare.methods=[random, targeted, full]", "compare.seeds=[0]", "compare.budget_steps=[2]"]
+            config = load_config(recipe_path("demo_quick"), [*TESTBED_OVERRIDES, *overrides])
+            run_comparison(config, Path(folder), progress=False)
+            breakdown(Path(folder))
+    elif args.comparison is None:
+        parser.error("give a comparison folder, or --tiny")
+    else:
+        breakdown(args.comparison)
+
+
+def breakdown(comparison: Path) -> None:
     # results.json rows name each run's method, selector seed, final validation loss and folder.
-    rows = json.loads((args.comparison / "results.json").read_text(encoding="utf-8"))["rows"]
+    rows = json.loads((comparison / "results.json").read_text(encoding="utf-8"))["rows"]
     picks: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     curves: dict[str, dict[int, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     finals: dict[tuple[str, int | None], list[float]] = collections.defaultdict(list)
     for row in rows:
-        run, method = args.comparison / row["run_dir"], row["method"]
+        run, method = comparison / row["run_dir"], row["method"]
         for selection in read_jsonl(run / "selections.jsonl"):
             picks[method].update(selection["sources"])
         for metric in read_jsonl(run / "metrics.jsonl"):
@@ -41,7 +60,7 @@ def main() -> None:
         finals[(method, row.get("selector_seed"))].append(float(row["validation_loss"]))
 
     pool_counts = collections.Counter()
-    for source in read_config(args.comparison)["pool"]["sources"]:
+    for source in read_config(comparison)["pool"]["sources"]:
         pool_counts[source["name"]] += int(source.get("limit") or 0)
     pool_total = sum(pool_counts.values())
     sources = list(pool_counts)

@@ -1,7 +1,7 @@
 """How well does each static feature tell a correct answer from a corrupted one, per base model?
 
     python bench/feature_separation.py [--models synthetic-tiny synthetic-tiny@seed1 synthetic-tiny@seed2]
-                                       [--config FILE] [field=value ...]
+                                       [--config FILE] [--tiny] [field=value ...]
 
 On the synthetic testbed (``demo --quick`` recipe by default) the corrupted families reuse the
 helpful prompts with wrong answers, so only a feature that reads the answer can separate them. For
@@ -14,7 +14,7 @@ run computes it):
   (an upper bound for the episode head, which learns from rewards only), and the helpful-clean and
   corrupted shares of its top ``--top`` examples (what a 24-step run of batch 8 trains on).
 
-Prints; asserts nothing.
+``--tiny``: one base model on a cut-down testbed, in seconds. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from _tiny import TESTBED_OVERRIDES
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -36,8 +37,11 @@ def main() -> None:
         "--models", nargs="+", default=["synthetic-tiny", "synthetic-tiny@seed1", "synthetic-tiny@seed2"]
     )
     parser.add_argument("--top", type=int, default=192, help="examples the linear score's shares are read from")
+    parser.add_argument("--tiny", action="store_true", help="one model, a cut-down testbed: seconds")
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
     args = parser.parse_args()
+    if args.tiny:
+        args.models, args.top, args.overrides = ["synthetic-tiny"], 16, [*TESTBED_OVERRIDES, *args.overrides]
 
     print("| base model | column | P(clean < corrupted) |")
     print("|---|---|---|")

@@ -1,6 +1,6 @@
 """Which proxy for selector training on SmolLM2: fewer layers, or shorter examples?
 
-    python bench/proxy_cost.py [--lengths 160 96 64] [--steps 4]
+    python bench/proxy_cost.py [--lengths 160 96 64] [--steps 4] [--tiny]
 
 On the demo's pool (recipes/demo.yaml) with SmolLM2-135M + LoRA (bf16 autocast, batch 8):
 
@@ -9,7 +9,8 @@ On the demo's pool (recipes/demo.yaml) with SmolLM2-135M + LoRA (bf16 autocast, 
 2. seconds per LoRA training step (median of ``--steps`` after one warm-up) and per validation pass
    (the demo's 24 GSM8K validation examples) when examples are cut to each of ``--lengths`` tokens.
 
-Prints numbers; asserts nothing.
+``--tiny``: the same measurements with the testbed's 3-layer model on a cut-down synthetic pool, in
+seconds. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from _tiny import TESTBED_OVERRIDES
 
 from raise_select.config import ModelConfig
 from raise_select.config_io import load_config, recipe_path
@@ -37,24 +39,30 @@ LAYER_SUBSETS = {
     "every third (10)": list(range(0, 30, 3)),
     "every second (15)": list(range(0, 30, 2)),
 }
+TINY_LAYER_SUBSETS = {"all 3": [0, 1, 2], "first 2": [0, 1], "first 1 + last 1": [0, 2]}  # synthetic-tiny
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[160, 96, 64])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--tiny", action="store_true", help="the testbed's 3-layer model, a cut-down pool: seconds")
     args = parser.parse_args()
+    model, layer_subsets = "smollm2", LAYER_SUBSETS
     config = load_config(recipe_path("demo"))
+    if args.tiny:
+        model, layer_subsets, args.lengths, args.steps = "synthetic-tiny", TINY_LAYER_SUBSETS, [32, 16], 1
+        config = load_config(recipe_path("demo_quick"), TESTBED_OVERRIDES)
     pool = build_pool(config.pool, seed=0)
     target = build_target(config.target, seed=0)
 
-    print("## Base response loss with a subset of SmolLM2's decoder layers (16 pool examples)\n")
-    lm = load_model(ModelConfig(name="smollm2", finetune="full", precision="bf16"))
+    print(f"## Base response loss with a subset of {model}'s decoder layers (16 pool examples)\n")
+    lm = load_model(ModelConfig(name=model, finetune="full", precision="bf16"))
     tokens = tokenize_examples(pool.examples, lm.tokenizer, config.pool.max_length)
     batch = tokens.collate(np.arange(0, len(pool), len(pool) // 16)[:16], lm.tokenizer.pad_token_id)
     layers = lm.model.model.layers
     print("| layers kept | loss (nats/token) |\n|---|---|")
-    for label, keep in LAYER_SUBSETS.items():
+    for label, keep in layer_subsets.items():
         lm.model.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
         for position, layer in enumerate(lm.model.model.layers):
             layer.self_attn.layer_idx = position
@@ -62,8 +70,10 @@ def main() -> None:
         with torch.no_grad():
             print(f"| {label} | {float(training_loss(lm, batch)):.2f} |")
 
-    print("\n## Seconds per LoRA step (batch 8) and per validation pass (24 examples) by example length\n")
-    lm = load_model(ModelConfig(name="smollm2", finetune="lora", precision="bf16"))
+    print(
+        f"\n## Seconds per LoRA step (batch 8) and per validation pass ({len(target.validation)} examples) by length\n"
+    )
+    lm = load_model(ModelConfig(name=model, finetune="lora", precision="bf16"))
     optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=5e-4)
     print("| max tokens | mean pool tokens | step s | validation s |\n|---|---|---|---|")
     for length in args.lengths:

@@ -1,7 +1,7 @@
 """Wall time per PPO update of selector training, in-process and on 1, 2, ... Ray rollout workers.
 
     python bench/ray_scaling.py [--model testbed|smollm2] [--workers 0 1 2] [--updates 2]
-                                [--episodes-per-update 4] [--episode-steps N] [field=value ...]
+                                [--episodes-per-update 4] [--episode-steps N] [--tiny] [field=value ...]
 
 For each worker count it trains a selector (``raise.rollout_workers=N``; 0 = in-process) for
 ``--updates`` PPO updates and prints, per update, the elapsed seconds (collection on the workers +
@@ -13,12 +13,16 @@ printed apart: it is paid once per training, not per update. The selectors must 
 testbed: the demo --quick recipe (24-step episodes of the 3-layer model). smollm2: the demo recipe
 (SmolLM2-135M + LoRA, bf16 autocast), 8-step episodes by default. Each worker uses
 ``raise.worker_cpus`` torch threads (default 1); the in-process run uses the same count, so all runs
-compute the same numbers. Prints numbers; asserts nothing.
+compute the same numbers. Without Ray installed (``pip install raise-select[ray]``) only the in-process
+row is measured. ``--tiny``: the in-process row only (starting Ray alone takes longer than a tiny
+run; tests/test_ray_rollouts.py covers the workers), one update of two 2-step episodes on a cut-down
+testbed, in seconds. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import tempfile
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _tiny import TESTBED_OVERRIDES
 
 from raise_select.config_io import load_config, recipe_path
 from raise_select.experiments import train_raise_selector
@@ -43,8 +48,15 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--episodes-per-update", type=int, default=4)
     parser.add_argument("--episode-steps", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true", help="in-process only, one tiny update: seconds")
     parser.add_argument("overrides", nargs="*", help="config field=value overrides")
     args = parser.parse_args()
+    if args.tiny:
+        args.model, args.workers, args.updates, args.episodes_per_update, args.episode_steps = "testbed", [0], 1, 2, 2
+        args.overrides = [*TESTBED_OVERRIDES, *args.overrides]
+    if importlib.util.find_spec("ray") is None and any(args.workers):
+        print("Ray is not installed (pip install raise-select[ray]): measuring in-process rollouts only")
+        args.workers = [0]
 
     recipe, default_steps = RECIPES[args.model]
     steps = args.episode_steps or default_steps

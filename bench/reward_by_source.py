@@ -1,13 +1,14 @@
 """Does the reward tell clean GSM8K from its corrupted copies? Episodes that train on one source only.
 
-    python bench/reward_by_source.py [--steps 6] [--seeds 0 1 2] [--max-length 96] [--decision-interval 2]
+    python bench/reward_by_source.py [--steps 6] [--seeds 0 1 2] [--max-length 96] [--decision-interval 2] [--tiny]
 
 On the SmolLM2 experiment's set-up (examples/configs/smollm2_gsm8k_mixed.yaml: SmolLM2 + LoRA, the
 mixed pool, GSM8K validation loss as the reward), plays episodes of ``--steps`` updates whose batches
 are drawn (without repeats, seeded) from one pool source only, and prints the episode return (the
 validation-loss drop) per source: mean ± std over ``--seeds``. ``--max-length`` and
 ``--decision-interval`` set the proxy's example length and updates per reward (the defaults are the
-experiment's proxy; pass 160 and 1 for the tuned model itself). Prints numbers; asserts nothing.
+experiment's proxy; pass 160 and 1 for the tuned model itself). ``--tiny``: two families of a cut-down
+synthetic testbed instead, 2-update episodes, in seconds. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from _tiny import TESTBED_OVERRIDES
 
-from raise_select.config_io import load_config
+from raise_select.config_io import load_config, recipe_path
 from raise_select.pipeline import Workbench
 
 CONFIG = Path(__file__).parents[1] / "examples" / "configs" / "smollm2_gsm8k_mixed.yaml"
@@ -30,10 +32,16 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--decision-interval", type=int, default=2)
     parser.add_argument("--sources", nargs="+", default=["gsm8k", "gsm8k_corrupted", "mmlu", "chat", "humaneval"])
+    parser.add_argument("--tiny", action="store_true", help="a cut-down synthetic testbed, two families: seconds")
     args = parser.parse_args()
+    config_file, overrides = CONFIG, []
+    if args.tiny:
+        config_file, overrides = recipe_path("demo_quick"), TESTBED_OVERRIDES
+        args.steps, args.seeds, args.max_length, args.decision_interval = 2, [0], 32, 1
     config = load_config(
-        CONFIG,
+        config_file,
         [
+            *overrides,
             "raise.proxy_max_length=null",
             "raise.proxy_decision_interval=null",
             f"pool.max_length={args.max_length}",
@@ -43,6 +51,8 @@ def main() -> None:
     bench = Workbench.build(config)
     env = bench.make_env(args.steps, evaluate_every=1)
     sources = np.array([example.source for example in bench.pool.examples])
+    if args.tiny:
+        args.sources = list(dict.fromkeys(sources))[:2]
     decision = config.train.batch_size * args.decision_interval
     print(f"episodes of {args.steps} updates, examples cut to {args.max_length} tokens, M = {args.decision_interval}\n")
     print("| source | return per seed | mean ± std |\n|---|---|---|")

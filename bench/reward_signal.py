@@ -1,6 +1,6 @@
 """How much of RAISE's reward does what was chosen explain? (synthetic testbed)
 
-    python bench/reward_signal.py [--episodes 32] [--budget-steps 24] [field=value ...]
+    python bench/reward_signal.py [--episodes 32] [--budget-steps 24] [--tiny] [field=value ...]
 
 Plays ``--episodes`` fine-tuning episodes with an untrained RAISE policy twice: without the episode
 head (``raise.head_dims=0``: a near-uniform Plackett-Luce sampler) and with it (the head's weights
@@ -15,7 +15,7 @@ drawn once per episode, as in training). Prints:
   ... draws), and the helpful-clean / corrupted shares of the pool's top examples by the fitted
   direction (as many as one episode trains on).
 
-Prints; asserts nothing.
+``--tiny``: 8 episodes of 2 decisions on a cut-down testbed, in seconds. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 
 import numpy as np
 import torch
+from _tiny import TESTBED_OVERRIDES
 
 from raise_select.config_io import load_config, recipe_path
 from raise_select.pipeline import Workbench
@@ -51,8 +52,11 @@ def main() -> None:
     parser.add_argument("--config", default=str(recipe_path("demo_quick")))
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--budget-steps", type=int, default=24)
+    parser.add_argument("--tiny", action="store_true", help="8 episodes of 2 decisions, a cut-down testbed: seconds")
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
     args = parser.parse_args()
+    if args.tiny:
+        args.episodes, args.budget_steps, args.overrides = 8, 2, [*TESTBED_OVERRIDES, *args.overrides]
     torch.set_num_threads(1)
 
     config = load_config(args.config, [*args.overrides, f"train.budget_steps={args.budget_steps}"])

@@ -1,7 +1,7 @@
 """Does RAISE's selector learn? Method x selector seed on the synthetic testbed, next to the baselines.
 
     python bench/selector_learning.py [--budget-steps 24] [--episodes 64] [--selector-seeds 0 1 2 3 4] [--seeds 0 1 2]
-                                      [--output runs/selector-learning] [--config FILE] [field=value ...]
+                                      [--output runs/selector-learning] [--config FILE] [--tiny] [field=value ...]
 
 Runs ``raise-select compare`` (the ``demo --quick`` recipe by default, with 64 training episodes per
 selector where the demo trains 32) with one selector training per selector seed, each deployed greedily over the fine-tuning seeds, and every baseline, the
@@ -12,16 +12,19 @@ Then prints, from the run folders:
   it closes, and the helpful-clean / corrupted shares of what it trained on;
 * per RAISE selector seed: the same, plus whether it beat random and its selector-training seconds.
 
-Rerunning with the same --output reuses finished runs (compare's resume). Prints; asserts nothing.
+Rerunning with the same --output reuses finished runs (compare's resume). ``--tiny``: one selector seed,
+random and oracle, a cut-down testbed, in a temporary folder: seconds. Prints; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from _tiny import TESTBED_OVERRIDES
 
 from raise_select.config_io import load_config, recipe_path
 from raise_select.experiments import run_comparison
@@ -46,8 +49,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=BASELINES)
     parser.add_argument("--output", default="runs/selector-learning")
+    parser.add_argument("--tiny", action="store_true", help="a cut-down testbed, one selector seed: seconds")
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
     args = parser.parse_args()
+    if args.tiny:
+        args.budget_steps, args.episodes, args.selector_seeds, args.seeds = 2, 2, [0], [0]
+        args.methods, args.overrides = ["random", "oracle"], [*TESTBED_OVERRIDES, *args.overrides]
+        with tempfile.TemporaryDirectory() as folder:
+            args.output = folder
+            learning_table(args)
+    else:
+        learning_table(args)
+
+
+def learning_table(args: argparse.Namespace) -> None:
 
     methods = ["raise"] + [m for m in args.methods if m != "raise"]
     config = load_config(

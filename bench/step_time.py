@@ -1,11 +1,12 @@
 """Seconds per training step and per validation evaluation, for the tiny model and SmolLM2.
 
-    python bench/step_time.py [--steps N] [--skip-smollm2] [--threads K]
+    python bench/step_time.py [--steps N] [--skip-smollm2] [--threads K] [--tiny]
 
 A training step is what the environment does per update: forward + backward + AdamW on a batch
 of 8 x 128 tokens (the first half of each row is prompt, so half the tokens carry loss). A
 validation evaluation is ``validation_loss`` over 32 examples of 128 tokens. One warm-up step,
-then the median of N timed repetitions. Prints numbers; asserts nothing.
+then the median of N timed repetitions (``--tiny``: the tiny model, one repetition). Prints numbers;
+asserts nothing.
 
 On a small shared CPU, pass ``--threads 1``: when other processes keep the cores busy, torch's
 intra-op threads wait on each other and a step can get 10-50x slower than single-threaded.
@@ -117,7 +118,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--skip-smollm2", action="store_true", help="only the tiny model")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model, one repetition: seconds")
     args = parser.parse_args()
+    if args.tiny:
+        args.skip_smollm2, args.steps = True, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -1,6 +1,6 @@
 """Steps per second of plain ``transformers.Trainer`` vs Trainer + RAISE, same model, pool and batches.
 
-    python bench/trainer_overhead.py [--steps N] [--smollm2-steps N] [--skip-smollm2] [--threads K]
+    python bench/trainer_overhead.py [--steps N] [--smollm2-steps N] [--skip-smollm2] [--threads K] [--tiny]
 
 Both trainers train ``train.batch_size`` = 8 pool examples (synthetic testbed pool, 256 examples,
 48 tokens max) per optimizer step with the same TrainingArguments. Plain Trainer draws them with its
@@ -9,13 +9,14 @@ step's batch from the current state. RAISE rows differ in how often the validati
 stage feature and reward, 32 target examples) is evaluated: every decision (our environment's
 default, ``train.eval_every=1``), every 4th, or only before and after training ("selection
 only": the cost of the hooks and of choosing). Steps/s is timed from the end of the first
-``--warmup`` steps to the end of the last step (its final evaluation excluded). Prints a table;
-asserts nothing.
+``--warmup`` steps to the end of the last step (its final evaluation excluded). ``--tiny``: the tiny
+model, 4 steps, one repetition, in seconds. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
@@ -96,8 +97,19 @@ def main() -> None:
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a small shared CPU)")
     parser.add_argument("--output", default="runs/bench-trainer-overhead")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model, 4 steps, one repetition: seconds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tiny:
+        args.skip_smollm2, args.steps, args.warmup, args.repeats = True, 4, 1, 1
+        with tempfile.TemporaryDirectory() as folder:
+            args.output = folder
+            overhead_table(args)
+    else:
+        overhead_table(args)
+
+
+def overhead_table(args: argparse.Namespace) -> None:
 
     rows = []
     for label, overrides in MODELS.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -18,6 +19,7 @@ from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_tar
 from raise_select.protocol import Explains, HasClusters, Selector
 from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_artifact, save_artifact
 from raise_select.selectors.raise_policy import (
+    AcquisitionMLP,
     RaiseSelector,
     choose_groups,
     cluster_quotas,
@@ -93,6 +95,66 @@ def test_greedy_selection_is_the_top_b_of_each_cluster():
             assert not set(chosen.tolist()) & set(range(10))
         else:  # plain greedy: the keys are the scores
             np.testing.assert_allclose(keys, scores.numpy() / selector.config.temperature)
+
+
+@pytest.mark.parametrize(("repeat_penalty", "head"), [(2.0, True), (1e4, False)])
+def test_greedy_shortlist_picks_what_scoring_the_whole_pool_picks(monkeypatch, repeat_penalty, head):
+    """select() scores only the shortlisted candidates; over an episode whose stage moves (and rebuilds the
+    reference), its picks are exactly choose_groups over the whole pool's logits."""
+    monkeypatch.setattr("raise_select.selectors.raise_policy.GREEDY_SHORTLIST_MIN_POOL", 0)
+    features = make_features(3000, seed=3)
+    selector = make_selector(features, clusters=2, batch_size=8, repeat_penalty=repeat_penalty)
+    with torch.no_grad():  # a trained-looking policy: large weights, stage features that matter
+        for parameter in selector.policy.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(7)) * 0.5)
+    selector.refresh_projection()
+    if head:
+        selector.sample_head(torch.Generator().manual_seed(1))
+    twin = copy.deepcopy(selector)  # never selects greedily: its sampler has no cache to be misled by
+    built, scored_rows = [], []
+    build, score = selector._build_greedy_reference, selector.policy.from_projection
+    monkeypatch.setattr(selector, "_build_greedy_reference", lambda *a: built.append(1) or build(*a))
+    monkeypatch.setattr(selector.policy, "from_projection", lambda p, *a: scored_rows.append(len(p)) or score(p, *a))
+    rng = np.random.default_rng(0)
+    state = make_state(3000, batch_size=8, budget=40)
+    largest_scored = 0
+    for step in range(40):
+        state.step = step
+        expected_keys = selector.logits(
+            selector.pool_scores(stage_features(state), state.selection_counts), state.selection_counts
+        )
+        expected = interleave([g.numpy() for g in choose_groups(expected_keys, selector.members, cluster_quotas(8, 2))])
+        scored_rows.clear()
+        chosen = selector.select(state)
+        np.testing.assert_array_equal(chosen, expected)
+        largest_scored = max(largest_scored, *scored_rows)
+        np.add.at(state.selection_counts, chosen, 1)
+        state.validation_history.append(state.validation_history[-1] * (1 - 0.05 * rng.uniform()))
+    sampled, expected_sample = (s.sample(state, torch.Generator().manual_seed(5)) for s in (selector, twin))
+    np.testing.assert_array_equal(sampled.indices, expected_sample.indices)
+    torch.testing.assert_close(sampled.log_probs, expected_sample.log_probs, rtol=0, atol=1e-6)
+    assert 1 < len(built) < 40  # the reference moved with the stage, and was reused in between
+    assert largest_scored <= 3000 // 8 + 40 * 8  # decisions scored a fraction of the pool (and the selected)
+
+
+def test_stage_gradients_match_autograd_and_the_curvature_bound_holds():
+    policy = AcquisitionMLP(static_size=9, hidden_size=16)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.mul_(4.0)  # large weights: strongly curved scores
+    projection = policy.project(torch.randn(200, 9, generator=torch.Generator().manual_seed(0)))
+    stage = torch.tensor([0.3, 0.9, -0.02])
+    scores, gradients = policy.scores_and_stage_gradients(projection, stage)
+    moving = stage.clone().requires_grad_(True)
+    exact = policy.from_projection(projection, moving, torch.zeros(200))
+    (expected,) = torch.autograd.grad(exact.sum(), moving)  # rows are independent: the sum's gradient is each row's
+    torch.testing.assert_close(scores, exact.detach())
+    torch.testing.assert_close(gradients.sum(0), expected)
+    for change in (torch.tensor([0.05, -0.02, 0.01]), torch.tensor([0.5, -0.3, 0.1])):
+        with torch.no_grad():
+            moved = policy.from_projection(projection, stage + change, torch.zeros(200))
+            remainder = (moved - scores - gradients @ change).abs().max()
+        assert remainder <= 0.5 * policy.stage_curvature_bound(change)
 
 
 def test_cluster_smaller_than_its_quota_is_filled_from_the_rest_by_score():

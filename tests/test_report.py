@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import yaml
 
-from raise_select.analysis import comparison_results, format_results_table, ranking_facts, stage_view, summarize
+from raise_select.analysis import (
+    comparison_results,
+    format_results_table,
+    full_data_matches,
+    ranking_facts,
+    results_markdown,
+    stage_view,
+    summarize,
+)
 from raise_select.errors import UserError
 from raise_select.report import write_report
 from raise_select.run_folders import comparison_run_dir, load_run, result_row
@@ -429,6 +437,28 @@ def test_reading_says_where_raise_stands_when_it_is_not_first():
     assert "raise: rank 3 of 3 by validation loss at budget 1% (1.3000 vs random 1.1000)" in facts
     assert any(f.startswith("raise: highest test accuracy at budget 1% (0.600 vs random 0.500") for f in facts)
     assert not any(f.startswith("raise: rank") and "accuracy" in f for f in facts)
+
+
+def test_full_data_matches_name_the_smallest_budget_reaching_full_datas_loss():
+    def row(method, steps, loss, seed=0):
+        return {"method": method, "budget_steps": steps, "validation_loss": loss, "seed": seed}
+
+    rows = [
+        row("full", 100, 1.0),
+        row("full", 100, 1.2, seed=1),  # full data's mean: 1.1
+        *(row("raise", 4, loss) for loss in (1.3, 1.2)),
+        *(row("raise", 8, loss) for loss in (1.15, 1.0)),  # mean 1.075: reached at 8 of 100 steps
+        row("raise", 16, 0.9),
+        row("random", 4, 1.5),
+        row("random", 16, 1.3),
+    ]
+    matches = {m["method"]: m for m in full_data_matches(rows)}
+    assert matches["raise"]["steps"] == 8 and matches["raise"]["fraction"] == pytest.approx(0.08)
+    assert matches["raise"]["loss"] == pytest.approx(1.075) and matches["raise"]["full_loss"] == pytest.approx(1.1)
+    assert matches["random"]["steps"] is None and matches["random"]["loss"] == pytest.approx(1.3)
+    assert full_data_matches([r for r in rows if r["method"] != "full"]) == []
+    text = results_markdown(comparison_results(rows))
+    assert "reached by raise at 8 steps (8.0 %, 1.0750); random not within its budgets (best 1.3000)" in text
 
 
 def _assert_stage_view(text: str) -> None:

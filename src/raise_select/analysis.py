@@ -6,7 +6,8 @@ command (``results.json``, ``results.md``: :func:`comparison_results`, :func:`re
 by :mod:`report` and :mod:`plots`.
 
 - results: :func:`summarize` (mean ± std over seeds), :func:`selector_seed_breakdown`,
-  :func:`oracle_gaps`, :func:`ranking_facts` and their Markdown tables and sentences;
+  :func:`oracle_gaps`, :func:`full_data_matches`, :func:`ranking_facts` and their Markdown tables and
+  sentences;
 - curves: :func:`validation_curve`, :func:`mean_curves`;
 - selections: :func:`selection_records` (one record per selected example, by training stage),
   :func:`pool_reference` (the shares to compare them against);
@@ -218,6 +219,56 @@ def gap_sentence(gap: dict) -> str:
     )
 
 
+def full_data_matches(rows: list[dict]) -> list[dict]:
+    """Per method beside a full-data run: the smallest budget whose mean validation loss reaches full data's.
+
+    [] without a ``full`` row. Else one {method, steps, fraction, loss, full_steps, full_loss} per other
+    method, in first-seen order: ``steps`` the smallest budget (optimizer steps) whose mean validation loss
+    over its runs is at or below full data's mean, ``fraction`` = steps / full-data steps, ``loss`` that
+    mean; when no budget reaches it, ``steps`` and ``fraction`` are None and ``loss`` is the best mean.
+    """
+    full = [r for r in rows if r["method"] == "full" and r.get("validation_loss") is not None]
+    if not full:
+        return []
+    full_loss = float(np.mean([r["validation_loss"] for r in full]))
+    full_steps = max(int(r.get("budget_steps") or r.get("steps") or 0) for r in full)
+    losses: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["method"] != "full" and row.get("validation_loss") is not None and row.get("budget_steps"):
+            losses[row["method"]][int(row["budget_steps"])].append(float(row["validation_loss"]))
+    matches = []
+    for method, by_budget in losses.items():
+        means = {steps: float(np.mean(values)) for steps, values in sorted(by_budget.items())}
+        steps = next((s for s, mean in means.items() if mean <= full_loss), None)
+        matches.append(
+            {
+                "method": method,
+                "steps": steps,
+                "fraction": steps / full_steps if steps is not None and full_steps else None,
+                "loss": means[steps] if steps is not None else min(means.values()),
+                "full_steps": full_steps,
+                "full_loss": full_loss,
+            }
+        )
+    return matches
+
+
+def full_data_sentence(matches: list[dict]) -> str:
+    """One sentence on :func:`full_data_matches`: at what share of full data's steps each method reaches it."""
+    parts = [
+        f"{m['method']} at {m['steps']} steps ({100 * m['fraction']:.1f} %, {m['loss']:.4f})"
+        if m["steps"] is not None
+        else f"{m['method']} not within its budgets (best {m['loss']:.4f})"
+        for m in matches
+    ]
+    first = matches[0]
+    return (
+        f"Full data's validation loss ({first['full_loss']:.4f} after {first['full_steps']} steps) is reached by "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def comparison_results(rows: list[dict]) -> dict:
     """A comparison's results from its per-run rows (:func:`run_folders.result_row`): ``results.json``
     without the compute ledger, i.e. {rows, summary, selector_seeds, oracle_gap}."""
@@ -238,6 +289,7 @@ def results_markdown(results: dict) -> str:
             [format_results_table(results["summary"])]
             + ([format_selector_seed_table(by_selector_seed)] if by_selector_seed else [])
             + [gap_sentence(g) for g in results["oracle_gap"]]
+            + ([full_data_sentence(matches)] if (matches := full_data_matches(results["rows"])) else [])
         )
         + "\n"
     )

@@ -30,6 +30,13 @@ different scales, and their embedding dimensions are not aligned at all.
 Efficiency: the first MLP layer is split as ``W_static x_static + W_stage s + w_avail a + b``; the
 static projection ``W_static x_static`` is computed once per episode (weights are fixed within an
 episode) for all candidates, and each decision only adds the stage and availability terms.
+Greedy decisions go further (:class:`GreedyReference`): the stage term ``W_stage s`` is the same for
+every candidate, so each fresh candidate's score is a smooth function of the 3 stage features whose
+curvature is bounded by the weights alone. A reference keeps, at one stage ``s0``, every score and
+its stage gradient; a decision predicts ``score(s0) + grad . (s - s0)`` (a pass over N x 4 floats) with
+a remainder bound, drops the candidates whose prediction lies more than twice that bound below their
+cluster's b-th best, and scores only the rest and the already-selected examples exactly. The picks are
+those of scoring the whole pool; the reference is rebuilt when the stage has moved too far.
 
 Diversity: k-means (C clusters, on the raw PCA embedding) splits the pool once; a decision of
 ``n`` indices takes ``b = n / C`` per cluster (the first ``n mod C`` clusters take one more when
@@ -92,6 +99,10 @@ SUMMARY_SIZE = len(STAGE_NAMES) + 5  # critic input: stage + fraction used, mean
 MINIBATCH_KMEANS_ROWS = 50_000  # above this many rows, MiniBatchKMeans (full k-means gets slow)
 KMEANS_INIT = 4  # fixed n_init so clustering is reproducible for a seed
 SCORE_CHUNK_ROWS = 65_536  # rows per MLP chunk: bounds activation memory at any pool size
+SILU_SLOPE_MAX = 1.0999  # max |silu'(x)| (1.0998 at x = 2.40)
+SILU_CURVATURE_MAX = 0.5001  # max |silu''(x)| (0.5 at x = 0)
+GREEDY_SCORED_SHARE = 8  # a greedy decision that must score more than 1/8 of the pool rebuilds its reference
+GREEDY_SHORTLIST_MIN_POOL = 50_000  # smaller pools are scored whole: a few milliseconds, less than the bookkeeping
 
 
 def fused_feature_layout(static_names: Sequence[str], pca_dim: int) -> list[dict]:
@@ -240,6 +251,38 @@ class AcquisitionMLP(nn.Module):
     def forward(self, fused_static: torch.Tensor, stage: torch.Tensor, availability: torch.Tensor) -> torch.Tensor:
         return self.from_projection(self.project(fused_static), stage, availability)
 
+    def scores_and_stage_gradients(
+        self, projection: torch.Tensor, stage: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n] scores at zero availability and [n, 3] their gradients with respect to the stage features."""
+        stage_weight = self.dynamic_layer.weight[:, : len(STAGE_NAMES)]
+        first = projection + stage_weight @ stage
+        second = self.hidden_layer(F.silu(first))
+        scores = self.output_layer(F.silu(second)).squeeze(-1)
+        hidden_gradient = (silu_slope(second) * self.output_layer.weight) @ self.hidden_layer.weight
+        return scores, (hidden_gradient * silu_slope(first)) @ stage_weight
+
+    def stage_curvature_bound(self, stage_change: torch.Tensor) -> float:
+        """A bound on |d^2/dt^2 score(s0 + t stage_change)| over t, for any candidate and availability.
+
+        The stage term moves every candidate's first-layer pre-activation along the same ``shift``. With
+        |silu'| <= 1.1 and |silu''| <= 0.5: d^2 score / dt^2 = sum_j w_j [silu''(u_j) ((W_h (silu'(z) * shift))_j)^2
+        + silu'(u_j) (W_h (silu''(z) * shift^2))_j], bounded term by term with |W_h|.
+        """
+        with torch.no_grad():
+            shift = (self.dynamic_layer.weight[:, : len(STAGE_NAMES)] @ stage_change).abs()
+            hidden_weight = self.hidden_layer.weight.abs()
+            first_order = hidden_weight @ (SILU_SLOPE_MAX * shift)
+            second_order = hidden_weight @ (SILU_CURVATURE_MAX * shift**2)
+            per_unit = SILU_CURVATURE_MAX * first_order**2 + SILU_SLOPE_MAX * second_order
+            return float(self.output_layer.weight.abs().squeeze(0) @ per_unit)
+
+
+def silu_slope(x: torch.Tensor) -> torch.Tensor:
+    """d silu(x) / dx = sigmoid(x) (1 + x (1 - sigmoid(x)))."""
+    sigmoid = torch.sigmoid(x)
+    return sigmoid * (1 + x * (1 - sigmoid))
+
 
 class Critic(nn.Module):
     """V_phi(state summary) -> expected (scaled) return."""
@@ -323,6 +366,22 @@ class SampledDecision:
     stage: np.ndarray  # [3] stage features the decision was made with
 
 
+@dataclass
+class GreedyReference:
+    """Greedy decisions' cache: every candidate's fresh logit and its stage gradient at one stage.
+
+    Rows are grouped by cluster (``order``: the clusters' members concatenated), so a cluster is a slice.
+    Valid while the policy's weights, the episode head and the projection are unchanged: the selector
+    drops it whenever they change (``refresh_projection``, ``set_head``).
+    """
+
+    stage: np.ndarray  # [3] the stage the logits were computed at (zero availability)
+    order: torch.Tensor  # [N] pool indices, cluster by cluster
+    bounds: list[int]  # [C + 1] where each cluster's rows start in ``order`` (and the end)
+    logits: torch.Tensor  # [N] logits at ``stage`` with nothing selected, rows in ``order``
+    stage_gradients: torch.Tensor  # [N, 3] d logit / d stage at ``stage``, rows in ``order``
+
+
 class RaiseSelector:
     """RAISE: score every candidate with F_theta(d') and take the top-b per k-means cluster.
 
@@ -349,6 +408,7 @@ class RaiseSelector:
         self.adaptation_notes: list[str] = []  # what setup re-fitted for this pool (logged, saved in provenance)
         self._projection: torch.Tensor | None = None  # cached W_static x_static, refreshed by reset()
         self._head_offset: torch.Tensor | None = None  # [N] episode head's scores x[:k] . w (None without a head)
+        self._greedy_reference: GreedyReference | None = None  # greedy decisions' cache (dropped on weight changes)
         self._context: SelectionContext | None = None
         self._pool_fingerprint: str | None = None
 
@@ -463,6 +523,7 @@ class RaiseSelector:
             self._projection = torch.cat(
                 [self.policy.project(chunk) for chunk in self.fused_static.split(SCORE_CHUNK_ROWS)]
             )
+        self._greedy_reference = None
 
     def reset(self, seed: int) -> None:
         # PPO updates the weights between episodes, so the per-episode cache is rebuilt here.
@@ -481,6 +542,7 @@ class RaiseSelector:
         with torch.no_grad():
             w = self.policy.head_mean.detach() if weights is None else torch.as_tensor(weights, dtype=torch.float32)
             self._head_offset = self.fused_static[:, : self.head_dims] @ w
+        self._greedy_reference = None
 
     def sample_head(self, generator: torch.Generator, mirror: bool = False) -> np.ndarray:
         """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on.
@@ -548,11 +610,102 @@ class RaiseSelector:
         return logits
 
     def select(self, state: EnvState) -> np.ndarray:
-        """Deployment: greedy top-b per cluster."""
-        scores = self.pool_scores(stage_features(state), state.selection_counts)
-        keys = self.logits(scores, state.selection_counts)
-        groups = choose_groups(keys, self.members, cluster_quotas(state.decision_size, self.config.clusters))
+        """Deployment: greedy top-b per cluster (scoring only the candidates that can still be picked)."""
+        quotas = cluster_quotas(state.decision_size, self.config.clusters)
+        groups = None
+        fits = all(quota <= members.numel() for quota, members in zip(quotas, self.members))  # else: a fill group
+        if fits and state.pool_size >= GREEDY_SHORTLIST_MIN_POOL:
+            groups = self._shortlisted_greedy_groups(state, quotas)
+        if groups is None:
+            keys = self.logits(self.pool_scores(stage_features(state), state.selection_counts), state.selection_counts)
+            groups = choose_groups(keys, self.members, quotas)
         return interleave([g.numpy() for g in groups])
+
+    def _build_greedy_reference(self, stage: np.ndarray) -> GreedyReference:
+        """Logits and stage gradients of the whole pool at ``stage``, as if nothing was selected yet."""
+        order = torch.cat(self.members)
+        stage_tensor = torch.from_numpy(stage)
+        with torch.no_grad():
+            parts = [
+                self.policy.scores_and_stage_gradients(self._projection[rows], stage_tensor)
+                for rows in order.split(SCORE_CHUNK_ROWS)
+            ]
+        scores, gradients = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if self._head_offset is not None:
+            scores = scores + self._head_offset[order]
+        bounds = np.cumsum([0] + [m.numel() for m in self.members]).tolist()
+        temperature = self.config.temperature
+        return GreedyReference(stage.copy(), order, bounds, scores / temperature, gradients / temperature)
+
+    def _shortlisted_greedy_groups(self, state: EnvState, quotas: list[int]) -> list[torch.Tensor] | None:
+        """``choose_groups`` of the whole pool's logits, computed from the candidates that can be picked.
+
+        Returns None when even a fresh reference leaves too many candidates (the caller scores the pool).
+        """
+        stage, counts = stage_features(state), state.selection_counts
+        used = np.flatnonzero(counts)
+        for _ in range(2):
+            if self._greedy_reference is None:
+                self._greedy_reference = self._build_greedy_reference(stage)
+            candidates = self._greedy_candidates(self._greedy_reference, stage, used, quotas)
+            if candidates is not None:
+                break
+            self._greedy_reference = None  # the stage moved too far from the reference: rebuild it here
+        else:
+            return None
+        rows = torch.from_numpy(np.union1d(candidates.numpy(), used))
+        row_counts = counts[rows.numpy()]
+        with torch.no_grad():
+            scores = self.policy.from_projection(
+                self._projection[rows], torch.from_numpy(stage), availability_feature(row_counts)
+            )
+            if self._head_offset is not None:
+                scores = scores + self._head_offset[rows]
+        keys = self.logits(scores, row_counts)
+        row_clusters = torch.from_numpy(self.clusters[rows.numpy()])
+        groups = []
+        for cluster, quota in enumerate(quotas):
+            local = (row_clusters == cluster).nonzero().squeeze(1)
+            groups.append(rows[local[torch.topk(keys[local], quota).indices]])
+        groups.append(torch.empty(0, dtype=torch.long))  # no fill group: every cluster can meet its quota
+        return groups
+
+    def _greedy_candidates(
+        self, reference: GreedyReference, stage: np.ndarray, used: np.ndarray, quotas: list[int]
+    ) -> torch.Tensor | None:
+        """Pool indices of the fresh candidates that can be among this stage's top-b of their cluster.
+
+        A fresh candidate's logit at ``stage`` is its reference logit plus gradient . (stage - s0), within
+        ``remainder`` (Taylor's bound with :meth:`AcquisitionMLP.stage_curvature_bound`). One whose
+        prediction lies more than 2 x remainder below its cluster's b-th best fresh prediction is beaten
+        by those b. None when the survivors exceed 1/GREEDY_SCORED_SHARE of the pool.
+        """
+        stage_change = torch.from_numpy(stage - reference.stage)
+        with torch.no_grad():
+            curvature = self.policy.stage_curvature_bound(stage_change) / self.config.temperature
+            predicted = torch.addmv(reference.logits, reference.stage_gradients, stage_change)
+        remainder = 0.5 * curvature
+        if used.size:  # already-selected examples are scored exactly; they do not set the thresholds
+            cluster_start = torch.tensor(reference.bounds[:-1])[torch.from_numpy(self.clusters[used])]
+            predicted[cluster_start + self.local_position[torch.from_numpy(used)]] = -math.inf
+        survivors = []
+        for cluster, quota in enumerate(quotas):
+            start, end = reference.bounds[cluster], reference.bounds[cluster + 1]
+            if quota == 0:
+                continue
+            cluster_predicted = predicted[start:end]
+            best = torch.topk(cluster_predicted, quota).values
+            quota_best = float(best[-1])
+            if not math.isfinite(quota_best):  # fewer fresh members than the quota: every member competes
+                survivors.append(reference.order[start:end])
+                continue
+            # float32 rounding of the two computations, far below any score gap that matters
+            threshold = quota_best - 2 * remainder - 1e-4 * (1.0 + abs(quota_best))
+            survivors.append(reference.order[start:end][cluster_predicted >= threshold])
+        candidates = torch.cat(survivors)
+        if candidates.numel() > max(len(reference.order) // GREEDY_SCORED_SHARE, 4 * sum(quotas)):
+            return None
+        return candidates
 
     def sample(self, state: EnvState, generator: torch.Generator) -> SampledDecision:
         """Training: a Plackett-Luce draw per cluster (Gumbel-top-k) with its exact log-probabilities."""
