@@ -17,7 +17,9 @@ TESTBED_OVERRIDES = [
     "train.eval_batch_size=16",
     "features.batch_size=32",
     "features.pca_dim=4",
+    "features.reference_steps=4",
     "raise.clusters=1",
     "raise.episodes=2",
     "raise.episodes_per_update=2",
+    "raise.episode_steps=2",
 ]
