@@ -14,6 +14,10 @@ run computes it):
   (an upper bound for the episode head, which learns from rewards only), and the helpful-clean and
   corrupted shares of its top ``--top`` examples (what a 24-step run of batch 8 trains on).
 
+``--gradient-alignment`` adds a candidate column that is not a feature of the library: the cosine
+between each example's loss gradient and the validation split's (over every trainable weight of the
+base model; what LESS and GREATS rank by), to see whether it separates better than the losses.
+
 ``--tiny``: one base model on a cut-down testbed, in seconds. Prints; asserts nothing.
 """
 
@@ -22,12 +26,33 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 from _tiny import TESTBED_OVERRIDES
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from raise_select.config_io import load_config, recipe_path
+from raise_select.features import with_column
+from raise_select.model import per_example_loss
 from raise_select.pipeline import Workbench
+
+
+def gradient_alignment(bench: Workbench) -> np.ndarray:
+    """[N] cosine between each pool example's response-loss gradient and the validation split's mean one."""
+    lm, parameters = bench.lm, bench.lm.trainable_parameters()
+    pad = lm.tokenizer.pad_token_id
+
+    def gradient(tokens, rows) -> torch.Tensor:
+        loss = per_example_loss(lm, tokens.collate(rows, pad)).float().mean()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, parameters)])
+
+    lm.model.eval()
+    target = gradient(bench.validation_tokens, list(range(len(bench.validation_tokens))))
+    cosines = []
+    for row in range(len(bench.pool_tokens)):
+        g = gradient(bench.pool_tokens, [row])
+        cosines.append(float(g @ target) / max(float(g.norm() * target.norm()), 1e-12))
+    return np.array(cosines)
 
 
 def main() -> None:
@@ -38,6 +63,9 @@ def main() -> None:
     )
     parser.add_argument("--top", type=int, default=192, help="examples the linear score's shares are read from")
     parser.add_argument("--tiny", action="store_true", help="one model, a cut-down testbed: seconds")
+    parser.add_argument(
+        "--gradient-alignment", action="store_true", help="add the gradient-alignment column (one backward per example)"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
     args = parser.parse_args()
     if args.tiny:
@@ -50,6 +78,8 @@ def main() -> None:
         config = load_config(args.config, [*args.overrides, f"model.name={model}"])
         bench = Workbench.build(config, progress=False)
         features = bench.ensure_features(progress=False)
+        if args.gradient_alignment:
+            features = with_column(features, "gradient_alignment", gradient_alignment(bench))
         labels = [example.meta for example in bench.pool.examples]
         clean = np.array([bool(m["helpful"]) and not m["corrupted"] for m in labels])
         corrupted = np.array([bool(m["corrupted"]) for m in labels])
