@@ -300,3 +300,45 @@ def test_a_saved_selector_reads_its_own_columns_by_name(tmp_path):
     wide_folder = save_selector(trained_wide.to_artifact(), tmp_path / "wide")
     with pytest.raises(UserError, match="selector expects features .*reference_loss.*set features.reference_steps > 0"):
         RaiseSelector.load(wide_folder).setup(make_context(features=features))
+
+
+def test_without_a_stage_head_the_picks_are_those_of_the_static_head():
+    """Pinned picks (greedy, then a seeded head draw and Plackett-Luce sample): raise.head_stage=false changes nothing."""
+    selector = make_selector(make_features(), head_dims=3, seed=3)
+    state = make_state(120)
+    assert selector.select(state).tolist() == [79, 39, 99, 50]
+    selector.sample_head(torch.Generator().manual_seed(1))
+    assert selector.sample(state, torch.Generator().manual_seed(7)).indices.tolist() == [89, 52, 80, 51]
+
+
+def test_the_stage_head_weights_are_w0_plus_progress_times_w1(tmp_path):
+    features = make_features()
+    plain = make_selector(features, head_dims=0)
+    selector = make_selector(features, head_dims=3, head_std=2.0, head_stage=True)
+    head = selector.policy.head_mean
+    assert head.shape == (6,) and torch.allclose(selector.policy.head_std, torch.full((6,), 2.0 / 3**0.5))
+    w0, w1 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-3.0, 0.0, 1.0])
+    head.copy_(torch.cat([w0, w1]))
+    selector.reset(0)
+    x = selector.fused_static[:, :3]
+    state = make_state(120)
+    for progress, weights in ((0.0, w0), (1.0, w0 + w1), (0.25, w0 + 0.25 * w1)):
+        stage = np.array([progress, 1.0, 0.0], dtype=np.float32)
+        base = plain.pool_scores(stage, state.selection_counts)  # the same seed: the same MLP
+        torch.testing.assert_close(selector.pool_scores(stage, state.selection_counts), base + x @ weights)
+    chosen = np.array([0, 5, 7])
+    composition = selector.head_composition(chosen, np.array([0.5, 1.0, 0.0]))  # the regression update's features
+    np.testing.assert_allclose(composition, np.concatenate([x[chosen].mean(0), 0.5 * x[chosen].mean(0)]), rtol=1e-6)
+
+    folder = save_selector(selector.to_artifact(), tmp_path / "selector")
+    provenance = json.loads((folder / METADATA_FILE).read_text())["provenance"]
+    names = list(features.names[:3])
+    assert provenance["episode_head"] == dict(zip(names, w0.tolist()))
+    assert provenance["episode_head_stage"] == dict(zip(names, w1.tolist()))
+    loaded = RaiseSelector.load(folder)
+    loaded.setup(make_context(features=features))
+    assert loaded.config.head_stage
+    stage = np.array([0.6, 0.9, -0.1], dtype=np.float32)
+    torch.testing.assert_close(
+        loaded.pool_scores(stage, state.selection_counts), selector.pool_scores(stage, state.selection_counts)
+    )

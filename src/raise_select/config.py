@@ -297,6 +297,13 @@ class RaiseConfig:
             "its own picks) [ours]"
         },
     )
+    head_stage: bool = field(
+        default=False,
+        metadata={
+            "help": "a stage-dependent episode head: weights w0 + progress * w1 over the same columns (the head reads "
+            "[x, progress * x]); the update moves both parts [ours]"
+        },
+    )
     head_antithetic: bool = field(
         default=False,
         metadata={

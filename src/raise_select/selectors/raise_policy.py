@@ -55,6 +55,13 @@ separable-NES step from the batch's whole-episode returns, or (``raise.head_upda
 a ridge fit of every decision's reward on its picks' mean head features; PPO trains ``F_theta`` as before, with each episode's
 draw a constant offset of its scores.
 
+Stage head [ours] (``raise.head_stage``): the head's weights depend on the training stage,
+``w(p) = w0 + p * w1`` with ``p`` = progress, i.e. the head reads ``[x[:k], p * x[:k]]`` and its
+Gaussian has 2k weights (the same per-weight std). The MLP reads the stage too, but PPO barely moves
+it; the head is the part that learns, so this is where a preference that changes over the run
+(one family early, another late) can be learned. Saved as ``episode_head`` (w0) and
+``episode_head_stage`` (w1, per unit of progress) by column name.
+
 Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
 fraction of the pool selected so far, mean availability, and mean/std/max of the current
 (detached) acquisition scores over the pool.
@@ -211,15 +218,18 @@ class AcquisitionMLP(nn.Module):
     SiLU activations: smooth like tanh, but several times cheaper on CPU at pool scale.
     """
 
-    def __init__(self, static_size: int, hidden_size: int, head_dims: int = 0, head_std: float = 1.0):
+    def __init__(
+        self, static_size: int, hidden_size: int, head_dims: int = 0, head_std: float = 1.0, head_stage: bool = False
+    ):
         super().__init__()
         self.static_layer = nn.Linear(static_size, hidden_size)  # W_static x_static + b
         self.dynamic_layer = nn.Linear(len(STAGE_NAMES) + 1, hidden_size, bias=False)  # [W_stage | w_avail]
         self.hidden_layer = nn.Linear(hidden_size, hidden_size)
         self.output_layer = nn.Linear(hidden_size, 1)
         if head_dims:  # the episode head's Gaussian N(mean, std^2) over its k weights (ppo.head_update, not Adam)
-            self.register_buffer("head_mean", torch.zeros(head_dims))
-            self.register_buffer("head_std", torch.full((head_dims,), head_std / math.sqrt(head_dims)))
+            size = 2 * head_dims if head_stage else head_dims  # the stage head: [w0 | w1]
+            self.register_buffer("head_mean", torch.zeros(size))
+            self.register_buffer("head_std", torch.full((size,), head_std / math.sqrt(head_dims)))
 
     def project(self, fused_static: torch.Tensor) -> torch.Tensor:
         """[n, hidden] static part of the first layer."""
@@ -349,6 +359,7 @@ class RaiseSelector:
         self.adaptation_notes: list[str] = []  # what setup re-fitted for this pool (logged, saved in provenance)
         self._projection: torch.Tensor | None = None  # cached W_static x_static, refreshed by reset()
         self._head_offset: torch.Tensor | None = None  # [N] episode head's scores x[:k] . w (None without a head)
+        self._head_stage_offset: torch.Tensor | None = None  # [N] x[:k] . w1, times progress (raise.head_stage)
         self._context: SelectionContext | None = None
         self._pool_fingerprint: str | None = None
 
@@ -387,7 +398,9 @@ class RaiseSelector:
             )
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
-            self.policy = AcquisitionMLP(static_size, self.config.hidden_size, self.head_dims, self.config.head_std)
+            self.policy = AcquisitionMLP(
+                static_size, self.config.hidden_size, self.head_dims, self.config.head_std, self.config.head_stage
+            )
             self.critic = Critic(self.config.hidden_size)
         if self.artifact is None:
             self._fit_to_pool(features, context.seed)
@@ -480,7 +493,15 @@ class RaiseSelector:
             return
         with torch.no_grad():
             w = self.policy.head_mean.detach() if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-            self._head_offset = self.fused_static[:, : self.head_dims] @ w
+            columns = self.fused_static[:, : self.head_dims]
+            self._head_offset = columns @ w[: self.head_dims]
+            if self.config.head_stage:
+                self._head_stage_offset = columns @ w[self.head_dims :]
+
+    def head_composition(self, chosen: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """[head size] float64: the mean head features of these picks, ``[x, progress * x]`` with a stage head."""
+        mean = self.fused_static[:, : self.head_dims].numpy()[chosen].mean(axis=0, dtype=np.float64)
+        return np.concatenate([mean, float(stage[0]) * mean]) if self.config.head_stage else mean
 
     def sample_head(self, generator: torch.Generator, mirror: bool = False) -> np.ndarray:
         """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on.
@@ -505,7 +526,11 @@ class RaiseSelector:
                     )
                 ]
             )
-            return scores if self._head_offset is None else scores + self._head_offset
+            if self._head_offset is None:
+                return scores
+            if self._head_stage_offset is None:
+                return scores + self._head_offset
+            return scores + self._head_offset + float(stage[0]) * self._head_stage_offset  # w(p) = w0 + p * w1
 
     def pick_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
         """[decision_size] Plackett-Luce log-probability of every pick, groups concatenated in draw order.
@@ -618,9 +643,12 @@ class RaiseSelector:
         }
         if self.has_head:  # the deployed head's weights by column name: what the selector learned to prefer, readable
             names = [layout["name"] for layout in fused_feature_layout(features.names, features.embedding.shape[1])]
-            record["episode_head"] = {
-                name: round(float(w), 4) for name, w in zip(names, self.policy.head_mean.tolist())
-            }
+            mean = self.policy.head_mean.tolist()
+            record["episode_head"] = {name: round(float(w), 4) for name, w in zip(names, mean[: self.head_dims])}
+            if self.config.head_stage:  # w1: the change of each weight from progress 0 to progress 1
+                record["episode_head_stage"] = {
+                    name: round(float(w), 4) for name, w in zip(names, mean[self.head_dims :])
+                }
         return RaiseArtifact(
             config=self.config,
             tensors=tensors,
