@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import make_context, make_features, make_state
-from raise_select.config import RUN_TIME_FIELDS, RaiseConfig
+from raise_select.config import RUN_TIME_FIELDS, RaiseConfig, load_config
 from raise_select.errors import UserError
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
 from raise_select.protocol import Explains, HasClusters, Selector
@@ -342,3 +342,33 @@ def test_the_stage_head_weights_are_w0_plus_progress_times_w1(tmp_path):
     torch.testing.assert_close(
         loaded.pool_scores(stage, state.selection_counts), selector.pool_scores(stage, state.selection_counts)
     )
+
+
+def test_an_ablated_feature_group_reaches_neither_the_policy_nor_the_critic():
+    features = make_features()
+    state = make_state(120)
+    counts = state.selection_counts.copy()
+    counts[:10] = 2
+    early, late = np.array([0.0, 1.0, 0.0], dtype=np.float32), np.array([0.9, 0.7, -0.1], dtype=np.float32)
+
+    def scores(selector, stage, selection_counts):
+        return selector.pool_scores(stage, selection_counts)
+
+    full = make_selector(features, fresh_first=False)
+    assert not torch.allclose(scores(full, early, counts), scores(full, late, counts))
+    assert not torch.allclose(scores(full, early, counts), scores(full, early, 0 * counts))
+    no_stage = make_selector(features, fresh_first=False, ablate=["stage"])
+    torch.testing.assert_close(scores(no_stage, early, counts), scores(no_stage, late, counts))
+    summary = torch.arange(8, dtype=torch.float32)
+    assert no_stage.critic(summary) == no_stage.critic(torch.cat([torch.tensor([5.0, -1.0, 2.0]), summary[3:]]))
+    no_availability = make_selector(features, fresh_first=False, ablate=["availability"])
+    torch.testing.assert_close(scores(no_availability, late, counts), scores(no_availability, late, 0 * counts))
+    named = len(features.names)
+    no_difficulty = make_selector(features, ablate=["difficulty"])
+    assert (
+        no_difficulty.fused_static[:, :named].abs().sum() == 0 and no_difficulty.fused_static[:, named:].abs().sum() > 0
+    )
+    no_semantic = make_selector(features, ablate=["semantic"])
+    assert no_semantic.fused_static[:, named:].abs().sum() == 0 and no_semantic.fused_static[:, :named].abs().sum() > 0
+    with pytest.raises(UserError, match="raise.ablate"):
+        load_config(None, ["raise.ablate=[stages]"])

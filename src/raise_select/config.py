@@ -311,6 +311,14 @@ class RaiseConfig:
             "draw mean + std*eps and mean - std*eps; needs an even raise.episodes_per_update [ours]"
         },
     )
+    ablate: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "feature groups the policy and critic do not see (zeroed; the paper's ablations): stage (progress, "
+            "validation loss and its change), difficulty (the named static columns, so the episode head too), "
+            "semantic (the embedding columns; k-means still splits the pool), availability"
+        },
+    )
     episodes: int = field(
         default=32,
         metadata={"help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)"},
@@ -733,6 +741,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "target.metric": ("auto", "exact_match", "multiple_choice", "none"),
     "raise.baseline": ("group", "fitted", "critic"),
     "raise.head_update": ("nes", "regression"),
+    "raise.ablate[]": ("stage", "difficulty", "semantic", "availability"),
 }
 
 # Strings and lists that must not be empty, and lists that must not repeat an entry.

@@ -65,6 +65,12 @@ it; the head is the part that learns, so this is where a preference that changes
 Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
 fraction of the pool selected so far, mean availability, and mean/std/max of the current
 (detached) acquisition scores over the pool.
+
+Ablations (``raise.ablate``, the paper's): a removed feature group is zeroed wherever the policy
+or the critic reads it: ``stage`` (the 3 stage features, in the MLP and the critic's summary),
+``availability`` (in the MLP, and the critic's fraction used / mean availability), ``difficulty``
+(the named static columns, which are also all the episode head reads) and ``semantic`` (the
+embedding columns; k-means still clusters the raw embedding, which ``raise.clusters`` ablates).
 """
 
 from __future__ import annotations
@@ -219,9 +225,16 @@ class AcquisitionMLP(nn.Module):
     """
 
     def __init__(
-        self, static_size: int, hidden_size: int, head_dims: int = 0, head_std: float = 1.0, head_stage: bool = False
+        self,
+        static_size: int,
+        hidden_size: int,
+        head_dims: int = 0,
+        head_std: float = 1.0,
+        head_stage: bool = False,
+        ablate: Sequence[str] = (),
     ):
         super().__init__()
+        self.ablate = frozenset(ablate)  # "stage" / "availability": that input is read as zeros
         self.static_layer = nn.Linear(static_size, hidden_size)  # W_static x_static + b
         self.dynamic_layer = nn.Linear(len(STAGE_NAMES) + 1, hidden_size, bias=False)  # [W_stage | w_avail]
         self.hidden_layer = nn.Linear(hidden_size, hidden_size)
@@ -240,6 +253,10 @@ class AcquisitionMLP(nn.Module):
     ) -> torch.Tensor:
         """[n] scores from a (cached) static projection + the stage and availability terms."""
         weight = self.dynamic_layer.weight  # [hidden, 3 + 1]
+        if "stage" in self.ablate:
+            stage = torch.zeros_like(stage)
+        if "availability" in self.ablate:
+            availability = torch.zeros_like(availability)
         hidden = projection + weight[:, : len(STAGE_NAMES)] @ stage  # the stage term is shared by all candidates
         # Availability is 0 except for the few examples already chosen this episode: add its term sparsely.
         chosen = availability.nonzero().squeeze(1)
@@ -254,8 +271,11 @@ class AcquisitionMLP(nn.Module):
 class Critic(nn.Module):
     """V_phi(state summary) -> expected (scaled) return."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, ablate: Sequence[str] = ()):
         super().__init__()
+        # summary positions an ablated group fills: the stage features; fraction used and mean availability
+        groups = {"stage": range(len(STAGE_NAMES)), "availability": range(len(STAGE_NAMES), len(STAGE_NAMES) + 2)}
+        self.zeroed = [i for group in ablate for i in groups.get(group, ())]
         self.net = nn.Sequential(
             nn.Linear(SUMMARY_SIZE, hidden_size),
             nn.Tanh(),
@@ -265,6 +285,9 @@ class Critic(nn.Module):
         )
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        if self.zeroed:
+            summary = summary.clone()
+            summary[self.zeroed] = 0.0
         return self.net(summary).squeeze(-1)
 
 
@@ -399,9 +422,14 @@ class RaiseSelector:
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
             self.policy = AcquisitionMLP(
-                static_size, self.config.hidden_size, self.head_dims, self.config.head_std, self.config.head_stage
+                static_size,
+                self.config.hidden_size,
+                self.head_dims,
+                self.config.head_std,
+                self.config.head_stage,
+                self.config.ablate,
             )
-            self.critic = Critic(self.config.hidden_size)
+            self.critic = Critic(self.config.hidden_size, self.config.ablate)
         if self.artifact is None:
             self._fit_to_pool(features, context.seed)
         else:
@@ -416,6 +444,11 @@ class RaiseSelector:
                         f"hidden size {self.config.hidden_size}); retrain with `raise-select train-selector`"
                     ) from None
         self.fused_static = torch.from_numpy(self.standardization.fused_static(features))
+        named = len(features.names)  # an ablated static group reads as zeros (its pool mean)
+        if "difficulty" in self.config.ablate:
+            self.fused_static[:, :named] = 0.0
+        if "semantic" in self.config.ablate:
+            self.fused_static[:, named:] = 0.0
         self.clusters = assign_clusters(features.embedding, self.centroids)
         self.members = [torch.from_numpy(np.flatnonzero(self.clusters == c)) for c in range(self.config.clusters)]
         self.local_position = torch.empty(pool_size, dtype=torch.long)
