@@ -456,6 +456,8 @@ RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "w
 EXPERIMENTAL_FIELDS = {
     "model.num_layers": "a cut model serves only as a layer-cut proxy (raise.proxy_layers)",
     "raise.head_antithetic": "no shipped config mirrors its draws (docs/results.md compares the two)",
+    "raise.head_stage": "no shipped config uses a stage head (docs/results.md measures it on the curriculum world)",
+    "raise.ablate": "for the paper's ablations (bench/ablations.py): a selector with a group removed is a baseline",
     "raise.proxy_model": "every shipped config plays its episodes on the tuned model itself",
     "raise.proxy_layers": "a layer-cut proxy must still be a language model on the pool: check with bench/proxy_cost.py",
 }
