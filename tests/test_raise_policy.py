@@ -357,8 +357,14 @@ def test_an_ablated_feature_group_reaches_neither_the_policy_nor_the_critic():
     full = make_selector(features, fresh_first=False)
     assert not torch.allclose(scores(full, early, counts), scores(full, late, counts))
     assert not torch.allclose(scores(full, early, counts), scores(full, early, 0 * counts))
-    no_stage = make_selector(features, fresh_first=False, ablate=["stage"])
-    torch.testing.assert_close(scores(no_stage, early, counts), scores(no_stage, late, counts))
+    for no_stage in (
+        make_selector(features, fresh_first=False, ablate=["stage"]),
+        make_selector(features, fresh_first=False, ablate=["stage"], head_dims=3, head_stage=True),
+    ):
+        if no_stage.config.head_stage:
+            no_stage.policy.head_mean.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, -2.0, 0.5]))  # w1 only
+            no_stage.reset(0)
+        torch.testing.assert_close(scores(no_stage, early, counts), scores(no_stage, late, counts))
     summary = torch.arange(8, dtype=torch.float32)
     assert no_stage.critic(summary) == no_stage.critic(torch.cat([torch.tensor([5.0, -1.0, 2.0]), summary[3:]]))
     no_availability = make_selector(features, fresh_first=False, ablate=["availability"])

@@ -67,7 +67,7 @@ fraction of the pool selected so far, mean availability, and mean/std/max of the
 (detached) acquisition scores over the pool.
 
 Ablations (``raise.ablate``, the paper's): a removed feature group is zeroed wherever the policy
-or the critic reads it: ``stage`` (the 3 stage features, in the MLP and the critic's summary),
+or the critic reads it: ``stage`` (the 3 stage features, in the MLP and the critic's summary, and progress in the stage head),
 ``availability`` (in the MLP, and the critic's fraction used / mean availability), ``difficulty``
 (the named static columns, which are also all the episode head reads) and ``semantic`` (the
 embedding columns; k-means still clusters the raw embedding, which ``raise.clusters`` ablates).
@@ -563,7 +563,8 @@ class RaiseSelector:
                 return scores
             if self._head_stage_offset is None:
                 return scores + self._head_offset
-            return scores + self._head_offset + float(stage[0]) * self._head_stage_offset  # w(p) = w0 + p * w1
+            progress = 0.0 if "stage" in self.config.ablate else float(stage[0])  # the stage head reads it too
+            return scores + self._head_offset + progress * self._head_stage_offset  # w(p) = w0 + p * w1
 
     def pick_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
         """[decision_size] Plackett-Luce log-probability of every pick, groups concatenated in draw order.
