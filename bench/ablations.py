@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from raise_select.analysis import markdown_table, selection_records, stage_view
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path, run_comparison
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import run_comparison
 from raise_select.run_folders import load_run
 
 # world -> (reference methods, (the gap's low end, its high end))

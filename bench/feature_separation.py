@@ -25,8 +25,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path
+from raise_select.config_io import load_config, recipe_path
 from raise_select.pipeline import Workbench
 
 

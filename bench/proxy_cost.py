@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-from raise_select.config import ModelConfig, load_config
+from raise_select.config import ModelConfig
+from raise_select.config_io import load_config, recipe_path
 from raise_select.data.bundled import build_pool, build_target
 from raise_select.data.tokenize import tokenize_examples
 from raise_select.evaluation import validation_loss
-from raise_select.experiments import recipe_path
 from raise_select.model import load_model, training_loss
 
 LAYER_SUBSETS = {

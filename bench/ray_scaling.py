@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path, train_raise_selector
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import train_raise_selector
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench
-from raise_select.selector_artifact import load_selector
+from raise_select.selector_artifact import load_artifact
 
 RECIPES = {"testbed": ("demo_quick", 24), "smollm2": ("demo", 8)}
 
@@ -74,14 +74,14 @@ def main() -> None:
         for workers in args.workers:
             bench.config.raise_.rollout_workers = workers
             started = time.perf_counter()
-            selector_dir = train_raise_selector(bench, root / f"w{workers}", progress=False)
+            selector_dir = train_raise_selector(bench.config, root / f"w{workers}", progress=False, bench=bench)
             total = time.perf_counter() - started
             rows = read_jsonl(selector_dir.parent / "episodes.jsonl")
             per_update = [sum(r["wall_seconds"] for r in rows if r["update"] == u) for u in range(args.updates)]
             episode_seconds = sum(r["seconds"] for r in rows)
             mean = float(np.mean(per_update))
             baseline = mean if baseline is None else baseline
-            checksum = sum(float(t.double().sum()) for t in load_selector(selector_dir).tensors.values())
+            checksum = sum(float(t.double().sum()) for t in load_artifact(selector_dir).tensors.values())
             print(
                 f"{workers:>7} {total - sum(per_update):>10.1f} {' '.join(f'{s:.1f}' for s in per_update):>28} "
                 f"{mean:>7.1f} {episode_seconds:>10.1f} {baseline / mean:>7.2f}x {checksum:>18.10f}"

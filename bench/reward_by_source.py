@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.pipeline import Workbench
 
 CONFIG = Path(__file__).parents[1] / "examples" / "configs" / "smollm2_gsm8k_mixed.yaml"

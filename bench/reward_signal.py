@@ -25,8 +25,7 @@ import argparse
 import numpy as np
 import torch
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path
+from raise_select.config_io import load_config, recipe_path
 from raise_select.pipeline import Workbench
 from raise_select.ppo import episode_seed, run_episode
 from raise_select.selectors.raise_policy import RaiseSelector

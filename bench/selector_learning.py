@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path, run_comparison
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import run_comparison
 from raise_select.io_utils import read_jsonl
 from raise_select.run_folders import selector_training_dir
 

@@ -21,7 +21,7 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.integrations import RaiseTrainer, SelectionSession
 from raise_select.pipeline import Workbench
 from raise_select.selectors.raise_policy import RaiseSelector

@@ -1,11 +1,14 @@
 """Fine-tune with transformers.Trainer while a RAISE selector (or a baseline) picks every step's batch.
 
-    python examples/hf_trainer.py --policy runs/demo-quick/selector-s0/selector --output runs/hf --max-steps 24
-    python examples/hf_trainer.py --selector random                      # no trained selector needed
+    python examples/hf_trainer.py                    # nothing trained needed: the testbed, random selection
+    python examples/hf_trainer.py --selector longest --output runs/hf --max-steps 24
+    python examples/hf_trainer.py --policy runs/demo-quick/selector-s0/selector  # after raise-select demo --quick
+    python examples/hf_trainer.py --config examples/configs/smollm2_gsm8k_mixed.yaml --policy smollm2-gsm8k
     torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29500 examples/hf_trainer.py --selector random
 
-Defaults to the synthetic testbed (tiny model, under a minute on a CPU). Under torchrun every rank
-trains B / world_size examples of each step and rank 0 writes OUTPUT/selections.jsonl and metrics.jsonl.
+Defaults to the synthetic testbed and the random baseline (tiny model, under a minute on a CPU);
+`--policy` takes a selector folder or the name of one shipped in the package (`raise-select list`).
+Under torchrun every rank trains B / world_size examples of each step and rank 0 writes OUTPUT/selections.jsonl and metrics.jsonl.
 """
 
 from transformers import TrainingArguments

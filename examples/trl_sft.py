@@ -1,12 +1,15 @@
 """Fine-tune with TRL's SFTTrainer while a RAISE selector (or a baseline) picks every step's batch.
 
     pip install "raise-select[trl]"
-    python examples/trl_sft.py --policy runs/demo-quick/selector-s0/selector --output runs/sft --max-steps 24
-    python examples/trl_sft.py --selector random
+    python examples/trl_sft.py                    # nothing trained needed: the testbed, random selection
+    python examples/trl_sft.py --selector longest --output runs/sft --max-steps 24
+    python examples/trl_sft.py --policy runs/demo-quick/selector-s0/selector  # after raise-select demo --quick
+    python examples/trl_sft.py --config examples/configs/smollm2_gsm8k_mixed.yaml --policy smollm2-gsm8k
     torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29500 examples/trl_sft.py --selector random
 
-Defaults to the synthetic testbed (tiny model, under a minute on a CPU). SFTTrainer receives the pool
-pre-tokenized (session.sft_dataset(): row i = pool example i, loss on the response only).
+Defaults to the synthetic testbed and the random baseline (tiny model, under a minute on a CPU);
+`--policy` takes a selector folder or the name of one shipped in the package (`raise-select list`).
+SFTTrainer receives the pool pre-tokenized (session.sft_dataset(): row i = pool example i, loss on the response only).
 """
 
 from raise_select.integrations.scripts import run_script

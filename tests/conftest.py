@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 
 torch.set_num_threads(1)
 

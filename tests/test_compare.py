@@ -12,7 +12,7 @@ import pytest
 
 from helpers import SYNTHETIC_OVERRIDES
 from raise_select import experiments
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.experiments import run_comparison
 from raise_select.io_utils import read_jsonl

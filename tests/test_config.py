@@ -2,13 +2,15 @@
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import pytest
 
 from helpers import assert_one_line_error
 from raise_select import config as config_module
 from raise_select.cli import main
-from raise_select.config import Config, describe_fields, dump_config, load_config
+from raise_select.config import Config
+from raise_select.config_io import describe_fields, dump_config, load_config
 from raise_select.errors import UserError
 
 
@@ -126,3 +128,28 @@ def test_experimental_settings_are_real_fields_marked_in_the_config_listing():
     for name, reason in config_module.EXPERIMENTAL_FIELDS.items():
         assert docs[name].endswith(f"[experimental: {reason}]"), name
     assert sum("[experimental:" in help_text for help_text in docs.values()) == len(config_module.EXPERIMENTAL_FIELDS)
+
+
+def test_a_config_names_a_base_and_overrides_a_few_fields(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "seed: 3\ntrain: {batch_size: 4, learning_rate: 0.01}\ncompare: {seeds: [0, 1]}\n"
+    )
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {batch_size: 2}\ncompare: {seeds: [5]}\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert config.seed == 3 and config.train.learning_rate == 0.01  # from the base
+    assert config.train.batch_size == 2 and config.compare.seeds == [5]  # a section merges, a list replaces
+    (tmp_path / "base.yaml").write_text("base: child.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_shipped_example_differs_from_its_recipe_in_the_fields_it_names():
+    from raise_select.config_io import flat_settings, recipe_path
+
+    example = flat_settings(load_config(Path(__file__).parents[1] / "examples/configs/synthetic.yaml"))
+    recipe = flat_settings(load_config(recipe_path("demo_quick")))
+    assert sorted(name for name in example if example[name] != recipe[name]) == [
+        "compare.budget_steps",
+        "compare.methods",
+        "raise.episodes",
+    ]

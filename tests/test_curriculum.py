@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config, recipe_path
 from raise_select.data.curriculum import (
     CURRICULUM_FAMILIES,
     CURRICULUM_SCHEDULE,
@@ -18,7 +18,6 @@ from raise_select.data.curriculum import (
 from raise_select.data.synthetic import synthetic_pool
 from raise_select.data.types import Pool
 from raise_select.errors import UserError
-from raise_select.experiments import recipe_path
 from raise_select.protocol import EnvState, SelectionContext
 from raise_select.selectors import build_selector
 from raise_select.selectors.mixtures import FamilyMixtureSelector, helpful_families, mixture_grid

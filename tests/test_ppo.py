@@ -30,11 +30,11 @@ from raise_select.ppo import (
     response_surface_step,
     run_episode,
     stage_basis,
-    train_selector,
+    train_policy,
     update_episodes,
 )
 from raise_select.protocol import EnvState
-from raise_select.selector_artifact import load_selector
+from raise_select.selector_artifact import load_artifact
 from raise_select.selectors.raise_policy import RaiseSelector
 
 POOL_SIZE, BATCH_SIZE, BUDGET = 120, 4, 7
@@ -185,7 +185,7 @@ def test_policy_learns_to_pick_the_good_examples(tmp_path):
     env = BanditEnv(features)
     # A bandit: each reward depends only on its own decision, so gamma = 0 is the right discount.
     config = fast_config(episodes=20, episodes_per_update=4, update_epochs=8, learning_rate=1e-2, gamma=0.0)
-    artifact = train_selector(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
+    artifact = train_policy(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
     selector = RaiseSelector(config, artifact)
     selector.setup(make_context(features=features))
     share = good_share_of_greedy_choices(selector, env)
@@ -206,11 +206,11 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path, head_dims):
         def on_episode_end(self, episode, summary):
             self.episodes.append(episode)
 
-    uninterrupted = train_selector(
+    uninterrupted = train_policy(
         BanditEnv(features), make_context(features=features), config, tmp_path / "a", seed=3, progress=False
     )
     first, second = Recorder(), Recorder()
-    train_selector(
+    train_policy(
         BanditEnv(features),
         make_context(features=features),
         config,
@@ -222,7 +222,7 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path, head_dims):
     )
     torch.manual_seed(1234)  # global RNG state of the "new process" must not matter
     np.random.seed(1234)
-    resumed = train_selector(
+    resumed = train_policy(
         BanditEnv(features),
         make_context(features=features),
         config,
@@ -245,7 +245,7 @@ def test_resume_gives_the_same_weights_and_rows(tmp_path, head_dims):
         read_jsonl(tmp_path / "b" / EPISODES_FILE)
     )
     assert len(read_jsonl(tmp_path / "b" / EPISODES_FILE)) == 4
-    saved = load_selector(tmp_path / "b" / SELECTOR_DIR)
+    saved = load_artifact(tmp_path / "b" / SELECTOR_DIR)
     assert saved.provenance["episodes"] == 4 and saved.provenance["seed"] == 3
 
 
@@ -253,7 +253,7 @@ def test_resume_errors_and_early_stop(tmp_path):
     features = make_features()
     config = fast_config(episodes=4)
     with pytest.raises(UserError, match="no checkpoint"):
-        train_selector(
+        train_policy(
             BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False
         )
 
@@ -261,7 +261,7 @@ def test_resume_errors_and_early_stop(tmp_path):
         def on_episode_end(self, episode, summary):
             return False
 
-    train_selector(
+    train_policy(
         BanditEnv(features),
         make_context(features=features),
         config,
@@ -272,7 +272,7 @@ def test_resume_errors_and_early_stop(tmp_path):
     )
     assert len(read_jsonl(tmp_path / EPISODES_FILE)) == config.episodes_per_update  # stops after the first update
     with pytest.raises(UserError, match="raise.hidden_size"):
-        train_selector(
+        train_policy(
             BanditEnv(features),
             make_context(features=features),
             fast_config(episodes=4, hidden_size=8),
@@ -283,7 +283,7 @@ def test_resume_errors_and_early_stop(tmp_path):
         )
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable raise-select checkpoint"):
-        train_selector(
+        train_policy(
             BanditEnv(features), make_context(features=features), config, tmp_path, seed=0, resume=True, progress=False
         )
 
@@ -379,7 +379,7 @@ def test_update_stops_early_when_the_policy_leaves_the_trust_region():
 def test_batching_errors_are_one_line(tmp_path, overrides, fragment):
     features = make_features()
     with pytest.raises(UserError, match=fragment):
-        train_selector(
+        train_policy(
             BanditEnv(features),
             make_context(features=features),
             fast_config(**overrides),
@@ -469,7 +469,7 @@ def test_the_regression_head_finds_the_paying_feature_on_most_seeds(tmp_path):
     )
     found = 0
     for seed in range(10):
-        artifact = train_selector(
+        artifact = train_policy(
             BanditEnv(features),
             make_context(features=features),
             config,
@@ -501,10 +501,10 @@ def test_the_episode_head_learns_which_feature_pays(tmp_path, antithetic, head_u
         head_antithetic=antithetic,
         head_update=head_update,
     )
-    artifact = train_selector(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
+    artifact = train_policy(env, make_context(features=features), config, tmp_path, seed=0, progress=False)
     mean = artifact.tensors["policy.head_mean"].numpy()
     assert mean[0] > 0 and np.argmax(np.abs(mean)) == 0, mean
-    saved = load_selector(tmp_path / SELECTOR_DIR).provenance["episode_head"]  # readable in selector.json
+    saved = load_artifact(tmp_path / SELECTOR_DIR).provenance["episode_head"]  # readable in selector.json
     assert list(saved) == ["response_loss", "ifd", "prompt_tokens", "response_tokens"]
     np.testing.assert_allclose(list(saved.values()), mean, atol=1e-4)
     rows = read_jsonl(tmp_path / EPISODES_FILE)

@@ -8,7 +8,7 @@ import pytest
 import raise_select as rs
 from helpers import SYNTHETIC_OVERRIDES
 from raise_select.cli import main
-from raise_select.config import dump_config
+from raise_select.config_io import dump_config
 from raise_select.data import synthetic
 
 VARIANT = "model.name=synthetic-tiny@seed3"  # built in the cache, unlike the shipped model

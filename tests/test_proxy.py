@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.experiments import run_comparison, train_raise_selector
 from raise_select.io_utils import read_json, read_jsonl
 from raise_select.pipeline import Workbench, run_finetune
-from raise_select.selector_artifact import load_selector
+from raise_select.selector_artifact import load_artifact
 from raise_select.selectors.raise_policy import RaiseSelector, embedding_space_id
 
 TRAIN_OVERRIDES = [*SYNTHETIC_OVERRIDES, "raise.episodes=2", "raise.episodes_per_update=2"]
@@ -26,7 +26,7 @@ def bench():
 
 def _train(bench: Workbench, output, *overrides: str):
     config = load_config(None, [*TRAIN_OVERRIDES, *overrides])
-    return train_raise_selector(Workbench(**{**bench.__dict__, "config": config}), output, progress=False)
+    return train_raise_selector(config, output, progress=False, bench=bench)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def proxy_training(bench, tmp_path_factory):
 
 def test_episodes_run_on_the_proxy_and_the_selector_records_it(bench, proxy_training):
     output, selector_dir = proxy_training
-    episodes_on = load_selector(selector_dir).provenance["episodes_on"]
+    episodes_on = load_artifact(selector_dir).provenance["episodes_on"]
     assert episodes_on["proxy"] is True
     assert episodes_on["num_layers"] == 1 and episodes_on["max_length"] == 32
     assert "layers=1" in episodes_on["model"]
@@ -52,7 +52,7 @@ def test_episodes_run_on_the_proxy_and_the_selector_records_it(bench, proxy_trai
 
 def test_the_proxy_shares_the_tuned_models_features(bench, proxy_training):
     _, selector_dir = proxy_training
-    artifact = load_selector(selector_dir)
+    artifact = load_artifact(selector_dir)
     features = bench.ensure_features(progress=False)
     assert artifact.aux_model == features.aux_model
     assert artifact.embedding_space == embedding_space_id(features)
@@ -60,7 +60,7 @@ def test_the_proxy_shares_the_tuned_models_features(bench, proxy_training):
 
 def test_ledger_charges_proxy_tokens_in_the_tuned_models_phi(bench, proxy_training):
     output, selector_dir = proxy_training
-    episodes_on = load_selector(selector_dir).provenance["episodes_on"]
+    episodes_on = load_artifact(selector_dir).provenance["episodes_on"]
     rows = read_jsonl(output / "episodes.jsonl")
     assert all(row["evaluation_tokens"] > 0 for row in rows)
     expected = sum(
@@ -78,7 +78,7 @@ def test_truncated_episodes_process_fewer_tokens(bench, tmp_path, proxy_training
     plain = read_jsonl(tmp_path / "plain" / "episodes.jsonl")
     proxy = read_jsonl(output / "episodes.jsonl")
     assert sum(r["tokens"] for r in proxy) < sum(r["tokens"] for r in plain)
-    assert load_selector(tmp_path / "plain" / "selector").provenance["episodes_on"]["proxy"] is False
+    assert load_artifact(tmp_path / "plain" / "selector").provenance["episodes_on"]["proxy"] is False
 
 
 def test_a_proxy_trained_selector_deploys_on_the_tuned_model(bench, proxy_training, tmp_path):

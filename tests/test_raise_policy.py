@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from helpers import make_context, make_features, make_state
-from raise_select.config import RUN_TIME_FIELDS, RaiseConfig, load_config
+from raise_select.config import RUN_TIME_FIELDS, RaiseConfig
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
 from raise_select.protocol import Explains, HasClusters, Selector
-from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_selector, save_selector
+from raise_select.selector_artifact import METADATA_FILE, WEIGHTS_FILE, load_artifact, save_artifact
 from raise_select.selectors.raise_policy import (
     RaiseSelector,
     choose_groups,
@@ -156,7 +157,7 @@ def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
             tensor.add_(0.1)
     trained.refresh_projection()
     trained.set_head(None)
-    folder = save_selector(trained.to_artifact({"episodes": 3}), tmp_path / "selector")
+    folder = save_artifact(trained.to_artifact({"episodes": 3}), tmp_path / "selector")
     loaded = RaiseSelector.load(folder)
     loaded.setup(make_context(features=features))
     state = make_state(120)
@@ -168,26 +169,26 @@ def test_artifact_round_trip_gives_the_same_scores(tmp_path, head_dims):
     assert (loaded.clusters == trained.clusters).all() and loaded.adaptation_notes == []
     metadata = json.loads((folder / METADATA_FILE).read_text())
     assert metadata["provenance"]["episodes"] == 3 and metadata["config"]["hidden_size"] == 16
-    save_selector(trained.to_artifact(), folder)  # overwriting an existing folder works
+    save_artifact(trained.to_artifact(), folder)  # overwriting an existing folder works
     assert sorted(p.name for p in tmp_path.iterdir()) == ["selector"]
 
 
 def test_selector_json_holds_no_run_time_settings_and_old_folders_still_load(tmp_path):
     trained = make_selector(make_features(), policy="somewhere/selector", rollout_workers=3, worker_gpus=0.5)
-    folder = save_selector(trained.to_artifact(), tmp_path / "selector")
+    folder = save_artifact(trained.to_artifact(), tmp_path / "selector")
     metadata = json.loads((folder / METADATA_FILE).read_text())
     assert not set(RUN_TIME_FIELDS) & set(metadata["config"]) and metadata["config"]["hidden_size"] == 16
     # A folder written before run-time settings were left out: they are ignored on load.
     metadata["config"].update(policy="old/path", rollout_workers=4, ray_address="auto", worker_cpus=2, worker_gpus=1.0)
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    loaded = load_selector(folder)
+    loaded = load_artifact(folder)
     assert loaded.config == RaiseConfig(clusters=2, hidden_size=16)
     RaiseSelector.load(folder).setup(make_context(features=make_features()))
 
 
 def test_features_from_another_aux_model_refit_statistics_and_clusters(tmp_path):
     trained = make_selector(make_features())
-    folder = save_selector(trained.to_artifact(), tmp_path / "selector")
+    folder = save_artifact(trained.to_artifact(), tmp_path / "selector")
     other = replace(make_features(80, seed=3), aux_model="aux-b")
     deployed = RaiseSelector.load(folder)
     deployed.setup(make_context(features=other))
@@ -199,13 +200,13 @@ def test_features_from_another_aux_model_refit_statistics_and_clusters(tmp_path)
 
 
 def test_broken_selector_folders_are_one_line_user_errors(tmp_path):
-    folder = save_selector(make_selector(make_features()).to_artifact(), tmp_path / "selector")
+    folder = save_artifact(make_selector(make_features()).to_artifact(), tmp_path / "selector")
     weights = (folder / WEIGHTS_FILE).read_bytes()
     metadata = (folder / METADATA_FILE).read_text()
 
     def assert_rejected(fragment: str) -> None:
         with pytest.raises(UserError) as error:
-            load_selector(folder)
+            load_artifact(folder)
         message = str(error.value)
         assert "is not a raise-select selector" in message and fragment in message and "\n" not in message
 
@@ -222,7 +223,7 @@ def test_broken_selector_folders_are_one_line_user_errors(tmp_path):
     (folder / METADATA_FILE).write_text(metadata)
     assert_rejected("no weights.safetensors")
     with pytest.raises(UserError, match="no such folder"):
-        load_selector(tmp_path / "missing")
+        load_artifact(tmp_path / "missing")
 
 
 def test_explain_rows():
@@ -285,7 +286,7 @@ def test_a_saved_selector_reads_its_own_columns_by_name(tmp_path):
     """A run may compute more named columns (reference_loss) than a selector was trained on: it reads its own."""
     features = make_features()
     trained = make_selector(features, head_dims=None)
-    folder = save_selector(trained.to_artifact(), tmp_path / "selector")
+    folder = save_artifact(trained.to_artifact(), tmp_path / "selector")
     extra = np.random.default_rng(1).normal(size=(features.values.shape[0], 1)).astype(np.float32)
     wider = replace(features, names=(*features.names, "reference_loss"), values=np.hstack([features.values, extra]))
     loaded = RaiseSelector.load(folder)
@@ -297,7 +298,7 @@ def test_a_saved_selector_reads_its_own_columns_by_name(tmp_path):
         trained.pool_scores(stage_features(state), state.selection_counts),
     )
     trained_wide = make_selector(wider)
-    wide_folder = save_selector(trained_wide.to_artifact(), tmp_path / "wide")
+    wide_folder = save_artifact(trained_wide.to_artifact(), tmp_path / "wide")
     with pytest.raises(UserError, match="selector expects features .*reference_loss.*set features.reference_steps > 0"):
         RaiseSelector.load(wide_folder).setup(make_context(features=features))
 
@@ -330,7 +331,7 @@ def test_the_stage_head_weights_are_w0_plus_progress_times_w1(tmp_path):
     composition = selector.head_composition(chosen, np.array([0.5, 1.0, 0.0]))  # the regression update's features
     np.testing.assert_allclose(composition, np.concatenate([x[chosen].mean(0), 0.5 * x[chosen].mean(0)]), rtol=1e-6)
 
-    folder = save_selector(selector.to_artifact(), tmp_path / "selector")
+    folder = save_artifact(selector.to_artifact(), tmp_path / "selector")
     provenance = json.loads((folder / METADATA_FILE).read_text())["provenance"]
     names = list(features.names[:3])
     assert provenance["episode_head"] == dict(zip(names, w0.tolist()))

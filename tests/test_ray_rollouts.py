@@ -20,14 +20,15 @@ import torch
 
 from helpers import SYNTHETIC_OVERRIDES, assert_one_line_error
 from raise_select.cli import main
-from raise_select.config import ModelConfig, dump_config, load_config
+from raise_select.config import ModelConfig
+from raise_select.config_io import dump_config, load_config
 from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
 from raise_select.io_utils import read_json, read_jsonl
 from raise_select.pipeline import Workbench
-from raise_select.ppo import EPISODES_FILE, SELECTOR_DIR, train_selector
+from raise_select.ppo import EPISODES_FILE, SELECTOR_DIR, train_policy
 from raise_select.ray_rollouts import RayRollouts, WorkerSetup, make_rollouts
-from raise_select.selector_artifact import load_selector
+from raise_select.selector_artifact import load_artifact
 from raise_select.selectors.raise_policy import RaiseSelector
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is part of [test]; install it with pip install -e .[test]")
@@ -60,12 +61,12 @@ def _without_worker_details(rows):
 def test_two_workers_train_the_same_selector_as_one_process(local_ray, bench, serial, tmp_path):
     bench.config.raise_.rollout_workers = 2  # the user's path: train-selector with raise.rollout_workers=2
     try:
-        selector_dir = train_raise_selector(bench, tmp_path, progress=False)
+        selector_dir = train_raise_selector(bench.config, tmp_path, progress=False, bench=bench)
     finally:
         bench.config.raise_.rollout_workers = 0
     rows = read_jsonl(tmp_path / EPISODES_FILE)
     np.testing.assert_allclose([r["return"] for r in rows], [r["return"] for r in serial[1]], rtol=0, atol=1e-6)
-    _assert_same_training(load_selector(selector_dir).tensors, rows, serial)  # every weight and every logged number
+    _assert_same_training(load_artifact(selector_dir).tensors, rows, serial)  # every weight and every logged number
     assert {r["worker"] for r in rows} == {0, 1}  # both workers played
     # the ledger counts the workers' time (compute) and the elapsed time
     phase = read_json(tmp_path / "ledger.json")["phases"]["selector_training"]
@@ -91,7 +92,7 @@ def serial(bench, tmp_path_factory):
     config = bench.config
     context = bench.selection_context(RaiseSelector(config.raise_), EPISODE_STEPS, config.seed, progress=False)
     output = tmp_path_factory.mktemp("serial")
-    artifact = train_selector(
+    artifact = train_policy(
         bench.make_env(EPISODE_STEPS, evaluate_every=1),
         context,
         config.raise_,
@@ -137,7 +138,7 @@ def test_a_worker_killed_during_an_episode_is_replaced_and_training_gives_the_sa
     engine, context = _engine(bench)
     faulty = KillFirstWorker(engine)
     try:
-        artifact = train_selector(
+        artifact = train_policy(
             None, context, bench.config.raise_, tmp_path, seed=bench.config.seed, progress=False, rollouts=faulty
         )
         faulty.killer.join()
@@ -152,13 +153,13 @@ def test_resume_on_another_number_of_workers(local_ray, bench, serial, tmp_path)
     config = bench.config.raise_
     engine, context = _engine(bench)
     try:
-        train_selector(
+        train_policy(
             None, context, config, tmp_path, seed=bench.config.seed, progress=False, max_updates=1, rollouts=engine
         )
     finally:
         engine.close()
     assert len(read_jsonl(tmp_path / EPISODES_FILE)) == config.episodes_per_update
-    resumed = train_selector(
+    resumed = train_policy(
         bench.make_env(EPISODE_STEPS, evaluate_every=1),
         context,
         config,
@@ -180,8 +181,8 @@ def test_proxy_episodes_on_workers_train_the_same_selector_as_in_process(local_r
         config.raise_.proxy_layers, config.raise_.episodes, config.raise_.rollout_workers = 1, 2, workers
         config.raise_.episodes_per_update, config.raise_.head_antithetic = 2, True
         output = tmp_path / f"workers{workers}"
-        selector_dir = train_raise_selector(dataclasses.replace(bench, config=config), output, progress=False)
-        trained[workers] = (load_selector(selector_dir), read_jsonl(output / EPISODES_FILE))
+        selector_dir = train_raise_selector(config, output, progress=False, bench=bench)
+        trained[workers] = (load_artifact(selector_dir), read_jsonl(output / EPISODES_FILE))
     (serial_artifact, serial_rows), (ray_artifact, ray_rows) = trained[0], trained[2]
     assert ray_artifact.provenance["episodes_on"]["num_layers"] == 1
     assert _without_worker_details(ray_rows) == _without_worker_details(serial_rows)

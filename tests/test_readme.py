@@ -13,7 +13,7 @@ from pathlib import Path
 
 from helpers import SYNTHETIC_OVERRIDES
 from raise_select.cli import build_parser, main
-from raise_select.config import dump_config, load_config
+from raise_select.config_io import dump_config, load_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

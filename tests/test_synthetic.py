@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.data import synthetic
 from raise_select.data.synthetic import (
     SYNTHETIC_FAMILIES,
@@ -138,7 +138,7 @@ def _finetune(bench, method: str, steps: int, seed: int) -> float:
 @pytest.fixture(scope="module")
 def demo_bench():
     """The demo --quick testbed (1000-example pool, 64 validation examples, warmup 4, lr 1e-3)."""
-    from raise_select.experiments import recipe_path
+    from raise_select.config_io import recipe_path
 
     return Workbench.build(load_config(recipe_path("demo_quick"), ["features.cache=false"]))
 

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from helpers import SYNTHETIC_OVERRIDES
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.experiments import train_raise_selector
 from raise_select.integrations import RaiseTrainer, SelectionSession
@@ -35,7 +35,7 @@ def overrides():
 def policy(overrides, tmp_path_factory):
     """A RAISE selector trained briefly (2 PPO episodes) on the testbed."""
     config = load_config(None, [*overrides, "raise.episodes=2", "raise.minibatch_size=4", "raise.update_epochs=1"])
-    return train_raise_selector(Workbench.build(config), tmp_path_factory.mktemp("selector"), progress=False)
+    return train_raise_selector(config, tmp_path_factory.mktemp("selector"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -260,16 +260,19 @@ def test_sft_trainer_without_trl_names_the_extra(monkeypatch):
 
 
 @pytest.mark.parametrize("script", ["hf_trainer.py", "trl_sft.py"])
-def test_example_scripts_run_on_the_testbed(script, tmp_path):
+def test_example_scripts_run_from_a_fresh_clone(script, tmp_path):
+    """With no option and nothing trained or written before (an empty working directory): the testbed and
+    the random baseline, written to runs/trainer."""
     if script == "trl_sft.py":
         pytest.importorskip("trl")
     path = Path(__file__).parents[1] / "examples" / script
-    command = [sys.executable, str(path), "--selector", "random", "--max-steps", "3", "--output", str(tmp_path)]
+    command = [sys.executable, str(path), "--max-steps", "3"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "validation loss" in finished.stdout
-    assert [row["decision"] for row in read_jsonl(tmp_path / "selections.jsonl")] == [1, 2, 3]
+    selections = read_jsonl(tmp_path / "runs" / "trainer" / "selections.jsonl")
+    assert [row["decision"] for row in selections] == [1, 2, 3]
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from raise_select.config import load_config
+from raise_select.config_io import load_config
 from raise_select.integrations import RaiseTrainer, SelectionSession
 from raise_select.pipeline import Workbench
 from raise_select.selectors import build_selector

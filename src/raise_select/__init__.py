@@ -6,7 +6,7 @@ The public API (``import raise_select as rs``)::
 
     config = rs.load_config(rs.recipe_path("demo_quick"), ["raise.episodes=8"])   # or a YAML file, or rs.Config()
     bench = rs.Workbench.build(config)                  # pool, target, model, tokenized sets (features on demand)
-    policy = rs.train_raise_selector(bench, "runs/sel") # PPO; returns the selector folder
+    policy = rs.train_raise_selector(config, "runs/sel", bench=bench)  # PPO; the selector folder
     result = rs.run_finetune(bench, rs.build_selector("random", config), None, budget_steps=8, seed=0)
     rs.run_comparison(config, "runs/cmp"); rs.write_report("runs/cmp")
 
@@ -27,10 +27,10 @@ from ._version import __version__
 _EXPORTS = {
     # configuration
     "Config": "config",
-    "load_config": "config",
-    "dump_config": "config",
+    "load_config": "config_io",
+    "dump_config": "config_io",
     "validate": "config",
-    "recipe_path": "experiments",
+    "recipe_path": "config_io",
     # the pipeline
     "Workbench": "pipeline",
     "run_finetune": "pipeline",
@@ -45,9 +45,9 @@ _EXPORTS = {
     "SelectionContext": "protocol",
     "EnvState": "protocol",
     "RaiseSelector": "selectors.raise_policy",
-    "load_selector": "selector_artifact",
+    "load_artifact": "selector_artifact",
     # selector training, lower level
-    "train_selector": "ppo",
+    "train_policy": "ppo",
     "FineTuneEnv": "environment",
     # callbacks
     "Callback": "callbacks",
@@ -74,15 +74,16 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .callbacks import Callback, CallbackList, ProgressBar
-    from .config import Config, dump_config, load_config, validate
+    from .config import Config, validate
+    from .config_io import dump_config, load_config, recipe_path
     from .environment import FineTuneEnv
     from .errors import UserError
-    from .experiments import recipe_path, run_comparison, train_raise_selector
+    from .experiments import run_comparison, train_raise_selector
     from .pipeline import Workbench, run_finetune
-    from .ppo import train_selector
+    from .ppo import train_policy
     from .protocol import EnvState, SelectionContext, Selector
     from .report import write_report
     from .run_folders import RunResult
-    from .selector_artifact import load_selector
+    from .selector_artifact import load_artifact
     from .selectors import SELECTORS, build_selector
     from .selectors.raise_policy import RaiseSelector

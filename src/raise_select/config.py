@@ -11,17 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import UserError
-from .io_utils import user_path
 
 
 @dataclass
@@ -31,13 +25,17 @@ class SourceConfig:
     name: str = field(
         default="gsm8k",
         metadata={
-            "help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic, synthetic_curriculum) or a path to "
-            ".jsonl/.json or a saved `datasets` folder"
+            "non_empty": True,
+            "help": "bundled source (gsm8k, mmlu, humaneval, chat, gsm8k_corrupted, synthetic, synthetic_curriculum) "
+            "or a path to .jsonl/.json or a saved `datasets` folder",
         },
     )
     format: str = field(
         default="auto",
-        metadata={"help": "auto | alpaca | messages | prompt_response"},
+        metadata={
+            "choices": ("auto", "alpaca", "messages", "prompt_response"),
+            "help": "auto | alpaca | messages | prompt_response",
+        },
     )
     fields: dict[str, str] = field(
         default_factory=dict,
@@ -45,7 +43,10 @@ class SourceConfig:
     )
     limit: int | None = field(
         default=None,
-        metadata={"help": "keep at most this many examples (first N after the source's deterministic order)"},
+        metadata={
+            "range": ">= 1",
+            "help": "keep at most this many examples (first N after the source's deterministic order)",
+        },
     )
     tag: str | None = field(
         default=None,
@@ -59,15 +60,15 @@ class PoolConfig:
 
     sources: list[SourceConfig] = field(
         default_factory=lambda: [SourceConfig()],
-        metadata={"help": "sources concatenated in order"},
+        metadata={"non_empty": True, "help": "sources concatenated in order"},
     )
     max_length: int = field(
         default=128,
-        metadata={"help": "truncate prompt+response to this many tokens (response kept first)"},
+        metadata={"range": ">= 4", "help": "truncate prompt+response to this many tokens (response kept first)"},
     )
     on_error: str = field(
         default="raise",
-        metadata={"help": "raise | skip: what to do with a malformed record"},
+        metadata={"choices": ("raise", "skip"), "help": "raise | skip: what to do with a malformed record"},
     )
     system_prompt: str | None = field(
         default=None,
@@ -82,28 +83,47 @@ class TargetConfig:
     name: str = field(
         default="gsm8k",
         metadata={
-            "help": "bundled target (gsm8k, mmlu, humaneval, synthetic, synthetic_curriculum) or a path to a JSONL file with the pool formats"
+            "non_empty": True,
+            "help": "bundled target (gsm8k, mmlu, humaneval, synthetic, synthetic_curriculum) or a path to a JSONL "
+            "file with the pool formats",
         },
     )
     n_validation: int = field(
         default=32,
-        metadata={"help": "validation examples used for the reward (fixed, small: evaluated every decision)"},
+        metadata={
+            "range": ">= 1",
+            "help": "validation examples used for the reward (fixed, small: evaluated every decision)",
+        },
     )
     n_test: int = field(
         default=50,
-        metadata={"help": "held-out test examples for the task metric"},
+        metadata={"range": ">= 0", "help": "held-out test examples for the task metric"},
     )
     metric: str = field(
         default="auto",
-        metadata={"help": "auto | exact_match | multiple_choice | none"},
+        metadata={
+            "choices": ("auto", "exact_match", "multiple_choice", "none"),
+            "help": "auto | exact_match | multiple_choice | none",
+        },
     )
     max_new_tokens: int = field(
         default=128,
-        metadata={"help": "generation length for exact-match metrics"},
+        metadata={"range": ">= 1", "help": "generation length for exact-match metrics"},
     )
     answer_pattern: str | None = field(
         default=None,
         metadata={"help": "regex with one group extracting the answer (exact match); default per task"},
+    )
+    lm_eval: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "also score each run's test with lm-evaluation-harness (pip install raise-select[eval]): "
+            "'target' (this target's test split as a local lm-eval task) and/or lm-eval task names available offline"
+        },
+    )
+    lm_eval_include: str | None = field(
+        default=None,
+        metadata={"help": "a folder of your own lm-eval task YAMLs for target.lm_eval (lm_eval --include_path)"},
     )
 
 
@@ -114,43 +134,45 @@ class ModelConfig:
     name: str = field(
         default="smollm2",
         metadata={
+            "non_empty": True,
             "help": "bundled (smollm2, synthetic-tiny), a local folder, or a hub name already in the local Hugging "
-            "Face cache"
+            "Face cache",
         },
     )
     finetune: str = field(
         default="lora",
-        metadata={"help": "lora | full"},
+        metadata={"choices": ("lora", "full"), "help": "lora | full"},
     )
     lora_r: int = field(
         default=8,
-        metadata={"help": "LoRA rank"},
+        metadata={"range": ">= 1", "help": "LoRA rank"},
     )
     lora_alpha: int = field(
         default=16,
-        metadata={"help": "LoRA scaling numerator"},
+        metadata={"range": "> 0", "help": "LoRA scaling numerator"},
     )
     lora_dropout: float = field(
         default=0.0,
-        metadata={"help": "LoRA dropout (0 keeps CPU runs deterministic and cheap)"},
+        metadata={"range": "[0, 1)", "help": "LoRA dropout (0 keeps CPU runs deterministic and cheap)"},
     )
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "modules that get adapters"},
+        metadata={"non_empty": True, "help": "modules that get adapters"},
     )
     precision: str = field(
         default="fp32",
-        metadata={"help": "fp32 | bf16 (bf16 = autocast; master weights stay fp32)"},
+        metadata={"choices": ("fp32", "bf16"), "help": "fp32 | bf16 (bf16 = autocast; master weights stay fp32)"},
     )
     device: str = field(
         default="auto",
-        metadata={"help": "auto | cpu | cuda"},
+        metadata={"choices": ("auto", "cpu", "cuda"), "help": "auto | cpu | cuda"},
     )
     num_layers: int | None = field(
         default=None,
         metadata={
+            "range": ">= 1",
             "help": "keep only the first N decoder layers (a cheaper, reduced copy of the model, e.g. a selector-"
-            "training proxy); None: all"
+            "training proxy); None: all",
         },
     )
 
@@ -161,56 +183,61 @@ class TrainConfig:
 
     batch_size: int = field(
         default=8,
-        metadata={"help": "examples per optimizer update (B)"},
+        metadata={"range": ">= 1", "help": "examples per optimizer update (B)"},
     )
     learning_rate: float = field(
         default=2e-4,
-        metadata={"help": "AdamW learning rate"},
+        metadata={"range": "> 0", "help": "AdamW learning rate"},
     )
     weight_decay: float = field(
         default=0.0,
-        metadata={"help": "AdamW weight decay"},
+        metadata={"range": ">= 0", "help": "AdamW weight decay"},
     )
     max_grad_norm: float = field(
         default=1.0,
-        metadata={"help": "gradient clipping (0 disables)"},
+        metadata={"range": ">= 0", "help": "gradient clipping (0 disables)"},
     )
     warmup_steps: int = field(
         default=0,
         metadata={
+            "range": ">= 0",
             "help": "linear learning-rate warmup over the first N updates of every run (transformers' "
-            "constant_with_warmup: the first update has lr 0)"
+            "constant_with_warmup: the first update has lr 0)",
         },
     )
     budget_steps: int | None = field(
         default=None,
-        metadata={"help": "optimizer updates per run; overrides budget_fraction"},
+        metadata={"range": ">= 1", "help": "optimizer updates per run; overrides budget_fraction"},
     )
     budget_fraction: float | None = field(
         default=0.01,
-        metadata={"help": "budget as a fraction of full-data steps"},
+        metadata={"range": "> 0", "help": "budget as a fraction of full-data steps"},
     )
     full_data_epochs: int = field(
         default=3,
-        metadata={"help": 'E in "full data = E epochs over the pool at batch size B"'},
+        metadata={"range": ">= 1", "help": 'E in "full data = E epochs over the pool at batch size B"'},
     )
     eval_batch_size: int = field(
         default=16,
-        metadata={"help": "batch size of validation/test evaluation"},
+        metadata={"range": ">= 1", "help": "batch size of validation/test evaluation"},
     )
     eval_every: int = field(
         default=1,
         metadata={
-            "help": "evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)"
+            "range": ">= 1",
+            "help": "evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)",
         },
     )
     decision_interval: int = field(
         default=1,
-        metadata={"help": "M: optimizer updates per selection decision"},
+        metadata={"range": ">= 1", "help": "M: optimizer updates per selection decision"},
     )
     max_budget_epochs: float = field(
         default=20.0,
-        metadata={"help": "refuse budgets of more passes over the pool than this (raise it to confirm a long run)"},
+        metadata={
+            "range": "> 0",
+            "help": "refuse budgets of more passes over the pool than this (raise it to confirm a long run)",
+        },
     )
 
 
@@ -224,11 +251,11 @@ class FeatureConfig:
     )
     pca_dim: int = field(
         default=32,
-        metadata={"help": "semantic embedding dims after PCA"},
+        metadata={"range": ">= 1", "help": "semantic embedding dims after PCA"},
     )
     batch_size: int = field(
         default=16,
-        metadata={"help": "forward-pass batch size"},
+        metadata={"range": ">= 1", "help": "forward-pass batch size"},
     )
     cache: bool = field(
         default=True,
@@ -237,8 +264,9 @@ class FeatureConfig:
     reference_steps: int = field(
         default=32,
         metadata={
+            "range": ">= 0",
             "help": "add the column reference_loss: each example's response loss under the model tuned for this many "
-            "steps on the target's validation split (train.learning_rate, train.batch_size); 0: no such column [ours]"
+            "steps on the target's validation split (train.learning_rate, train.batch_size); 0: no such column [ours]",
         },
     )
 
@@ -249,15 +277,20 @@ class RaiseConfig:
 
     clusters: int = field(
         default=2,
-        metadata={"help": "C: k-means clusters; each decision takes b = B / C per cluster"},
+        metadata={
+            "range": ">= 1",
+            "help": "C: k-means clusters; each decision takes b = B / C per cluster. The default is the paper's "
+            "diversity constraint; configs whose pools mix in irrelevant or corrupted families (synthetic.yaml, "
+            "smollm2_gsm8k_mixed.yaml, the recipes) set 1, so that no quota forces picks from those clusters",
+        },
     )
     hidden_size: int = field(
         default=64,
-        metadata={"help": "acquisition MLP width"},
+        metadata={"range": ">= 1", "help": "acquisition MLP width"},
     )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "tau in softmax(F / tau) of the Plackett-Luce sampler"},
+        metadata={"range": "> 0", "help": "tau in softmax(F / tau) of the Plackett-Luce sampler"},
     )
     fresh_first: bool = field(
         default=True,
@@ -266,35 +299,43 @@ class RaiseConfig:
     repeat_penalty: float = field(
         default=2.0,
         metadata={
+            "range": "> 0",
             "help": "with fresh_first: logit offset per earlier selection (1e4: never repeat while fresh ones remain;"
-            " a few units: repeat a much better example rather than take a much worse fresh one)"
+            " a few units: repeat a much better example rather than take a much worse fresh one)",
         },
     )
     head_dims: int | None = field(
         default=None,
         metadata={
+            "range": ">= 0",
             "help": "k: a linear head over the first k static fused columns (None: every named column: the difficulty "
             "columns, target_similarity and reference_loss), its weights drawn once per training episode from a "
-            "Gaussian whose mean moves after each update (0: none) [ours]"
+            "Gaussian whose mean moves after each update (0: none) [ours]",
         },
     )
     head_std: float = field(
         default=2.0,
         metadata={
-            "help": "spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))"
+            "range": "> 0",
+            "help": "spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))",
         },
     )
     head_learning_rate: float = field(
         default=0.5,
-        metadata={"help": "step of the head's mean per PPO update (raise.head_update), in units of its std"},
+        metadata={
+            "range": "> 0",
+            "help": "step of the head's mean per PPO update (raise.head_update), in units of its std",
+        },
     )
     head_update: str = field(
         default="nes",
         metadata={
+            "choices": ("nes", "regression"),
             "help": "how the head's mean moves after each PPO update: nes (ranks of the draws' whole-episode returns) "
             "or regression (steepest ascent of a ridge fit of every decision's reward on the mean head features of "
             "its picks, one intercept per decision index; for episodes of a few decisions, each reward reflecting "
-            "its own picks) [ours]"
+            "its own picks) [ours]. The shipped smollm2-gsm8k selector was trained with regression; the default "
+            "stays nes, which does better on the synthetic testbed (docs/results.md)",
         },
     )
     head_stage: bool = field(
@@ -314,74 +355,83 @@ class RaiseConfig:
     ablate: list[str] = field(
         default_factory=list,
         metadata={
+            "choices": ("stage", "difficulty", "semantic", "availability"),
+            "unique": True,
             "help": "feature groups the policy and critic do not see (zeroed; the paper's ablations): stage (progress, "
             "validation loss and its change), difficulty (the named static columns, so the episode head too), "
-            "semantic (the embedding columns; k-means still splits the pool), availability"
+            "semantic (the embedding columns; k-means still splits the pool), availability",
         },
     )
     episodes: int = field(
         default=32,
-        metadata={"help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)"},
+        metadata={"range": ">= 1", "help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)"},
     )
     episodes_per_update: int = field(
         default=8,
-        metadata={"help": "E: episodes played with one policy before each PPO update [ours]"},
+        metadata={"range": ">= 1", "help": "E: episodes played with one policy before each PPO update [ours]"},
     )
     baseline: str = field(
         default="fitted",
         metadata={
+            "choices": ("group", "fitted", "critic"),
             "help": "group: per-step leave-one-out mean over the update's episodes | fitted: leave-one-out linear "
-            "regression on the stage features | critic: GAE with V(s)"
+            "regression on the stage features | critic: GAE with V(s)",
         },
     )
     episode_steps: int | None = field(
         default=None,
-        metadata={"help": "optimizer updates per training episode (default: the finetune budget)"},
+        metadata={
+            "range": ">= 1",
+            "help": "optimizer updates per training episode; None: train-selector uses the run budget "
+            "(train.budget_steps / budget_fraction), compare its first budget",
+        },
     )
     gamma: float = field(
         default=1.0,
-        metadata={"help": "discount (1: the return telescopes to the total validation-loss drop)"},
+        metadata={"range": "[0, 1]", "help": "discount (1: the return telescopes to the total validation-loss drop)"},
     )
     gae_lambda: float = field(
         default=1.0,
         metadata={
+            "range": "[0, 1]",
             "help": "GAE lambda (1: each decision is credited with the whole return-to-go against the baseline, "
-            "since a single decision's reward says little about its own picks; see bench/reward_signal.py)"
+            "since a single decision's reward says little about its own picks; see bench/reward_signal.py)",
         },
     )
     clip_coef: float = field(
         default=0.2,
-        metadata={"help": "PPO clip range"},
+        metadata={"range": "> 0", "help": "PPO clip range"},
     )
     value_coef: float = field(
         default=0.5,
-        metadata={"help": "value-loss weight"},
+        metadata={"range": ">= 0", "help": "value-loss weight"},
     )
     entropy_coef: float = field(
         default=0.01,
-        metadata={"help": "entropy bonus weight"},
+        metadata={"range": ">= 0", "help": "entropy bonus weight"},
     )
     learning_rate: float = field(
         default=3e-3,
-        metadata={"help": "policy and critic Adam learning rate"},
+        metadata={"range": "> 0", "help": "policy and critic Adam learning rate"},
     )
     update_epochs: int = field(
         default=4,
-        metadata={"help": "epochs over the stored decisions per PPO update"},
+        metadata={"range": ">= 1", "help": "epochs over the stored decisions per PPO update"},
     )
     minibatch_size: int = field(
         default=8,
-        metadata={"help": "decisions per minibatch"},
+        metadata={"range": ">= 1", "help": "decisions per minibatch"},
     )
     target_kl: float | None = field(
         default=0.05,
         metadata={
-            "help": "stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables"
+            "range": "> 0",
+            "help": "stop an update's epochs once a minibatch's approximate KL (per pick) exceeds this; null disables",
         },
     )
     max_grad_norm: float = field(
         default=0.5,
-        metadata={"help": "policy gradient clipping"},
+        metadata={"range": "> 0", "help": "policy gradient clipping"},
     )
     normalize_advantages: bool = field(
         default=True,
@@ -389,7 +439,10 @@ class RaiseConfig:
     )
     reward_scale: float = field(
         default=10.0,
-        metadata={"help": "rewards (loss drops) are multiplied by this before GAE (keeps critic targets O(1))"},
+        metadata={
+            "range": "> 0",
+            "help": "rewards (loss drops) are multiplied by this before GAE (keeps critic targets O(1))",
+        },
     )
     policy: str | None = field(
         default=None,
@@ -398,8 +451,9 @@ class RaiseConfig:
     rollout_workers: int = field(
         default=0,
         metadata={
+            "range": ">= 0",
             "help": "Ray actors that play each update's episodes (0: one after another in this process); needs pip "
-            "install raise-select[ray]"
+            "install raise-select[ray]",
         },
     )
     ray_address: str | None = field(
@@ -411,11 +465,17 @@ class RaiseConfig:
     )
     worker_cpus: int = field(
         default=1,
-        metadata={"help": "CPUs each rollout worker reserves on the cluster, also its torch thread count"},
+        metadata={
+            "range": ">= 1",
+            "help": "CPUs each rollout worker reserves on the cluster, also its torch thread count",
+        },
     )
     worker_gpus: float = field(
         default=0.0,
-        metadata={"help": "GPUs each rollout worker reserves (then model.device=auto puts its model there)"},
+        metadata={
+            "range": ">= 0",
+            "help": "GPUs each rollout worker reserves (then model.device=auto puts its model there)",
+        },
     )
     proxy_model: str | None = field(
         default=None,
@@ -427,22 +487,25 @@ class RaiseConfig:
     proxy_max_length: int | None = field(
         default=None,
         metadata={
+            "range": ">= 2",
             "help": "truncate the training episodes' examples to this many tokens (pool.max_length's rule) on the "
-            "proxy; None: pool.max_length [ours]"
+            "proxy; None: pool.max_length [ours]",
         },
     )
     proxy_decision_interval: int | None = field(
         default=None,
         metadata={
+            "range": ">= 1",
             "help": "M of the training episodes (optimizer updates per decision, so validation passes per reward) "
-            "on the proxy; None: train.decision_interval [ours]"
+            "on the proxy; None: train.decision_interval [ours]",
         },
     )
     proxy_layers: int | None = field(
         default=None,
         metadata={
+            "range": ">= 1",
             "help": "play the training episodes on the first N decoder layers of the proxy (or of the target "
-            "model when proxy_model is null); None: all layers [ours]"
+            "model when proxy_model is null); None: all layers [ours]",
         },
     )
 
@@ -450,6 +513,26 @@ class RaiseConfig:
 # RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
 # learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
 RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
+
+# What a resumed command may change against the run it continues (a section such as "compare" or a
+# field such as "raise.episodes"); every other setting must match, or the resume is refused.
+# A selector training (train-selector --resume, a comparison's selector-s<S>/): none of these
+# shapes an episode, so the checkpoint's episodes stay valid and only raise.episodes may grow.
+RESUMABLE_SELECTOR_TRAINING = (
+    "output",
+    "selector",
+    "compare",
+    "raise.episodes",
+    *(f"raise.{name}" for name in RUN_TIME_FIELDS),
+    "features.cache",
+    "train.eval_every",
+    "train.max_budget_epochs",
+    "target.metric",
+    "target.max_new_tokens",
+    "target.answer_pattern",
+)
+# A comparison run again into its folder reuses its finished runs: only its run list may change.
+RESUMABLE_COMPARISON = ("output", "compare")
 
 # Experimental settings: no shipped config and no documented use needs them; they stay for experiments.
 # `raise-select config` marks each with its reason (docs/method.md, "Experimental settings").
@@ -469,29 +552,40 @@ class CompareConfig:
 
     methods: list[str] = field(
         default_factory=lambda: ["raise", "random", "longest", "ifd"],
-        metadata={"help": 'selectors to compare ("full" runs once at 100 %)'},
+        metadata={"non_empty": True, "help": 'selectors to compare ("full" runs once at 100 %)'},
     )
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
-        metadata={"help": "fine-tuning seeds per method"},
+        metadata={"unique": True, "non_empty": True, "each_range": ">= 0", "help": "fine-tuning seeds per method"},
     )
     full_seeds: list[int] | None = field(
         default=None,
-        metadata={"help": 'fine-tuning seeds of the "full" method (its runs cost 1 Φ each); None: `seeds`'},
+        metadata={
+            "unique": True,
+            "each_range": ">= 0",
+            "help": 'fine-tuning seeds of the "full" method (its runs cost 1 Φ each); None: `seeds`',
+        },
     )
     selector_seeds: list[int] = field(
         default_factory=lambda: [0],
         metadata={
-            "help": "RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over `seeds`"
+            "unique": True,
+            "non_empty": True,
+            "each_range": ">= 0",
+            "help": "RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over `seeds`",
         },
     )
     budgets: list[float] = field(
         default_factory=lambda: [0.01],
-        metadata={"help": "budgets as fractions of full-data steps"},
+        metadata={"unique": True, "each_range": "> 0", "help": "budgets as fractions of full-data steps"},
     )
     budget_steps: list[int] = field(
         default_factory=list,
-        metadata={"help": "budgets in optimizer updates (used instead of `budgets` when given)"},
+        metadata={
+            "unique": True,
+            "each_range": ">= 1",
+            "help": "budgets in optimizer updates (used instead of `budgets` when given)",
+        },
     )
     test_metric: bool = field(
         default=True,
@@ -505,7 +599,7 @@ class Config:
 
     seed: int = field(
         default=0,
-        metadata={"help": "seeds data order, model init (tiny models), dropout and the selector"},
+        metadata={"range": ">= 0", "help": "seeds data order, model init (tiny models), dropout and the selector"},
     )
     output: str | None = field(
         default=None,
@@ -513,7 +607,7 @@ class Config:
     )
     selector: str = field(
         default="random",
-        metadata={"help": "selector for `finetune` (random, full, raise, or a baseline name)"},
+        metadata={"non_empty": True, "help": "selector for `finetune` (random, full, raise, or a baseline name)"},
     )
     model: ModelConfig = field(
         default_factory=ModelConfig,
@@ -548,243 +642,19 @@ class Config:
     )
 
 
-# YAML uses "raise" for the RaiseConfig section (``raise`` is a Python keyword).
-_YAML_ALIASES = {"raise": "raise_"}
-
-
-def to_dict(config: Any) -> dict:
-    """Dataclass tree -> plain dict with YAML names."""
-    data = dataclasses.asdict(config)
-    return {("raise" if k == "raise_" else k): v for k, v in data.items()}
-
-
-def from_dict(cls: type, data: dict | None, where: str = "config") -> Any:
-    """Plain dict -> dataclass ``cls``; unknown keys and wrong types are one-line UserErrors."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        name = _YAML_ALIASES.get(key, key) if cls is Config else key
-        if name not in known:
-            raise UserError(f"unknown field '{where}.{key}'; valid fields: {', '.join(sorted(_yaml_names(cls)))}")
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _yaml_names(cls: type) -> list[str]:
-    return ["raise" if f.name == "raise_" else f.name for f in dataclasses.fields(cls)]
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(non_none[0], value, where)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise UserError(f"'{where}' must be a mapping of fields, got {value!r}")
-        return from_dict(hint, value, where)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(
-                f"'{where}' must be a list, got {value!r}; write it in brackets, e.g. {where.split('.', 1)[-1]}=[{value}]"
-            )
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"'{where}' must be a mapping, got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)  # finiteness and ranges: validate()
-    if hint is float and isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise UserError(f"'{where}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a plain config dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' is not of the form field.path=value (e.g. train.learning_rate=1e-4)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            raise UserError(
-                f"override '{item}': the value is not valid YAML; close brackets and quotes "
-                "(e.g. compare.seeds=[0,1], pool.system_prompt='a: b')"
-            ) from None
-        node = data
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise UserError(
-                f"override '{item}': '{key}' is not a field path; write section.field=value (e.g. train.learning_rate=1e-4)"
-            )
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"override '{item}': '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or defaults when ``path`` is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}; pass an existing YAML file (see examples/configs/)")
-        with user_path(path, "read the config"):
-            text = path.read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise UserError(f"config {path}{line} is not valid YAML; fix the syntax") from None
-        if data is None:
-            raise UserError(f"config {path} is empty; start from one in examples/configs/ (e.g. synthetic.yaml)")
-        if not isinstance(data, dict):
-            raise UserError(f"config {path} must be a YAML mapping of sections (model:, pool:, target:, ...)")
-    data = apply_overrides(data, list(overrides or []))
-    config = from_dict(Config, data)
-    validate(config)
-    return config
-
-
-# Allowed values, one row per field ("section.field", "[]" = each element of a list), checked by
-# validate() before any file is written. Ranges: ">= 1", "> 0", "[0, 1]" (closed), "[0, 1)" (half
-# open). A None in an optional field is always allowed; floats must also be finite.
-RANGES: dict[str, str] = {
-    "seed": ">= 0",
-    "model.lora_r": ">= 1",
-    "model.lora_alpha": "> 0",
-    "model.lora_dropout": "[0, 1)",
-    "pool.sources[].limit": ">= 1",
-    "pool.max_length": ">= 4",
-    "target.n_validation": ">= 1",
-    "target.n_test": ">= 0",
-    "target.max_new_tokens": ">= 1",
-    "train.batch_size": ">= 1",
-    "train.learning_rate": "> 0",
-    "train.weight_decay": ">= 0",
-    "train.max_grad_norm": ">= 0",
-    "train.warmup_steps": ">= 0",
-    "train.budget_steps": ">= 1",
-    "train.budget_fraction": "> 0",
-    "train.full_data_epochs": ">= 1",
-    "train.eval_batch_size": ">= 1",
-    "train.eval_every": ">= 1",
-    "train.decision_interval": ">= 1",
-    "train.max_budget_epochs": "> 0",
-    "features.pca_dim": ">= 1",
-    "features.reference_steps": ">= 0",
-    "features.batch_size": ">= 1",
-    "raise.clusters": ">= 1",
-    "raise.hidden_size": ">= 1",
-    "raise.temperature": "> 0",
-    "raise.repeat_penalty": "> 0",
-    "raise.head_dims": ">= 0",
-    "raise.head_std": "> 0",
-    "raise.head_learning_rate": "> 0",
-    "raise.episodes": ">= 1",
-    "raise.episodes_per_update": ">= 1",
-    "raise.target_kl": "> 0",
-    "raise.episode_steps": ">= 1",
-    "raise.gamma": "[0, 1]",
-    "raise.gae_lambda": "[0, 1]",
-    "raise.clip_coef": "> 0",
-    "raise.value_coef": ">= 0",
-    "raise.entropy_coef": ">= 0",
-    "raise.learning_rate": "> 0",
-    "raise.update_epochs": ">= 1",
-    "raise.minibatch_size": ">= 1",
-    "raise.max_grad_norm": "> 0",
-    "raise.reward_scale": "> 0",
-    "raise.rollout_workers": ">= 0",
-    "raise.worker_cpus": ">= 1",
-    "raise.worker_gpus": ">= 0",
-    "raise.proxy_layers": ">= 1",
-    "raise.proxy_max_length": ">= 2",
-    "raise.proxy_decision_interval": ">= 1",
-    "model.num_layers": ">= 1",
-    "compare.seeds[]": ">= 0",
-    "compare.selector_seeds[]": ">= 0",
-    "compare.full_seeds[]": ">= 0",
-    "compare.budgets[]": "> 0",
-    "compare.budget_steps[]": ">= 1",
-}
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.finetune": ("lora", "full"),
-    "model.precision": ("fp32", "bf16"),
-    "model.device": ("auto", "cpu", "cuda"),
-    "pool.on_error": ("raise", "skip"),
-    "pool.sources[].format": ("auto", "alpaca", "messages", "prompt_response"),
-    "target.metric": ("auto", "exact_match", "multiple_choice", "none"),
-    "raise.baseline": ("group", "fitted", "critic"),
-    "raise.head_update": ("nes", "regression"),
-    "raise.ablate[]": ("stage", "difficulty", "semantic", "availability"),
-}
-
-# Strings and lists that must not be empty, and lists that must not repeat an entry.
-NON_EMPTY = (
-    "model.name",
-    "model.lora_target_modules",
-    "pool.sources",
-    "pool.sources[].name",
-    "target.name",
-    "selector",
-    "compare.methods",
-    "compare.seeds",
-    "compare.selector_seeds",
-)
-NO_DUPLICATES = (
-    "compare.seeds",
-    "compare.full_seeds",
-    "compare.selector_seeds",
-    "compare.budgets",
-    "compare.budget_steps",
-)
-
-
-def _field_values(config: Config, path: str) -> list[tuple[str, Any]]:
-    """(label, value) of every field a RANGES/CHOICES path names; "a[]" expands the list a."""
-    found = [("", config)]
-    for part in path.split("."):
-        each = part.endswith("[]")
-        attribute = _YAML_ALIASES.get(part.rstrip("[]"), part.rstrip("[]"))
-        step = []
-        for label, node in found:
-            name = f"{label}.{part.rstrip('[]')}".lstrip(".")
-            value = getattr(node, attribute)
-            step += [(f"{name}[{i}]", item) for i, item in enumerate(value or [])] if each else [(name, value)]
-        found = step
-    return found
-
-
-def _default_of(path: str) -> Any:
-    """The default of a scalar field (None for list elements, which have none)."""
-    return None if "[]" in path else _field_values(Config(), path)[0][1]
+def _settings(node: Any, prefix: str = "", in_list: bool = False) -> Iterator[tuple[str, dataclasses.Field, Any, bool]]:
+    """(name, field, value, in a list element) of every setting under a config dataclass, in declaration
+    order; the fields of list elements (pool.sources[0].name) are included."""
+    for f in dataclasses.fields(node):
+        name = prefix + ("raise" if f.name == "raise_" else f.name)
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _settings(value, f"{name}.", in_list)
+            continue
+        yield name, f, value, in_list
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if dataclasses.is_dataclass(item):
+                yield from _settings(item, f"{name}[{i}].", True)
 
 
 def _in_range(value: float, rule: str) -> bool:
@@ -797,37 +667,45 @@ def _in_range(value: float, rule: str) -> bool:
     return value >= float(bound) if operator == ">=" else value > float(bound)
 
 
+def _check_range(name: str, value: Any, rule: str, default: Any, element: bool) -> None:
+    if value is None or (math.isfinite(value) and _in_range(value, rule)):
+        return
+    if default is not None and not element:
+        fix = f"e.g. {name}={default} (the default)"
+    elif element:
+        fix = "give every element in that range"
+    else:
+        fix = "give a value in that range, or null for the default"
+    raise UserError(f"{name}={value!r} is out of range: it must be {rule}; {fix}")
+
+
 def validate(config: Config) -> None:
-    """Check every setting against RANGES, CHOICES, NON_EMPTY and the cross-field rules below;
-    the first problem is a one-line UserError naming the field, the value and a fix."""
-    for path, rule in RANGES.items():
-        for name, value in _field_values(config, path):
-            if value is None:
-                continue
-            if not math.isfinite(value) or not _in_range(value, rule):
-                default = _default_of(path)
-                if default is not None:
-                    fix = f"e.g. {name}={default} (the default)"
-                else:
-                    fix = (
-                        "give every element in that range"
-                        if "[]" in path
-                        else "give a value in that range, or null for the default"
-                    )
-                raise UserError(f"{name}={value!r} is out of range: it must be {rule}; {fix}")
-    for path, allowed in CHOICES.items():
-        for name, value in _field_values(config, path):
-            if value not in allowed:
-                raise UserError(f"{name}={value!r} is not one of {list(allowed)}")
-    for path in NON_EMPTY:
-        for name, value in _field_values(config, path):
-            if isinstance(value, str) and not value.strip() or isinstance(value, list) and not value:
-                raise UserError(f"{name} is empty; give a value (see examples/configs/synthetic.yaml)")
-    for path in NO_DUPLICATES:
-        for name, value in _field_values(config, path):
-            repeated = sorted({v for v in value or [] if value.count(v) > 1})
-            if repeated:
-                raise UserError(f"{name}={value} lists {repeated} more than once; give each value once")
+    """Check every setting against the rules in its field's metadata, then the cross-field rules below;
+    the first problem is a one-line UserError naming the field, the value and a fix.
+
+    A field's metadata may hold ``range`` (">= 1", "> 0", "[0, 1]" closed, "[0, 1)" half open; None
+    is always allowed and floats must be finite), ``each_range`` (the same for every element of a
+    list), ``choices``, ``non_empty`` (a string or list) and ``unique`` (a list without repeats).
+    """
+    settings = list(_settings(config))
+    for name, f, value, in_list in settings:
+        if "range" in f.metadata:
+            _check_range(name, value, f.metadata["range"], f.default, in_list)
+        for i, item in enumerate(value or [] if "each_range" in f.metadata else []):
+            _check_range(f"{name}[{i}]", item, f.metadata["each_range"], None, True)
+    for name, f, value, _ in settings:
+        for item in value if isinstance(value, list) else [value]:  # a list's choices hold for each element
+            if "choices" in f.metadata and item not in f.metadata["choices"]:
+                raise UserError(f"{name}={item!r} is not one of {list(f.metadata['choices'])}")
+    for name, f, value, _ in settings:
+        if f.metadata.get("non_empty") and (
+            isinstance(value, str) and not value.strip() or isinstance(value, list) and not value
+        ):
+            raise UserError(f"{name} is empty; give a value (see examples/configs/synthetic.yaml)")
+    for name, f, value, _ in settings:
+        repeated = sorted({v for v in value or [] if value.count(v) > 1}) if f.metadata.get("unique") else []
+        if repeated:
+            raise UserError(f"{name}={value} lists {repeated} more than once; give each value once")
     if config.train.budget_steps is None and config.train.budget_fraction is None:
         raise UserError("set train.budget_steps or train.budget_fraction")
     if not config.compare.budgets and not config.compare.budget_steps:
@@ -902,91 +780,3 @@ def check_raise_batching(config: RaiseConfig) -> None:
             f"raise.baseline={config.baseline} compares the episodes of one update: set "
             "raise.episodes_per_update >= 2 or raise.baseline=critic"
         )
-
-
-def flat_settings(config: Config) -> dict[str, Any]:
-    """Every field as "section.field" -> value (lists and mappings kept whole), in declaration order."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: dict) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict) and key != "fields":
-                walk(f"{name}.", value)
-            else:
-                flat[name] = value
-
-    walk("", to_dict(config))
-    return flat
-
-
-def changed_settings(saved: Config, wanted: Config, may_change: Iterable[str] = ()) -> list[str]:
-    """Names of the fields that differ between two configs, except those under a ``may_change`` prefix
-    (a section such as "compare" or a field such as "raise.episodes")."""
-    before, after = flat_settings(saved), flat_settings(wanted)
-    allowed = tuple(may_change)
-    return [
-        name
-        for name in after
-        if before.get(name) != after[name] and not any(name == p or name.startswith(f"{p}.") for p in allowed)
-    ]
-
-
-def dump_config(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
-
-
-@dataclass(frozen=True)
-class FieldDoc:
-    """One setting as ``raise-select config`` shows it: its override path, annotation, default and help."""
-
-    name: str  # "section.field" with YAML names (raise.episodes); "pool.sources[].name" for list elements
-    type: str  # the annotation as written in the dataclass (e.g. "int | None")
-    default: Any  # the default value (a list element's field: its dataclass's default)
-    help: str
-
-
-def sections() -> list[str]:
-    """The top-level names ``describe_fields`` accepts: the sections (YAML names) and the top-level fields."""
-    return _yaml_names(Config)
-
-
-def describe_fields(section: str | None = None) -> list[FieldDoc]:
-    """Every leaf setting in declaration order, with its help; ``section`` keeps one section (YAML name,
-    e.g. "raise") or one top-level field (e.g. "seed"). An unknown section is a one-line UserError."""
-    if section is not None and section not in sections():
-        raise UserError(f"unknown config section '{section}'; valid: {', '.join(sections())}")
-    docs: list[FieldDoc] = []
-
-    def walk(cls: type, prefix: str, instance: Any) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            yaml_name = "raise" if cls is Config and f.name == "raise_" else f.name
-            name = f"{prefix}{yaml_name}"
-            value = getattr(instance, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{name}.", value)
-                continue
-            shown = (
-                [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
-                if isinstance(value, list)
-                else value
-            )
-            help_text = f.metadata.get("help", "")
-            if name in EXPERIMENTAL_FIELDS:
-                help_text += f" [experimental: {EXPERIMENTAL_FIELDS[name]}]"
-            docs.append(FieldDoc(name, str(f.type), shown, help_text))
-            args = typing.get_args(hints[f.name])
-            if typing.get_origin(hints[f.name]) is list and args and dataclasses.is_dataclass(args[0]):
-                walk(args[0], f"{name}[].", args[0]())
-
-    walk(Config, "", Config())
-    if section is not None:
-        docs = [d for d in docs if d.name == section or d.name.startswith(f"{section}.")]
-    return docs
-
-
-def format_value(value: Any) -> str:
-    """A value as it would be written in YAML or a ``field=value`` override (null, true, [0, 1], ...)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False).strip()
-    return text.removesuffix("...").strip()

@@ -20,8 +20,8 @@ from transformers import get_constant_schedule_with_warmup
 
 from .config import TrainConfig
 from .data.tokenize import TokenizedSet
+from .decisions import DecisionTracker
 from .errors import UserError
-from .evaluation import per_example_losses, validation_loss
 from .model import LoadedModel, seed_everything, training_loss
 from .protocol import EnvState
 
@@ -79,7 +79,11 @@ def check_budget_epochs(steps: int, pool_size: int, train: TrainConfig, origin: 
 
 
 class FineTuneEnv:
-    """Fine-tunes ``lm`` on pool examples chosen from outside, one decision at a time."""
+    """Fine-tunes ``lm`` on pool examples chosen from outside, one decision at a time.
+
+    The optimizer updates are its own; the bookkeeping around them (state, counts, evaluations,
+    rewards) is the :class:`~raise_select.decisions.DecisionTracker` the Trainer integration uses too.
+    """
 
     def __init__(
         self,
@@ -100,17 +104,15 @@ class FineTuneEnv:
             )
         self.lm = lm
         self.pool_tokens = pool_tokens
-        self.validation_tokens = validation_tokens
         self.train = train
         self.budget = budget_steps
-        self.evaluate_every = max(1, evaluate_every)
+        self.tracker = DecisionTracker(lm, pool_tokens, validation_tokens, train, budget_steps, evaluate_every)
         # reset() restores exactly these; pass the weights saved at load time when `lm` may have been trained since.
         self._base_weights = base_weights if base_weights is not None else lm.snapshot()
         self._pad_id = lm.tokenizer.pad_token_id
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self._state: EnvState | None = None
-        self._decisions = 0
+        self._started = False
         self._initial_validation_loss: float | None = None
 
     # -- episode control -------------------------------------------------------------------
@@ -125,23 +127,14 @@ class FineTuneEnv:
         self._scheduler = get_constant_schedule_with_warmup(self._optimizer, self.train.warmup_steps)
         if self._initial_validation_loss is None:  # base weights are the same every episode
             self._initial_validation_loss = self.evaluate()
-        self._decisions = 0
-        self._state = EnvState(
-            step=0,
-            budget=self.budget,
-            batch_size=self.train.batch_size,
-            decision_interval=self.train.decision_interval,
-            validation_history=[self._initial_validation_loss],
-            selection_counts=np.zeros(len(self.pool_tokens), dtype=np.int64),
-            loss_probe=self.probe_losses,
-        )
-        return self._state
+        self._started = True
+        return self.tracker.new_state([self._initial_validation_loss])
 
     @property
     def state(self) -> EnvState:
-        if self._state is None:
+        if not self._started:
             raise RuntimeError("call reset() before using the environment")
-        return self._state
+        return self.tracker.state
 
     @property
     def done(self) -> bool:
@@ -149,20 +142,15 @@ class FineTuneEnv:
 
     # -- one decision ------------------------------------------------------------------------
     def step(self, indices) -> StepResult:
-        state = self.state
+        tracker = self.tracker
         if self.done:
             raise RuntimeError("episode is over: the budget is spent; call reset()")
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        expected = state.decision_size
-        if indices.size != expected:
-            raise ValueError(f"selector returned {indices.size} indices, expected {expected} (decision_size)")
-        if indices.min() < 0 or indices.max() >= len(self.pool_tokens):
-            raise ValueError("selector returned an index outside the pool")
+        indices = tracker.check(indices)
         started = time.perf_counter()
         model = self.lm.model
         model.train()
-        losses, tokens = [], 0
-        for batch_indices in indices.reshape(-1, state.batch_size):
+        losses = []
+        for batch_indices in indices.reshape(-1, self.state.batch_size):
             batch = self.pool_tokens.collate(batch_indices, self._pad_id)
             batch = {k: v.to(self.lm.device) for k, v in batch.items()}
             loss = training_loss(self.lm, batch)
@@ -173,18 +161,14 @@ class FineTuneEnv:
             self._scheduler.step()
             self._optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            tokens += self.pool_tokens.num_tokens(batch_indices)
-        np.add.at(state.selection_counts, indices, 1)
-        state.step += len(losses)
-        self._decisions += 1
+        tokens = tracker.record_decision(indices)
+        self.state.step += len(losses)
 
         validation, reward, evaluation_tokens = None, None, 0
-        if self.done or self._decisions % self.evaluate_every == 0:
-            previous = state.validation_history[-1]
+        if tracker.evaluation_due():
             validation = self.evaluate()
-            reward = previous - validation
-            state.validation_history.append(validation)
-            evaluation_tokens = self.validation_tokens.num_tokens(np.arange(len(self.validation_tokens)))
+            reward = tracker.record_evaluation(validation)
+            evaluation_tokens = tracker.evaluation_tokens()
         return StepResult(
             train_loss=float(np.mean(losses)),
             validation_loss=validation,
@@ -198,9 +182,8 @@ class FineTuneEnv:
     # -- measurements offered to selectors ---------------------------------------------------
     def evaluate(self) -> float:
         """Mean validation answer loss of the current model (RAISE's reward signal)."""
-        return validation_loss(self.lm, self.validation_tokens, batch_size=self.train.eval_batch_size)
+        return self.tracker.evaluate()
 
     def probe_losses(self, indices) -> np.ndarray:
         """Current model's per-example response loss on pool candidates (for online baselines)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        return per_example_losses(self.lm, self.pool_tokens, indices, batch_size=self.train.eval_batch_size)
+        return self.tracker.probe_losses(indices)

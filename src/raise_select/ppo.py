@@ -26,7 +26,7 @@ Advantages (``raise.baseline``):
 Episode head (``raise.head_dims`` > 0, see ``raise_policy``): each episode's head weights are drawn
 at its start and stored in its buffer; after the batch, ``head_update`` moves the head's mean. It is
 not a PPO parameter: a clipped ratio on a k-dimensional Gaussian lets the mean move only a few
-percent of its std per update, far too slowly for a few dozen episodes.
+percent of its std per update.
 
 * ``nes``: one separable-NES step (Wierstra et al. 2014; natural gradient of a Gaussian's mean with
   rank-based fitness shaping, as in OpenAI-ES): ``mean += head_learning_rate * std * sum_e u_e eps_e``
@@ -41,15 +41,14 @@ percent of its std per update, far too slowly for a few dozen episodes.
   features of its picks (ridge, one intercept per position in the episode) and moves the mean along
   the fitted slope, ``head_learning_rate * std`` at a time (steepest ascent, Box & Wilson 1951). The
   fit is on this update's decisions only: the reward is not linear in the composition over the whole
-  pool, so only a local fit, around where the policy now chooses, points the right way. It suits
-  episodes of a few decisions whose rewards each reflect their own picks; where single rewards are
-  mostly noise (many one-update decisions per episode), ``nes`` is the better step.
+  pool, so only a local fit, around where the policy now chooses, points the right way
+  (``docs/results.md`` compares the two steps).
 
 The critic is trained whatever the baseline (its value loss is logged); advantages are normalized over
 the whole batch. Ratios are clipped per pick (see ``RaiseSelector.pick_log_probs``), and an update
 stops early once the approximate KL to the rollout policy exceeds ``target_kl``.
 
-Memory design (what lifts the paper's ~200K-instruction limit): the rollout buffer stores, per
+Memory design (the pool size is not bounded by the buffer): the rollout buffer stores, per
 decision, ONLY the chosen indices (per group), the 3 stage features, old log-probs, value, reward
 and done -- never a [pool_size]-sized array. At update time the availability counts of decision t
 are rebuilt from the episode's earlier choices and the scores are recomputed chunk by chunk:
@@ -82,7 +81,7 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, with_progress
-from .config import RUN_TIME_FIELDS, RaiseConfig, check_raise_batching
+from .config import RESUMABLE_SELECTOR_TRAINING, RaiseConfig, check_raise_batching
 from .errors import UserError
 from .io_utils import atomic_write, write_jsonl
 from .protocol import SelectionContext
@@ -91,7 +90,7 @@ from .selector_artifact import (
     RaiseArtifact,
     artifact_from_payload,
     artifact_to_payload,
-    save_selector,
+    save_artifact,
     trained_settings,
 )
 from .selectors.raise_policy import (
@@ -106,21 +105,6 @@ if TYPE_CHECKING:
     from .environment import FineTuneEnv
 
 CHECKPOINT_FORMAT = "raise-select-ppo-checkpoint-v2"  # v2: a checkpoint per update of several episodes
-# Settings of the whole run a resume may change (checked against the run's config.yaml): none of them
-# shapes an episode. Every other setting -- seed, model, pool, target, train, features, raise -- must match.
-RESUMABLE_RUN_CHANGES = (
-    "output",
-    "selector",
-    "compare",
-    "raise.episodes",
-    *(f"raise.{name}" for name in RUN_TIME_FIELDS),
-    "features.cache",
-    "train.eval_every",
-    "train.max_budget_epochs",
-    "target.metric",
-    "target.max_new_tokens",
-    "target.answer_pattern",
-)
 
 
 # -- the maths ------------------------------------------------------------------------------
@@ -585,11 +569,9 @@ def _restore_rng_states(states: dict, minibatch_rng: np.random.Generator) -> Non
 
 
 def _comparable_config(config: RaiseConfig) -> dict:
-    """The settings a checkpoint must share with the resumed run: those the selector stores, but the
-    episode count (a resume may extend it)."""
-    settings = trained_settings(config)
-    del settings["episodes"]
-    return settings
+    """The settings a checkpoint must share with the resumed run: those the selector stores, but those a
+    resume may change (``config.RESUMABLE_SELECTOR_TRAINING``: the episode count)."""
+    return {k: v for k, v in trained_settings(config).items() if f"raise.{k}" not in RESUMABLE_SELECTOR_TRAINING}
 
 
 def save_checkpoint(
@@ -644,7 +626,7 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
 
 
 # -- entry point ----------------------------------------------------------------------------
-def train_selector(
+def train_policy(
     env: FineTuneEnv,
     context: SelectionContext,
     config: RaiseConfig,
@@ -726,6 +708,6 @@ def train_selector(
             break  # every row's event ran; stop after this (saved) update
 
     artifact = selector.to_artifact({"episodes": len(rows), **(provenance or {})})
-    save_selector(artifact, output_dir / SELECTOR_DIR)
+    save_artifact(artifact, output_dir / SELECTOR_DIR)
     events.on_train_end(artifact)
     return artifact

@@ -87,6 +87,8 @@ METRICS_FILE = "metrics.jsonl"
 SELECTIONS_FILE = "selections.jsonl"
 EVALUATION_FILE = "evaluation.json"
 EXPLAIN_FILE = "explain.csv"
+LM_EVAL_DIR = "lm_eval"  # target.lm_eval: lm-eval's results, samples and the generated target task
+LM_EVAL_PREFIX = "lm_eval "  # result rows' columns of lm-eval scores: "lm_eval <task> <metric>,<filter>"
 
 # -- selector-training folder
 EPISODES_FILE = "episodes.jsonl"
@@ -114,7 +116,16 @@ FINETUNE, SELECTOR_TRAINING, COMPARISON, SELECTOR, OTHER = (
 # What each kind of folder may hold (a trailing "/": a folder) besides the report's files; anything
 # else is a user's file that a replacing or overwriting command must not delete.
 _OWN_ENTRIES = {
-    FINETUNE: {CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, SELECTIONS_FILE, EVALUATION_FILE, LEDGER_FILE, EXPLAIN_FILE},
+    FINETUNE: {
+        CONFIG_FILE,
+        SUMMARY_FILE,
+        METRICS_FILE,
+        SELECTIONS_FILE,
+        EVALUATION_FILE,
+        LEDGER_FILE,
+        EXPLAIN_FILE,
+        LM_EVAL_DIR + "/",
+    },
     SELECTOR_TRAINING: {CONFIG_FILE, EPISODES_FILE, CHECKPOINT_FILE, LEDGER_FILE, SELECTOR_DIR + "/"},
 }
 _REPORT_ENTRIES = {REPORT_FILE, PLOTS_DIR + "/"}
@@ -399,6 +410,9 @@ class FolderSwap:
     deletes the old contents (call it once the new run has its first result), ``rollback()`` removes
     what the new run wrote and puts the old folder back. For runs that must write in place (PPO
     checkpoints that ``--resume`` reads after a kill), where a staged sibling would not do.
+
+    As a context manager (``with FolderSwap(folder) as swap:``) it rolls back when the block raises
+    before ``commit()``, and commits when the block ends normally.
     """
 
     def __init__(self, folder: Path):
@@ -410,6 +424,15 @@ class FolderSwap:
                 os.replace(self.folder, self.previous)
             self.folder.mkdir(parents=True)
         self.done = False
+
+    def __enter__(self) -> FolderSwap:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.rollback()
 
     def commit(self) -> None:
         if not self.done and self.previous is not None:
@@ -575,6 +598,7 @@ def result_row(run: dict, method: str, root: Path | None = None) -> dict:
         "tokens": last.get("tokens"),
         "seconds": last.get("seconds"),
     }
+    row.update({LM_EVAL_PREFIX + name: score for name, score in (test.get("lm_eval") or {}).items()})
     if root is not None:
         row["run_dir"] = str(Path(run["path"]).relative_to(root))
     return row

@@ -28,7 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import RUN_TIME_FIELDS, RaiseConfig, from_dict
+from .config import RUN_TIME_FIELDS, RaiseConfig
+from .config_io import from_dict
 from .errors import UserError
 from .io_utils import staged_folder, user_path
 from .run_folders import SELECTOR_FILE as METADATA_FILE
@@ -135,7 +136,7 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
     return artifact
 
 
-def save_selector(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:
+def save_artifact(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:
     """Write the selector folder atomically (temporary sibling folder, then rename)."""
     folder = Path(folder)
     metadata, tensors = artifact_to_payload(artifact)
@@ -161,8 +162,8 @@ def resolve_policy(name: str | os.PathLike) -> Path:
     return folder
 
 
-def load_selector(folder: str | os.PathLike) -> RaiseArtifact:
-    """Read a selector folder written by :func:`save_selector` (safetensors + JSON only), or a bundled
+def load_artifact(folder: str | os.PathLike) -> RaiseArtifact:
+    """Read a selector folder written by :func:`save_artifact` (safetensors + JSON only), or a bundled
     selector by name (:data:`BUNDLED_SELECTORS`)."""
     folder = resolve_policy(folder)
     metadata_path, weights_path = folder / METADATA_FILE, folder / WEIGHTS_FILE

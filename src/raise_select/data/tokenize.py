@@ -122,8 +122,14 @@ def tokenize_examples(
 
 def render_prompt_ids(example: Example, tokenizer) -> list[int]:
     """The prompt's token ids ending with the generation prompt: the input for generation."""
-    text = _render_prompt_text(example.messages, tokenizer)
-    return list(tokenizer(text, add_special_tokens=not _has_chat_template(tokenizer))["input_ids"])
+    text, add_special_tokens = render_prompt_text(example, tokenizer)
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def render_prompt_text(example: Example, tokenizer) -> tuple[str, bool]:
+    """The prompt as text, and whether tokenizing it adds the tokenizer's special tokens (not after a chat
+    template, which writes them itself): what :func:`render_prompt_ids` tokenizes."""
+    return _render_prompt_text(example.messages, tokenizer), not _has_chat_template(tokenizer)
 
 
 def _truncate(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:

@@ -3,7 +3,7 @@
 Runnable example (the synthetic testbed; ``examples/hf_trainer.py`` is the full script)::
 
     from transformers import TrainingArguments
-    from raise_select.config import load_config
+    from raise_select.config_io import load_config
     from raise_select.integrations import RaiseTrainer, SelectionSession
     from raise_select.pipeline import Workbench
     from raise_select.selectors import build_selector
@@ -54,12 +54,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..config import TrainConfig
 from ..data.tokenize import IGNORE_INDEX, TokenizedSet
 from ..data.types import Pool
+from ..decisions import DecisionTracker, metrics_record, selection_record
 from ..environment import resolve_budget
 from ..errors import UserError
-from ..evaluation import per_example_losses, validation_loss
 from ..io_utils import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ..model import LoadedModel
-from ..pipeline import Workbench, _selection_record
+from ..pipeline import Workbench
 from ..protocol import EnvState, HasClusters, Selector
 from ..run_folders import METRICS_FILE as METRICS
 from ..run_folders import SELECTIONS_FILE as SELECTIONS
@@ -87,30 +87,37 @@ class SelectionSession:
         budget_steps: int,
         seed: int,
     ):
-        self.selector, self.pool, self.pool_tokens, self.validation_tokens = (
-            selector,
-            pool,
-            pool_tokens,
-            validation_tokens,
-        )
-        self.lm = lm  # the model being trained, for validation and loss probes
+        self.selector, self.pool, self.pool_tokens = selector, pool, pool_tokens
         self.train, self.budget, self.seed = train, budget_steps, seed
-        self.state = EnvState(
-            step=0,
-            budget=budget_steps,
-            batch_size=train.batch_size,
-            decision_interval=train.decision_interval,
-            validation_history=[],
-            selection_counts=np.zeros(len(pool_tokens), dtype=np.int64),
-            loss_probe=self.probe_losses,
-        )
-        self.decisions = 0
-        self.tokens = 0  # training tokens (prompt + response) of the decisions so far
+        # state, counts, evaluations and rewards: the same bookkeeping as FineTuneEnv's
+        self.tracker = DecisionTracker(lm, pool_tokens, validation_tokens, train, budget_steps, train.eval_every)
         self.pending = np.empty((0, train.batch_size), dtype=np.int64)  # this decision's updates not yet trained
         self.selections: list[dict] = []  # this process's selections.jsonl rows (every rank keeps them)
         self.output: Path | None = None  # where selections.jsonl / metrics.jsonl go (None: not written here)
         self.is_main = True  # decides and evaluates (rank 0 under DDP)
         self.broadcast: Callable = lambda value: value  # rank 0's value to every rank (identity in one process)
+
+    @property
+    def state(self) -> EnvState:
+        return self.tracker.state
+
+    @property
+    def decisions(self) -> int:
+        return self.tracker.decisions
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens (prompt + response) of the decisions so far."""
+        return self.tracker.tokens
+
+    @property
+    def lm(self) -> LoadedModel:
+        """The model being trained, for validation and loss probes."""
+        return self.tracker.lm
+
+    @lm.setter
+    def lm(self, lm: LoadedModel) -> None:
+        self.tracker.lm = lm
 
     @classmethod
     def from_workbench(
@@ -193,7 +200,7 @@ class SelectionSession:
             return None
         initial = self.broadcast(self.evaluate() if self.is_main else None)
         self.state.validation_history.append(initial)
-        self._append(METRICS, {"decision": 0, "step": 0, "validation_loss": initial, "reward": None, "tokens": 0})
+        self._append(METRICS, metrics_record(0, 0, initial, None, 0))
         return {"raise/validation_loss": initial}
 
     def next_update(self) -> np.ndarray:
@@ -208,25 +215,11 @@ class SelectionSession:
         """After an optimizer update: when it ends a decision, evaluate (every ``eval_every``) and return the log."""
         self.pending = self.pending[1:]
         self.state.step += 1
-        if len(self.pending):
+        if len(self.pending) or not self.tracker.evaluation_due():
             return None
-        done = self.state.step >= self.budget
-        if not (done or self.decisions % max(1, self.train.eval_every) == 0):
-            return None
-        previous = self.state.validation_history[-1]
         validation = self.broadcast(self.evaluate() if self.is_main else None)
-        self.state.validation_history.append(validation)
-        reward = previous - validation
-        self._append(
-            METRICS,
-            {
-                "decision": self.decisions,
-                "step": self.state.step,
-                "validation_loss": validation,
-                "reward": reward,
-                "tokens": self.tokens,
-            },
-        )
+        reward = self.tracker.record_evaluation(validation)
+        self._append(METRICS, metrics_record(self.decisions, self.state.step, validation, reward, self.tokens))
         return {
             "raise/validation_loss": validation,
             "raise/reward": reward,
@@ -235,29 +228,21 @@ class SelectionSession:
         }
 
     def _decide(self) -> None:
-        state = self.state
-        indices = self.broadcast(np.asarray(self.selector.select(state), dtype=np.int64) if self.is_main else None)
-        if indices.size != state.decision_size or indices.min() < 0 or indices.max() >= state.pool_size:
-            raise ValueError(
-                f"selector '{self.selector.name}' returned {indices.size} indices in [{indices.min()}, "
-                f"{indices.max()}], expected {state.decision_size} pool indices"
-            )
-        np.add.at(state.selection_counts, indices, 1)
-        self.decisions += 1
-        self.pending = indices.reshape(-1, state.batch_size)
-        self.tokens += self.pool_tokens.num_tokens(indices)
+        chosen = self.broadcast(np.asarray(self.selector.select(self.state), dtype=np.int64) if self.is_main else None)
+        indices = self.tracker.check(chosen, f"selector '{self.selector.name}'")
+        step = self.state.step
+        self.tracker.record_decision(indices)
+        self.pending = indices.reshape(-1, self.state.batch_size)
         clusters = self.selector.clusters if isinstance(self.selector, HasClusters) else None
-        self.selections.append(_selection_record(self.pool, self.decisions, state.step, indices, clusters))
+        self.selections.append(selection_record(self.pool, self.decisions, step, indices, clusters))
         self._append(SELECTIONS, self.selections[-1])
 
     # -- measurements ----------------------------------------------------------------------------
     def evaluate(self) -> float:
-        return validation_loss(self.lm, self.validation_tokens, batch_size=self.train.eval_batch_size)
+        return self.tracker.evaluate()
 
     def probe_losses(self, indices) -> np.ndarray:
-        return per_example_losses(
-            self.lm, self.pool_tokens, np.asarray(indices, dtype=np.int64), batch_size=self.train.eval_batch_size
-        )
+        return self.tracker.probe_losses(indices)
 
     # -- logs and checkpoints --------------------------------------------------------------------
     def open_logs(self, output: Path | None) -> None:
@@ -303,7 +288,11 @@ class SelectionSession:
                     f"{where} was written with {key}={saved[key]!r} but this run has {key}={current[key]!r}; "
                     "resume with the same selector, pool, budget, batch size and seed"
                 )
-        self.state.step, self.decisions, self.tokens = saved["step"], saved["decisions"], saved["tokens"]
+        self.state.step, self.tracker.decisions, self.tracker.tokens = (
+            saved["step"],
+            saved["decisions"],
+            saved["tokens"],
+        )
         self.state.validation_history = list(saved["validation_history"])
         self.state.selection_counts = np.asarray(saved["selection_counts"], dtype=np.int64)
         self.pending = np.asarray(saved["pending"], dtype=np.int64).reshape(-1, self.train.batch_size)

@@ -11,7 +11,8 @@ import argparse
 from collections.abc import Callable
 from importlib import resources
 
-from ..config import Config, SourceConfig, load_config
+from ..config import Config, SourceConfig
+from ..config_io import load_config
 from ..errors import UserError
 from ..pipeline import Workbench
 from ..selectors import build_selector
@@ -59,6 +60,19 @@ def config_from_arguments(args: argparse.Namespace) -> Config:
     return config
 
 
+def check_report_to(report_to: str) -> None:
+    """``--report-to tensorboard`` needs an event writer (Trainer uses TensorBoard's or tensorboardX)."""
+    if "tensorboard" not in report_to.split(","):
+        return
+    for module in ("tensorboardX", "tensorboard"):
+        try:
+            __import__(module)
+            return
+        except ImportError:
+            continue
+    raise UserError("--report-to tensorboard needs tensorboardX: pip install raise-select[tensorboard]")
+
+
 def session_from_arguments(args: argparse.Namespace) -> tuple[Workbench, SelectionSession]:
     """Build the selector first (a bad name or policy fails before the model loads), then pool, target and model."""
     config = config_from_arguments(args)
@@ -72,6 +86,7 @@ def run_script(description: str, train: Callable) -> None:
     trainer after training), and print the result on rank 0; a UserError is one line and exit status 2."""
     try:
         args = script_arguments(description).parse_args()
+        check_report_to(args.report_to)
         bench, session = session_from_arguments(args)
         trainer = train(args, bench, session)
     except UserError as error:

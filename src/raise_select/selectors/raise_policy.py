@@ -95,7 +95,7 @@ from ..config import RaiseConfig
 from ..errors import UserError
 from ..features import StaticFeatures
 from ..protocol import EnvState, SelectionContext
-from ..selector_artifact import RaiseArtifact, load_selector
+from ..selector_artifact import RaiseArtifact, load_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ class RaiseSelector:
 
     @classmethod
     def load(cls, path: str | Path) -> RaiseSelector:
-        artifact = load_selector(path)
+        artifact = load_artifact(path)
         return cls(artifact.config, artifact)
 
     # -- binding to a pool -------------------------------------------------------------------
@@ -670,7 +670,7 @@ class RaiseSelector:
             "features_key": features.key,
             "aux_model": features.aux_model,
             "seed": self._context.seed,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "library_version": __version__,
             "adaptation_notes": list(self.adaptation_notes),
             **(provenance or {}),
