@@ -14,6 +14,7 @@ import torch
 
 from helpers import make_context, make_features, make_state
 from raise_select.config import RUN_TIME_FIELDS, RaiseConfig
+from raise_select.config_io import load_config
 from raise_select.errors import UserError
 from raise_select.features import STATIC_FEATURE_NAMES, StaticFeatures, with_target_similarity
 from raise_select.protocol import Explains, HasClusters, Selector
@@ -362,3 +363,81 @@ def test_a_saved_selector_reads_its_own_columns_by_name(tmp_path):
     wide_folder = save_artifact(trained_wide.to_artifact(), tmp_path / "wide")
     with pytest.raises(UserError, match="selector expects features .*reference_loss.*set features.reference_steps > 0"):
         RaiseSelector.load(wide_folder).setup(make_context(features=features))
+
+
+def test_without_a_stage_head_the_picks_are_those_of_the_static_head():
+    """Pinned picks (greedy, then a seeded head draw and Plackett-Luce sample): raise.head_stage=false changes nothing."""
+    selector = make_selector(make_features(), head_dims=3, seed=3)
+    state = make_state(120)
+    assert selector.select(state).tolist() == [79, 39, 99, 50]
+    selector.sample_head(torch.Generator().manual_seed(1))
+    assert selector.sample(state, torch.Generator().manual_seed(7)).indices.tolist() == [89, 52, 80, 51]
+
+
+def test_the_stage_head_weights_are_w0_plus_progress_times_w1(tmp_path):
+    features = make_features()
+    plain = make_selector(features, head_dims=0)
+    selector = make_selector(features, head_dims=3, head_std=2.0, head_stage=True)
+    head = selector.policy.head_mean
+    assert head.shape == (6,) and torch.allclose(selector.policy.head_std, torch.full((6,), 2.0 / 3**0.5))
+    w0, w1 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-3.0, 0.0, 1.0])
+    head.copy_(torch.cat([w0, w1]))
+    selector.reset(0)
+    x = selector.fused_static[:, :3]
+    state = make_state(120)
+    for progress, weights in ((0.0, w0), (1.0, w0 + w1), (0.25, w0 + 0.25 * w1)):
+        stage = np.array([progress, 1.0, 0.0], dtype=np.float32)
+        base = plain.pool_scores(stage, state.selection_counts)  # the same seed: the same MLP
+        torch.testing.assert_close(selector.pool_scores(stage, state.selection_counts), base + x @ weights)
+    chosen = np.array([0, 5, 7])
+    composition = selector.head_composition(chosen, np.array([0.5, 1.0, 0.0]))  # the regression update's features
+    np.testing.assert_allclose(composition, np.concatenate([x[chosen].mean(0), 0.5 * x[chosen].mean(0)]), rtol=1e-6)
+
+    folder = save_artifact(selector.to_artifact(), tmp_path / "selector")
+    provenance = json.loads((folder / METADATA_FILE).read_text())["provenance"]
+    names = list(features.names[:3])
+    assert provenance["episode_head"] == dict(zip(names, w0.tolist()))
+    assert provenance["episode_head_stage"] == dict(zip(names, w1.tolist()))
+    loaded = RaiseSelector.load(folder)
+    loaded.setup(make_context(features=features))
+    assert loaded.config.head_stage
+    stage = np.array([0.6, 0.9, -0.1], dtype=np.float32)
+    torch.testing.assert_close(
+        loaded.pool_scores(stage, state.selection_counts), selector.pool_scores(stage, state.selection_counts)
+    )
+
+
+def test_an_ablated_feature_group_reaches_neither_the_policy_nor_the_critic():
+    features = make_features()
+    state = make_state(120)
+    counts = state.selection_counts.copy()
+    counts[:10] = 2
+    early, late = np.array([0.0, 1.0, 0.0], dtype=np.float32), np.array([0.9, 0.7, -0.1], dtype=np.float32)
+
+    def scores(selector, stage, selection_counts):
+        return selector.pool_scores(stage, selection_counts)
+
+    full = make_selector(features, fresh_first=False)
+    assert not torch.allclose(scores(full, early, counts), scores(full, late, counts))
+    assert not torch.allclose(scores(full, early, counts), scores(full, early, 0 * counts))
+    for no_stage in (
+        make_selector(features, fresh_first=False, ablate=["stage"]),
+        make_selector(features, fresh_first=False, ablate=["stage"], head_dims=3, head_stage=True),
+    ):
+        if no_stage.config.head_stage:
+            no_stage.policy.head_mean.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, -2.0, 0.5]))  # w1 only
+            no_stage.reset(0)
+        torch.testing.assert_close(scores(no_stage, early, counts), scores(no_stage, late, counts))
+    summary = torch.arange(8, dtype=torch.float32)
+    assert no_stage.critic(summary) == no_stage.critic(torch.cat([torch.tensor([5.0, -1.0, 2.0]), summary[3:]]))
+    no_availability = make_selector(features, fresh_first=False, ablate=["availability"])
+    torch.testing.assert_close(scores(no_availability, late, counts), scores(no_availability, late, 0 * counts))
+    named = len(features.names)
+    no_difficulty = make_selector(features, ablate=["difficulty"])
+    assert (
+        no_difficulty.fused_static[:, :named].abs().sum() == 0 and no_difficulty.fused_static[:, named:].abs().sum() > 0
+    )
+    no_semantic = make_selector(features, ablate=["semantic"])
+    assert no_semantic.fused_static[:, named:].abs().sum() == 0 and no_semantic.fused_static[:, :named].abs().sum() > 0
+    with pytest.raises(UserError, match="raise.ablate"):
+        load_config(None, ["raise.ablate=[stages]"])

@@ -338,11 +338,28 @@ class RaiseConfig:
             "stays nes, which does better on the synthetic testbed (docs/results.md)",
         },
     )
+    head_stage: bool = field(
+        default=False,
+        metadata={
+            "help": "a stage-dependent episode head: weights w0 + progress * w1 over the same columns (the head reads "
+            "[x, progress * x]); the update moves both parts [ours]"
+        },
+    )
     head_antithetic: bool = field(
         default=False,
         metadata={
             "help": "mirrored head draws: episodes 2i and 2i+1 of an update share a seed (the same sampler noise) and "
             "draw mean + std*eps and mean - std*eps; needs an even raise.episodes_per_update [ours]"
+        },
+    )
+    ablate: list[str] = field(
+        default_factory=list,
+        metadata={
+            "choices": ("stage", "difficulty", "semantic", "availability"),
+            "unique": True,
+            "help": "feature groups the policy and critic do not see (zeroed; the paper's ablations): stage (progress, "
+            "validation loss and its change), difficulty (the named static columns, so the episode head too), "
+            "semantic (the embedding columns; k-means still splits the pool), availability",
         },
     )
     episodes: int = field(
@@ -522,6 +539,8 @@ RESUMABLE_COMPARISON = ("output", "compare")
 EXPERIMENTAL_FIELDS = {
     "model.num_layers": "a cut model serves only as a layer-cut proxy (raise.proxy_layers)",
     "raise.head_antithetic": "no shipped config mirrors its draws (docs/results.md compares the two)",
+    "raise.head_stage": "no shipped config uses a stage head (docs/results.md measures it on the curriculum world)",
+    "raise.ablate": "for the paper's ablations (bench/ablations.py): a selector with a group removed is a baseline",
     "raise.proxy_model": "every shipped config plays its episodes on the tuned model itself",
     "raise.proxy_layers": "a layer-cut proxy must still be a language model on the pool: check with bench/proxy_cost.py",
 }
@@ -675,8 +694,9 @@ def validate(config: Config) -> None:
         for i, item in enumerate(value or [] if "each_range" in f.metadata else []):
             _check_range(f"{name}[{i}]", item, f.metadata["each_range"], None, True)
     for name, f, value, _ in settings:
-        if "choices" in f.metadata and value not in f.metadata["choices"]:
-            raise UserError(f"{name}={value!r} is not one of {list(f.metadata['choices'])}")
+        for item in value if isinstance(value, list) else [value]:  # a list's choices hold for each element
+            if "choices" in f.metadata and item not in f.metadata["choices"]:
+                raise UserError(f"{name}={item!r} is not one of {list(f.metadata['choices'])}")
     for name, f, value, _ in settings:
         if f.metadata.get("non_empty") and (
             isinstance(value, str) and not value.strip() or isinstance(value, list) and not value

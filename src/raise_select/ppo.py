@@ -258,9 +258,8 @@ def head_update(selector: RaiseSelector, episodes: Sequence[RolloutBuffer], conf
     policy = selector.policy
     mean, std = policy.head_mean.numpy().astype(np.float64), policy.head_std.numpy().astype(np.float64)
     if config.head_update == "regression":
-        head_columns = selector.fused_static[:, : selector.head_dims].numpy()  # a view: only the picks are read
         decisions = [(t, d) for buffer in episodes for t, d in enumerate(buffer.decisions)]
-        compositions = np.stack([head_columns[d.chosen].mean(axis=0, dtype=np.float64) for _, d in decisions])
+        compositions = np.stack([selector.head_composition(d.chosen, d.stage) for _, d in decisions])
         rewards = np.array([d.reward for _, d in decisions])
         positions = np.array([t for t, _ in decisions])
         new_mean = response_surface_step(mean, std, compositions, rewards, positions, config.head_learning_rate)

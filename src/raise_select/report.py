@@ -412,12 +412,18 @@ def _score_driver_section(report: _Report, explain: list[dict] | None) -> None:
 
 def _episode_head_fact(report: _Report, selector_dir: Path) -> None:
     """One fact: the deployed episode head's weights by column (selector.json's provenance), largest first."""
-    head = read_selector_metadata(selector_dir).get("provenance", {}).get("episode_head")
-    if head:
-        weights = ", ".join(
-            f"{name} {weight:+.2f}" for name, weight in sorted(head.items(), key=lambda kv: -abs(kv[1]))
-        )
-        report.facts.append(f"RAISE episode head (weights on z-scored columns, as deployed): {weights}")
+    provenance = read_selector_metadata(selector_dir).get("provenance", {})
+    parts = (
+        ("episode_head", "RAISE episode head (weights on z-scored columns, as deployed)"),
+        ("episode_head_stage", "RAISE stage head (change of each weight from progress 0 to 1)"),
+    )
+    for key, label in parts:
+        head = provenance.get(key)
+        if head:
+            weights = ", ".join(
+                f"{name} {weight:+.2f}" for name, weight in sorted(head.items(), key=lambda kv: -abs(kv[1]))
+            )
+            report.facts.append(f"{label}: {weights}")
 
 
 def _ppo_section(report: _Report, episodes: list[dict]) -> None:

@@ -62,9 +62,22 @@ separable-NES step from the batch's whole-episode returns, or (``raise.head_upda
 a ridge fit of every decision's reward on its picks' mean head features; PPO trains ``F_theta`` as before, with each episode's
 draw a constant offset of its scores.
 
+Stage head [ours] (``raise.head_stage``): the head's weights depend on the training stage,
+``w(p) = w0 + p * w1`` with ``p`` = progress, i.e. the head reads ``[x[:k], p * x[:k]]`` and its
+Gaussian has 2k weights (the same per-weight std). The MLP reads the stage too, but PPO barely moves
+it; the head is the part that learns, so this is where a preference that changes over the run
+(one family early, another late) can be learned. Saved as ``episode_head`` (w0) and
+``episode_head_stage`` (w1, per unit of progress) by column name.
+
 Critic ``V(state)`` reads a state summary (:func:`critic_summary`): the 3 stage features, the
 fraction of the pool selected so far, mean availability, and mean/std/max of the current
 (detached) acquisition scores over the pool.
+
+Ablations (``raise.ablate``, the paper's): a removed feature group is zeroed wherever the policy
+or the critic reads it: ``stage`` (the 3 stage features, in the MLP and the critic's summary, and progress in the stage head),
+``availability`` (in the MLP, and the critic's fraction used / mean availability), ``difficulty``
+(the named static columns, which are also all the episode head reads) and ``semantic`` (the
+embedding columns; k-means still clusters the raw embedding, which ``raise.clusters`` ablates).
 """
 
 from __future__ import annotations
@@ -222,15 +235,25 @@ class AcquisitionMLP(nn.Module):
     SiLU activations: smooth like tanh, but several times cheaper on CPU at pool scale.
     """
 
-    def __init__(self, static_size: int, hidden_size: int, head_dims: int = 0, head_std: float = 1.0):
+    def __init__(
+        self,
+        static_size: int,
+        hidden_size: int,
+        head_dims: int = 0,
+        head_std: float = 1.0,
+        head_stage: bool = False,
+        ablate: Sequence[str] = (),
+    ):
         super().__init__()
+        self.ablate = frozenset(ablate)  # "stage" / "availability": that input is read as zeros
         self.static_layer = nn.Linear(static_size, hidden_size)  # W_static x_static + b
         self.dynamic_layer = nn.Linear(len(STAGE_NAMES) + 1, hidden_size, bias=False)  # [W_stage | w_avail]
         self.hidden_layer = nn.Linear(hidden_size, hidden_size)
         self.output_layer = nn.Linear(hidden_size, 1)
         if head_dims:  # the episode head's Gaussian N(mean, std^2) over its k weights (ppo.head_update, not Adam)
-            self.register_buffer("head_mean", torch.zeros(head_dims))
-            self.register_buffer("head_std", torch.full((head_dims,), head_std / math.sqrt(head_dims)))
+            size = 2 * head_dims if head_stage else head_dims  # the stage head: [w0 | w1]
+            self.register_buffer("head_mean", torch.zeros(size))
+            self.register_buffer("head_std", torch.full((size,), head_std / math.sqrt(head_dims)))
 
     def project(self, fused_static: torch.Tensor) -> torch.Tensor:
         """[n, hidden] static part of the first layer."""
@@ -241,6 +264,10 @@ class AcquisitionMLP(nn.Module):
     ) -> torch.Tensor:
         """[n] scores from a (cached) static projection + the stage and availability terms."""
         weight = self.dynamic_layer.weight  # [hidden, 3 + 1]
+        if "stage" in self.ablate:
+            stage = torch.zeros_like(stage)
+        if "availability" in self.ablate:
+            availability = torch.zeros_like(availability)
         hidden = projection + weight[:, : len(STAGE_NAMES)] @ stage  # the stage term is shared by all candidates
         # Availability is 0 except for the few examples already chosen this episode: add its term sparsely.
         chosen = availability.nonzero().squeeze(1)
@@ -287,8 +314,11 @@ def silu_slope(x: torch.Tensor) -> torch.Tensor:
 class Critic(nn.Module):
     """V_phi(state summary) -> expected (scaled) return."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, ablate: Sequence[str] = ()):
         super().__init__()
+        # summary positions an ablated group fills: the stage features; fraction used and mean availability
+        groups = {"stage": range(len(STAGE_NAMES)), "availability": range(len(STAGE_NAMES), len(STAGE_NAMES) + 2)}
+        self.zeroed = [i for group in ablate for i in groups.get(group, ())]
         self.net = nn.Sequential(
             nn.Linear(SUMMARY_SIZE, hidden_size),
             nn.Tanh(),
@@ -298,6 +328,9 @@ class Critic(nn.Module):
         )
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        if self.zeroed:
+            summary = summary.clone()
+            summary[self.zeroed] = 0.0
         return self.net(summary).squeeze(-1)
 
 
@@ -409,6 +442,7 @@ class RaiseSelector:
         self._projection: torch.Tensor | None = None  # cached W_static x_static, refreshed by reset()
         self._head_offset: torch.Tensor | None = None  # [N] episode head's scores x[:k] . w (None without a head)
         self._greedy_reference: GreedyReference | None = None  # greedy decisions' cache (dropped on weight changes)
+        self._head_stage_offset: torch.Tensor | None = None  # [N] x[:k] . w1, times progress (raise.head_stage)
         self._context: SelectionContext | None = None
         self._pool_fingerprint: str | None = None
 
@@ -447,8 +481,15 @@ class RaiseSelector:
             )
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's torch RNG
             torch.manual_seed(context.seed)
-            self.policy = AcquisitionMLP(static_size, self.config.hidden_size, self.head_dims, self.config.head_std)
-            self.critic = Critic(self.config.hidden_size)
+            self.policy = AcquisitionMLP(
+                static_size,
+                self.config.hidden_size,
+                self.head_dims,
+                self.config.head_std,
+                self.config.head_stage,
+                self.config.ablate,
+            )
+            self.critic = Critic(self.config.hidden_size, self.config.ablate)
         if self.artifact is None:
             self._fit_to_pool(features, context.seed)
         else:
@@ -463,6 +504,11 @@ class RaiseSelector:
                         f"hidden size {self.config.hidden_size}); retrain with `raise-select train-selector`"
                     ) from None
         self.fused_static = torch.from_numpy(self.standardization.fused_static(features))
+        named = len(features.names)  # an ablated static group reads as zeros (its pool mean)
+        if "difficulty" in self.config.ablate:
+            self.fused_static[:, :named] = 0.0
+        if "semantic" in self.config.ablate:
+            self.fused_static[:, named:] = 0.0
         self.clusters = assign_clusters(features.embedding, self.centroids)
         self.members = [torch.from_numpy(np.flatnonzero(self.clusters == c)) for c in range(self.config.clusters)]
         self.local_position = torch.empty(pool_size, dtype=torch.long)
@@ -541,8 +587,16 @@ class RaiseSelector:
             return
         with torch.no_grad():
             w = self.policy.head_mean.detach() if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-            self._head_offset = self.fused_static[:, : self.head_dims] @ w
+            columns = self.fused_static[:, : self.head_dims]
+            self._head_offset = columns @ w[: self.head_dims]
+            if self.config.head_stage:
+                self._head_stage_offset = columns @ w[self.head_dims :]
         self._greedy_reference = None
+
+    def head_composition(self, chosen: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """[head size] float64: the mean head features of these picks, ``[x, progress * x]`` with a stage head."""
+        mean = self.fused_static[:, : self.head_dims].numpy()[chosen].mean(axis=0, dtype=np.float64)
+        return np.concatenate([mean, float(stage[0]) * mean]) if self.config.head_stage else mean
 
     def sample_head(self, generator: torch.Generator, mirror: bool = False) -> np.ndarray:
         """Training: draw this episode's head weights from N(mean, std^2) and score with them from now on.
@@ -567,7 +621,12 @@ class RaiseSelector:
                     )
                 ]
             )
-            return scores if self._head_offset is None else scores + self._head_offset
+            if self._head_offset is None:
+                return scores
+            if self._head_stage_offset is None:
+                return scores + self._head_offset
+            progress = 0.0 if "stage" in self.config.ablate else float(stage[0])  # the stage head reads it too
+            return scores + self._head_offset + progress * self._head_stage_offset  # w(p) = w0 + p * w1
 
     def pick_log_probs(self, logits: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
         """[decision_size] Plackett-Luce log-probability of every pick, groups concatenated in draw order.
@@ -614,7 +673,9 @@ class RaiseSelector:
         quotas = cluster_quotas(state.decision_size, self.config.clusters)
         groups = None
         fits = all(quota <= members.numel() for quota, members in zip(quotas, self.members))  # else: a fill group
-        if fits and state.pool_size >= GREEDY_SHORTLIST_MIN_POOL:
+        # The shortlist's bound covers the MLP's stage inputs; a stage head or ablated inputs score the whole pool.
+        shortlist = self._head_stage_offset is None and not self.config.ablate
+        if fits and shortlist and state.pool_size >= GREEDY_SHORTLIST_MIN_POOL:
             groups = self._shortlisted_greedy_groups(state, quotas)
         if groups is None:
             keys = self.logits(self.pool_scores(stage_features(state), state.selection_counts), state.selection_counts)
@@ -771,9 +832,12 @@ class RaiseSelector:
         }
         if self.has_head:  # the deployed head's weights by column name: what the selector learned to prefer, readable
             names = [layout["name"] for layout in fused_feature_layout(features.names, features.embedding.shape[1])]
-            record["episode_head"] = {
-                name: round(float(w), 4) for name, w in zip(names, self.policy.head_mean.tolist())
-            }
+            mean = self.policy.head_mean.tolist()
+            record["episode_head"] = {name: round(float(w), 4) for name, w in zip(names, mean[: self.head_dims])}
+            if self.config.head_stage:  # w1: the change of each weight from progress 0 to progress 1
+                record["episode_head_stage"] = {
+                    name: round(float(w), 4) for name, w in zip(names, mean[self.head_dims :])
+                }
         return RaiseArtifact(
             config=self.config,
             tensors=tensors,
