@@ -15,6 +15,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from _tiny import TESTBED_OVERRIDES
+
 from raise_select.config_io import load_config, recipe_path
 from raise_select.data.tokenize import render_prompt_ids
 from raise_select.evaluation import answers_match, extract_answer, generate
@@ -31,8 +33,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--n-test", type=int, default=24)
     parser.add_argument("--output", help="run folder to keep (default: a temporary one)")
+    parser.add_argument("--tiny", action="store_true", help="a cut-down testbed, 2 updates, 4 test examples: seconds")
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
     args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.n_test, args.overrides = 2, 4, [*TESTBED_OVERRIDES, *args.overrides]
 
     config = load_config(
         args.config, [*args.overrides, f"target.n_test={args.n_test}", "target.lm_eval=[target]", "target.metric=auto"]

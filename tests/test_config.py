@@ -151,5 +151,4 @@ def test_shipped_example_differs_from_its_recipe_in_the_fields_it_names():
     assert sorted(name for name in example if example[name] != recipe[name]) == [
         "compare.budget_steps",
         "compare.methods",
-        "raise.episodes",
     ]
