@@ -15,7 +15,14 @@ from raise_select.config_io import load_config
 torch.set_num_threads(1)
 
 
+# The longest files first, so that with ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` (make test)
+# one worker takes the learning test while the other runs the rest of the suite.
+LONGEST_FIRST = ("test_learning.py", "test_bench.py", "test_determinism.py", "test_trainer_integration.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
     if os.environ.get("RAISE_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="uses the real SmolLM2 model; set RAISE_SLOW=1 to run")
