@@ -5,14 +5,15 @@ selector trainings (seeds 0-4, the demo's 64 episodes of 12 steps each) on the d
 each deployed greedily for 24 steps, against random, targeted and the oracle over three fine-tuning
 seeds, on the shipped base model (the same weights on every machine). The same runs as
 ``python bench/selector_learning.py`` (docs/results.md), which gives, per selector seed 0-4:
-1.278 0.989 0.761 1.073 1.044 (mean 1.029, 76 % of the random -> oracle gap) against random 1.528,
-targeted 1.148 and the oracle 0.869; helpful-clean 0.87 and corrupted 0.13 of the picks (pool 0.24
-and 0.24); test exact match 0.158 against random 0.020 and targeted 0.160.
+0.749 0.875 0.775 0.822 0.966 (mean 0.837, 105 % of the random -> oracle gap) against random 1.528,
+targeted 1.148 and the oracle 0.869; helpful-clean 0.96 and corrupted 0.04 of
+the picks (pool 0.24 and 0.24); test exact match 0.216 against random 0.020 and targeted 0.160.
 
 Selector training does not reproduce bit for bit across CPU kernel sets (docs/results.md), so the
-thresholds below hold with the margins named beside them rather than pinning one training. Not
-asserted, because it does not hold yet: exact match above targeted's, and corrupted below half the
-pool's share. About 5 minutes on 2 CPU cores.
+thresholds below hold with the margins named beside them rather than pinning one training; with
+``ATEN_CPU_CAPABILITY=default`` (another set of kernels, so other trainings) the same command gives
+1.129 0.765 0.827 0.939 0.519 (mean 0.836), helpful-clean 0.95, corrupted 0.05, exact match 0.280.
+About 5 minutes on 2 CPU cores.
 """
 
 import copy
@@ -29,12 +30,12 @@ from raise_select.selectors import build_selector
 BUDGET = 24  # 6.4 % of full-data steps: at 8 steps (2 %) random's own spread over seeds is as large as RAISE's gain
 SELECTOR_SEEDS = (0, 1, 2, 3, 4)
 RANDOM_SEEDS = (0, 1, 2)
-SEED_MARGIN = 0.05  # every selector seed below random's mean loss by this much (nats/token; measured >= 0.25)
-MIN_GAP_CLOSED = 0.6  # of the random -> oracle gap, by RAISE's mean (measured 0.76)
-MARGIN = 0.03  # RAISE's mean below targeted's (measured 0.12)
-MIN_HELPFUL = 0.75  # helpful-clean share of what RAISE trains on (pool 0.24; measured 0.87)
-MAX_CORRUPTED_OF_POOL = 0.7  # corrupted share of what RAISE trains on, relative to the pool's (measured 0.54)
-EM_MARGIN = 0.08  # RAISE's test exact match above random's (measured 0.14)
+SEED_MARGIN = 0.2  # every selector seed below random's mean loss by this much (nats/token; measured >= 0.40)
+MIN_GAP_CLOSED = 0.75  # of the random -> oracle gap, by RAISE's mean (measured 1.05 on both kernel sets)
+MARGIN = 0.1  # RAISE's mean below targeted's (measured 0.31)
+MIN_HELPFUL = 0.85  # helpful-clean share of what RAISE trains on (pool 0.24; measured 0.95-0.96)
+MAX_CORRUPTED_OF_POOL = 0.4  # corrupted share of what RAISE trains on, relative to the pool's (measured 0.17-0.21)
+EM_MARGIN = 0.1  # RAISE's test exact match above random's (measured 0.20-0.26)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +104,12 @@ def test_raise_prefers_helpful_clean_examples_and_avoids_corrupted_ones(outcomes
     assert np.mean([r["corrupted"] for r in runs.values()]) < MAX_CORRUPTED_OF_POOL * pool_corrupted
 
 
-def test_raise_exact_match_is_above_random(outcomes):
+def test_raise_exact_match_is_above_random_and_targeted(outcomes):
+    """The task metric, which RAISE's reward (the validation loss) does not read."""
     runs, baselines, _ = outcomes
     exact_match = np.mean([r["exact_match"] for r in runs.values()])
     assert exact_match > baselines["random"]["exact_match"] + EM_MARGIN
+    assert exact_match > baselines["targeted"]["exact_match"]  # measured 0.216 and 0.280 against 0.160
 
 
 def test_selector_training_logs_every_episode(outcomes, bench):

@@ -132,8 +132,8 @@ raise:
   episodes_per_update: 4
   episode_steps: 4
   hidden_size: 64
-  head_std: 4.0           # episode heads twice as spread and steps twice as long as the defaults: 7 updates
-  head_learning_rate: 1.0 #   must first find the target-like examples, then avoid the corrupted ones among them
+  head_std: 4.0           # the default; with steps twice as long as the default's (head_learning_rate): 7
+  head_learning_rate: 1.0 #   updates must first find the target-like examples, then avoid the corrupted ones
   head_update: regression # fit each decision's reward on its picks (few decisions per short episode)
   head_dims: 5            # the difficulty columns and target_similarity (no reference_loss, see features)
   proxy_max_length: 64    # episodes on examples cut to 64 tokens, two updates per reward: the training's cost
