@@ -1,23 +1,33 @@
 """Steps per second of plain ``transformers.Trainer`` vs Trainer + RAISE, same model, pool and batches.
 
-    python bench/trainer_overhead.py [--steps N] [--smollm2-steps N] [--skip-smollm2] [--threads K] [--tiny]
+    python bench/trainer_overhead.py [--steps N] [--smollm2-steps N] [--skip-smollm2] [--skip-ddp] [--threads K]
+                                     [--tiny [--ddp]]
 
 Both trainers train ``train.batch_size`` = 8 pool examples (synthetic testbed pool, 256 examples,
 48 tokens max) per optimizer step with the same TrainingArguments. Plain Trainer draws them with its
 random sampler; RaiseTrainer lets an (untrained, same cost as trained) RAISE selector choose each
 step's batch from the current state. RAISE rows differ in how often the validation loss (the
-stage feature and reward, 32 target examples) is evaluated: every decision (our environment's
-default, ``train.eval_every=1``), every 4th, or only before and after training ("selection
-only": the cost of the hooks and of choosing). Steps/s is timed from the end of the first
-``--warmup`` steps to the end of the last step (its final evaluation excluded). ``--tiny``: the tiny
-model, 4 steps, one repetition, in seconds. Prints a table; asserts nothing.
+stage feature and reward, 32 target examples) is evaluated: only before and after training
+("selection only": the cost of the hooks and of choosing), every decision (``train.eval_every=1``),
+every 2nd or every 4th. The last two rows run both trainers on 2 processes (``torchrun
+--nproc_per_node 2``, gloo on a CPU; each rank trains 4 of the 8 examples per step) with the
+validation pass after every decision sharded: each rank scores half of it. Steps/s is timed from the
+end of the first ``--warmup`` steps to the end of the last step (its final evaluation excluded), on
+rank 0. ``--tiny``: the tiny model, 4 steps, one repetition, one process (``--tiny --ddp`` adds the
+2-process rows: 25 s more on 2 cores), in seconds. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -61,7 +71,8 @@ class StepClock(TrainerCallback):
 
 
 def measure(bench: Workbench, steps: int, warmup: int, eval_every: int | None, output: str) -> float:
-    """Steps/s of plain Trainer (eval_every None) or RaiseTrainer validating every ``eval_every`` decisions."""
+    """Steps/s of plain Trainer (eval_every None) or RaiseTrainer validating every ``eval_every`` decisions
+    (on ``$WORLD_SIZE`` processes under torchrun)."""
     bench.config.train.budget_steps = steps
     bench.config.train.eval_every = eval_every or 1
     session = SelectionSession.from_workbench(bench, RaiseSelector(bench.config.raise_), budget_steps=steps)
@@ -71,7 +82,7 @@ def measure(bench: Workbench, steps: int, warmup: int, eval_every: int | None, o
         save_strategy="no",
         disable_tqdm=True,
         logging_steps=steps,
-        **session.training_arguments(world_size=1),
+        **session.training_arguments(),
     )
     clock = StepClock(warmup)
     if eval_every is None:
@@ -95,13 +106,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repetitions; the best of each is kept")
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--skip-ddp", action="store_true", help="no 2-process rows")
+    parser.add_argument("--ddp", action="store_true", help="with --tiny: the 2-process rows too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a small shared CPU)")
     parser.add_argument("--output", default="runs/bench-trainer-overhead")
     parser.add_argument("--tiny", action="store_true", help="the tiny model, 4 steps, one repetition: seconds")
+    parser.add_argument("--ddp-results", help=argparse.SUPPRESS)  # set on the torchrun processes: rank 0 writes here
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ddp_results:
+        ddp_worker(args)
+        return
     if args.tiny:
         args.skip_smollm2, args.steps, args.warmup, args.repeats = True, 4, 1, 1
+        args.skip_ddp = not args.ddp
         with tempfile.TemporaryDirectory() as folder:
             args.output = folder
             overhead_table(args)
@@ -109,30 +127,94 @@ def main() -> None:
         overhead_table(args)
 
 
-def overhead_table(args: argparse.Namespace) -> None:
+def models(args: argparse.Namespace) -> dict[str, tuple[list[str], int]]:
+    """The measured models: label -> (overrides, steps per measurement)."""
+    return {
+        label: ([*TESTBED, *overrides], args.steps if "tiny" in label else args.smollm2_steps)
+        for label, overrides in MODELS.items()
+        if not (args.skip_smollm2 and "SmolLM2" in label)
+    }
 
+
+def best_of(bench: Workbench, variants: dict[str, int | None], steps: int, args: argparse.Namespace) -> dict:
+    """Each variant's best steps/s over ``args.repeats`` alternating repetitions (load changes on a shared
+    machine hit every variant)."""
+    best = {name: 0.0 for name in variants}
+    for _ in range(args.repeats):
+        for name, eval_every in variants.items():
+            best[name] = max(best[name], measure(bench, steps, args.warmup, eval_every, args.output))
+    return best
+
+
+def overhead_table(args: argparse.Namespace) -> None:
+    ddp = {} if args.skip_ddp else ddp_rows(args)
     rows = []
-    for label, overrides in MODELS.items():
-        if args.skip_smollm2 and "SmolLM2" in label:
-            continue
-        bench = Workbench.build(load_config(None, [*TESTBED, *overrides]))
-        steps = args.steps if "tiny" in label else args.smollm2_steps
-        variants = {
-            "plain Trainer": None,
-            "+ RAISE, validate every decision": 1,
-            "+ RAISE, validate every 4": 4,
-            "+ RAISE, selection only": steps,
-        }
-        best = {name: 0.0 for name in variants}
-        for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit every variant
-            for name, eval_every in variants.items():
-                best[name] = max(best[name], measure(bench, steps, args.warmup, eval_every, args.output))
+    for label, (overrides, steps) in models(args).items():
+        bench = Workbench.build(load_config(None, overrides))
+        best = best_of(
+            bench,
+            {
+                "plain Trainer": None,
+                "+ RAISE, selection only": steps,
+                "+ RAISE, validate every decision": 1,
+                "+ RAISE, validate every 2": 2,
+                "+ RAISE, validate every 4": 4,
+            },
+            steps,
+            args,
+        )
         plain = best["plain Trainer"]
         rows += [(label, name, value, value / plain) for name, value in best.items()]
+        if label in ddp:
+            plain = ddp[label]["plain Trainer"]
+            rows += [(label, f"2 processes: {name}", value, value / plain) for name, value in ddp[label].items()]
 
-    print(f"\n{'model':<26} {'trainer':<34} {'steps/s':>8} {'ratio':>6}")
+    print(f"\n{'model':<26} {'trainer':<58} {'steps/s':>8} {'ratio':>6}")
     for label, name, value, ratio in rows:
-        print(f"{label:<26} {name:<34} {value:>8.2f} {ratio:>6.2f}")
+        print(f"{label:<26} {name:<58} {value:>8.2f} {ratio:>6.2f}")
+
+
+def ddp_rows(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The 2-process rows: this script again under torchrun (gloo), rank 0's steps/s per model."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = Path(args.output) / "ddp-results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    forwarded = [arg for arg in sys.argv[1:] if arg not in ("--tiny", "--ddp")]
+    if args.tiny:
+        forwarded += ["--skip-smollm2", "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        __file__,
+        *forwarded,
+        "--output",
+        args.output,
+        "--ddp-results",
+        str(results),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    subprocess.run(command, env=environment, check=True)
+    return json.loads(results.read_text())
+
+
+def ddp_worker(args: argparse.Namespace) -> None:
+    """One torchrun process: plain Trainer and RAISE validating (sharded) every decision, per model."""
+    measured = {}
+    for label, (overrides, steps) in models(args).items():
+        bench = Workbench.build(load_config(None, overrides), progress=False)
+        variants = {"plain Trainer": None, "+ RAISE, validate every decision (sharded)": 1}
+        measured[label] = best_of(bench, variants, steps, args)
+    if int(os.environ.get("RANK", 0)) == 0:
+        Path(args.ddp_results).write_text(json.dumps(measured))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def test_trainer_reproduces_native_finetune(bench, tmp_path, decision_interval, 
         bench.config.train.decision_interval = 1
     selections, losses = _logged(tmp_path / "trainer")
     assert len(selections) == -(-BUDGET // decision_interval)
+    _check_ledger(bench, tmp_path / "trainer", tmp_path / "native", len(losses))
     assert selections == native_selections
     assert len(losses) == len(native_losses) and losses[0] == native_losses[0]  # same base weights, same evaluation
     assert losses == pytest.approx(native_losses, rel=1e-4)
@@ -116,6 +117,68 @@ def test_trainer_reproduces_native_finetune(bench, tmp_path, decision_interval, 
     for name, value in _weights(bench).items():
         difference = (value - native_weights[name]).norm() / native_weights[name].norm()
         assert difference < 1e-4, name
+
+
+def _check_ledger(bench, trainer_output, native_output, evaluations):
+    """The Trainer path's ledger.json: the native run's schema, its training tokens, and the validation passes."""
+    ledger = json.loads((trainer_output / "ledger.json").read_text())
+    native = json.loads((native_output / "ledger.json").read_text())
+    assert ledger.keys() == native.keys() and ledger["phi"].keys() == native["phi"].keys()
+    assert [ledger["phi"][key] for key in ("steps", "tokens")] == [native["phi"][key] for key in ("steps", "tokens")]
+    assert list(ledger["phases"]) == ["finetune", "validation", "selection"]
+    assert ledger["phases"]["finetune"].keys() == native["phases"]["finetune"].keys()
+    assert ledger["phases"]["finetune"]["tokens"] == native["phases"]["finetune"]["tokens"]
+    validation_tokens = int(bench.validation_tokens.lengths.sum())
+    assert ledger["phases"]["validation"]["tokens"] == evaluations * round(validation_tokens / 3)  # forward: 1/3
+    assert ledger["phases"]["validation"]["phi"] == ledger["phases"]["validation"]["tokens"] / ledger["phi"]["tokens"]
+    assert ledger["phases"]["selection"]["seconds"] > 0 and ledger["phases"]["selection"]["tokens"] == 0
+
+
+def test_deploying_on_another_validation_schedule_is_one_warning_line(bench, policy, caplog):
+    """The selector records the schedule it was trained on (the fixture's: every decision); a deployment on
+    another one warns once, naming what changes; selectors saved before the record count as every decision."""
+    from raise_select.selector_artifact import load_artifact
+
+    assert load_artifact(policy).provenance["eval_every"] == 1
+    bench.config.train.eval_every = 3
+    try:
+        with caplog.at_level("WARNING"):
+            _session(bench)
+            _session(bench)  # the same selector and schedule again: no second line
+    finally:
+        bench.config.train.eval_every = 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "train.eval_every=3" in warnings[0] and "up to 2 decisions old" in warnings[0]
+    assert "set train.eval_every=1 to deploy it as trained" in warnings[0]
+    caplog.clear()
+    selector = build_selector("raise", bench.config)
+    del selector.artifact.provenance["eval_every"]  # as in a selector saved before the schedule was recorded
+    selector.artifact.provenance["note"] = "older"
+    with caplog.at_level("WARNING"):
+        SelectionSession.from_workbench(bench, selector)  # deployed every decision, as it was trained: silent
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_selector_trains_and_deploys_on_one_validation_schedule(overrides, tmp_path, caplog):
+    """train.eval_every=2: the training episodes evaluate (and reward) every 2nd decision, the selector records
+    it, a deployment every 2nd decision is silent, and a resume on another schedule is refused."""
+    from raise_select.experiments import check_resume
+    from raise_select.selector_artifact import load_artifact
+
+    settings = [*overrides, "raise.episodes=2", "raise.minibatch_size=4", "raise.update_epochs=1"]
+    config = load_config(None, [*settings, "train.eval_every=2"])
+    policy = train_raise_selector(config, tmp_path / "selector", progress=False)
+    assert load_artifact(policy).provenance["eval_every"] == 2
+    with caplog.at_level("WARNING"):
+        deployed = Workbench.build(load_config(None, [*settings, "train.eval_every=2", f"raise.policy={policy}"]))
+        _session(deployed)
+    validation_tokens = int(deployed.validation_tokens.lengths.sum())
+    for episode in read_jsonl(tmp_path / "selector" / "episodes.jsonl"):  # a pass after decisions 2, 4 and 6
+        assert episode["decisions"] == BUDGET and episode["evaluation_tokens"] == BUDGET // 2 * validation_tokens
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with pytest.raises(UserError, match="different train.eval_every"):
+        check_resume(tmp_path / "selector", load_config(None, settings))
 
 
 def test_sft_trainer_reproduces_native_finetune(bench, tmp_path):
@@ -282,8 +345,9 @@ def _free_port() -> int:
 
 
 def test_ddp_ranks_agree_and_together_train_the_single_process_examples(bench, overrides, policy, tmp_path):
-    """torchrun, 2 gloo processes: identical decisions on both ranks, the union of their micro-batches is each
-    update's batch of the single-process run, and equal final weights on both ranks."""
+    """torchrun, 2 gloo processes: identical decisions on both ranks and to the single-process run, the union of
+    their micro-batches is each update's batch of the single-process run, equal final weights on both ranks, and
+    each validation pass split between the ranks with the single-process loss."""
     single = _session(bench)
     trained = []
     trainer = _trainer(bench, single, tmp_path / "single")
@@ -320,7 +384,16 @@ def test_ddp_ranks_agree_and_together_train_the_single_process_examples(bench, o
     assert [rank["world_size"] for rank in ranks] == [2, 2]
     assert ranks[0]["decisions"] == ranks[1]["decisions"] == [row["indices"] for row in single.selections]
     assert ranks[0]["validation_history"] == ranks[1]["validation_history"]
+    assert len(ranks[0]["validation_history"]) == BUDGET + 1
+    for rank in ranks:  # sharded = scored whole, at every decision (same weights)
+        assert rank["validation_history"] == pytest.approx(rank["validation_unsharded"], rel=1e-6)
+    # DDP's gradient all-reduce sums in another order than one process: the weights, so losses, drift apart slightly
     assert ranks[0]["validation_history"] == pytest.approx(single.state.validation_history, rel=1e-4)
+    validation_size = len(bench.validation_tokens)
+    for shards in zip(ranks[0]["validation_scored"], ranks[1]["validation_scored"]):  # one pass: half each
+        assert sorted(shards[0] + shards[1]) == list(range(validation_size))
+        assert [len(shard) for shard in shards] == [validation_size // 2] * 2
+    assert [len(rank["validation_scored"]) for rank in ranks] == [BUDGET + 1] * 2
     assert [len(rank["trained"]) for rank in ranks] == [BUDGET, BUDGET]  # one micro-batch of B/2 per update
     for update, batch in enumerate(trained):
         halves = [rank["trained"][update] for rank in ranks]

@@ -3,8 +3,9 @@
     torchrun ... tests/trainer_ddp_worker.py OUTPUT SELECTOR POLICY_OR_- OVERRIDE...
 
 Trains with RaiseTrainer on the synthetic testbed and writes ``rank<r>.json``: the decisions this
-rank made, the pool indices of every micro-batch it trained (by update), and a digest of its final
-weights; ``output/weights-rank<r>.pt`` holds the weights themselves.
+rank made, the pool indices of every micro-batch it trained (by update), its validation history and
+the validation examples it scored itself (its shard of each pass) and the loss it gets scoring the
+whole set itself; ``output/weights-rank<r>.pt`` holds its final weights.
 """
 
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+import raise_select.evaluation as evaluation
 from raise_select.config_io import load_config
 from raise_select.integrations import RaiseTrainer, SelectionSession
 from raise_select.pipeline import Workbench
@@ -29,6 +31,23 @@ def main() -> None:
     bench = Workbench.build(config)
     session = SelectionSession.from_workbench(bench, build_selector(selector_name, config))
     trained: list[list[int]] = []
+    scored: list[list[int]] = []  # the validation examples of each pass this rank scored
+    score = evaluation.per_example_losses
+
+    def recording_score(lm, tokens, indices=None, batch_size=16):
+        scored.append([int(i) for i in indices] if indices is not None else list(range(len(tokens))))
+        return score(lm, tokens, indices, batch_size)
+
+    evaluation.per_example_losses = recording_score
+    sharded_pass = session.tracker.evaluate
+    unsharded: list[float] = []  # the same weights' validation loss scored whole in this process
+
+    def evaluate_both_ways():
+        tracker = session.tracker
+        unsharded.append(float(score(tracker.lm, tracker.validation_tokens, None, config.train.eval_batch_size).mean()))
+        return sharded_pass()
+
+    session.tracker.evaluate = evaluate_both_ways
 
     def recording_collate(indices):
         trained.append([int(i) for i in indices])
@@ -54,6 +73,8 @@ def main() -> None:
                 "decisions": decisions,
                 "trained": trained,
                 "validation_history": session.state.validation_history,
+                "validation_scored": scored,
+                "validation_unsharded": unsharded,
             }
         )
     )

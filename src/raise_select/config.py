@@ -225,7 +225,8 @@ class TrainConfig:
         default=1,
         metadata={
             "range": ">= 1",
-            "help": "evaluate validation loss every N decisions in finetune runs (RAISE training always evaluates)",
+            "help": "evaluate validation loss every N decisions in finetune runs and, unless raise.episode_eval_every "
+            "says otherwise, in RAISE's training episodes",
         },
     )
     decision_interval: int = field(
@@ -386,6 +387,14 @@ class RaiseConfig:
             "(train.budget_steps / budget_fraction), compare its first budget",
         },
     )
+    episode_eval_every: int | None = field(
+        default=None,
+        metadata={
+            "range": ">= 1",
+            "help": "validation passes (so rewards) every N decisions in training episodes; None: train.eval_every, "
+            "the schedule the selector is deployed with (another one at deployment is warned about)",
+        },
+    )
     gamma: float = field(
         default=1.0,
         metadata={"range": "[0, 1]", "help": "discount (1: the return telescopes to the total validation-loss drop)"},
@@ -512,12 +521,21 @@ class RaiseConfig:
 
 # RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
 # learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
-RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus")
+def episode_eval_every(config: Config) -> int:
+    """Decisions between validation passes (so rewards) in RAISE's training episodes."""
+    return config.raise_.episode_eval_every or config.train.eval_every
+
+
+# Raise settings a trained selector does not store: how to run, not what it learned (episode_eval_every
+# shapes its training, but what a selector records is the schedule it resolved to: provenance "eval_every").
+RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus", "episode_eval_every")
 
 # What a resumed command may change against the run it continues (a section such as "compare" or a
 # field such as "raise.episodes"); every other setting must match, or the resume is refused.
 # A selector training (train-selector --resume, a comparison's selector-s<S>/): none of these
-# shapes an episode, so the checkpoint's episodes stay valid and only raise.episodes may grow.
+# shapes an episode, so the checkpoint's episodes stay valid and only raise.episodes may grow
+# (but train.eval_every and raise.episode_eval_every set the episodes' validation schedule: check_resume
+# refuses a change of the schedule they resolve to).
 RESUMABLE_SELECTOR_TRAINING = (
     "output",
     "selector",

@@ -11,6 +11,8 @@ of a run folder's ``selections.jsonl`` and ``metrics.jsonl`` that both write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .config import TrainConfig
@@ -25,7 +27,9 @@ class DecisionTracker:
     """State, counts, evaluations and rewards of one budgeted run, one decision at a time.
 
     ``evaluate_every``: the validation loss is measured after every that many decisions and after
-    the last one (selector training needs it after every decision: each one's reward).
+    the last one (``train.eval_every``; a selector trained with it gets a reward at each evaluation).
+    Under DDP ``shard`` is (rank, world size) and ``sum_over_ranks`` an all-reduce sum: each rank
+    scores its share of the validation set (:func:`~raise_select.evaluation.validation_loss`).
     """
 
     def __init__(
@@ -41,6 +45,8 @@ class DecisionTracker:
         self.pool_tokens, self.validation_tokens = pool_tokens, validation_tokens
         self.train, self.budget = train, budget_steps
         self.evaluate_every = max(1, evaluate_every)
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world size): this process's share of each validation pass
+        self.sum_over_ranks: Callable[[np.ndarray], np.ndarray] | None = None
         self.state = self.new_state([])
         self.decisions = 0
         self.tokens = 0  # training tokens (prompt + response, no padding) of the decisions so far
@@ -101,7 +107,13 @@ class DecisionTracker:
     # -- measurements offered to selectors ---------------------------------------------------
     def evaluate(self) -> float:
         """Mean validation answer loss of the current model (RAISE's reward signal)."""
-        return validation_loss(self.lm, self.validation_tokens, batch_size=self.train.eval_batch_size)
+        return validation_loss(
+            self.lm,
+            self.validation_tokens,
+            batch_size=self.train.eval_batch_size,
+            shard=self.shard,
+            sum_over_ranks=self.sum_over_ranks,
+        )
 
     def probe_losses(self, indices) -> np.ndarray:
         """Current model's per-example response loss on pool candidates (for online baselines)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
@@ -41,9 +41,33 @@ def per_example_losses(
     return map_examples(lm, tokens, indices, batch_size, per_example_loss)
 
 
-def validation_loss(lm: LoadedModel, tokens: TokenizedSet, batch_size: int = 16) -> float:
-    """Mean over examples of the per-example response loss: RAISE's reward signal is its decrease."""
-    return float(per_example_losses(lm, tokens, batch_size=batch_size).mean())
+def validation_loss(
+    lm: LoadedModel,
+    tokens: TokenizedSet,
+    batch_size: int = 16,
+    shard: tuple[int, int] = (0, 1),
+    sum_over_ranks: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> float:
+    """Mean over examples of the per-example response loss: RAISE's reward signal is its decrease.
+
+    ``shard=(rank, world_size)`` with ``sum_over_ranks`` (an all-reduce sum): this process scores only
+    its share (:func:`validation_shard`) and every rank gets the mean over all examples, the
+    one-process mean up to the float noise of other batch paddings (the per-example losses are summed
+    in the same order).
+    """
+    rank, world_size = shard
+    if world_size == 1:
+        return float(per_example_losses(lm, tokens, batch_size=batch_size).mean())
+    mine = validation_shard(tokens, rank, world_size)
+    losses = np.zeros(len(tokens), dtype=np.float64)  # the other ranks' examples stay 0 here
+    losses[mine] = per_example_losses(lm, tokens, mine, batch_size=batch_size)
+    return float(sum_over_ranks(losses).mean())
+
+
+def validation_shard(tokens: TokenizedSet, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s share of the validation set: every ``world_size``-th example in length order, so
+    the ranks score alike numbers of examples and tokens (each in batches of similar lengths)."""
+    return np.argsort(tokens.lengths, kind="stable")[rank::world_size]
 
 
 def evaluate_test(

@@ -21,7 +21,13 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .callbacks import Callback
-from .config import RESUMABLE_COMPARISON, RESUMABLE_SELECTOR_TRAINING, RUN_TIME_FIELDS, Config
+from .config import (
+    RESUMABLE_COMPARISON,
+    RESUMABLE_SELECTOR_TRAINING,
+    RUN_TIME_FIELDS,
+    Config,
+    episode_eval_every,
+)
 from .config_io import changed_settings, dump_config, load_config, recipe_path
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
@@ -94,7 +100,10 @@ def check_resume(output: Path, config: Config) -> dict:
 
     saved_config = output / CONFIG_FILE
     if saved_config.is_file():
-        changed = changed_settings(load_config(saved_config), config, RESUMABLE_SELECTOR_TRAINING)
+        saved = load_config(saved_config)
+        changed = changed_settings(saved, config, RESUMABLE_SELECTOR_TRAINING)
+        if episode_eval_every(saved) != episode_eval_every(config):  # train.eval_every, where it is the episodes'
+            changed.append("train.eval_every")
         if changed:
             raise UserError(
                 f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
@@ -199,7 +208,7 @@ def _train_raise_selector(
 
         rollouts = make_rollouts(episodes_bench, context, episode_steps)
     else:
-        env = episodes_bench.make_env(episode_steps, evaluate_every=1)  # every decision needs its reward
+        env = episodes_bench.make_env(episode_steps, evaluate_every=episode_eval_every(config))
     # the swap as late as possible (the old folder is aside only briefly); a failure rolls it back
     with contextlib.nullcontext() if resume else FolderSwap(output) as swap:
         first_episode = _AfterFirstEpisode(output, config, swap)
@@ -219,6 +228,7 @@ def _train_raise_selector(
                     "pool_fingerprint": bench.pool.fingerprint(),
                     "target": bench.target.name,
                     "episode_steps": episode_steps,
+                    "eval_every": episode_eval_every(config),  # its deployments are warned unless they use it
                     "episodes_on": episodes_model(bench, episodes_bench),
                 },
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import logging
 import tempfile
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks import Callback, CallbackList, RunFolderRows, progress_bars, with_progress
-from .config import Config, ModelConfig, validate
+from .config import Config, ModelConfig, TrainConfig, validate
 from .config_io import dump_config
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
@@ -226,6 +227,7 @@ class Workbench:
     def selection_context(
         self, selector: Selector, budget_steps: int, seed: int, progress: bool = True
     ) -> SelectionContext:
+        warn_on_schedule_change(selector, self.config.train.eval_every)
         features = self.ensure_features(progress) if selector.requires_features else None
         return SelectionContext(
             pool=self.pool,
@@ -251,11 +253,47 @@ class Workbench:
 
     def phi(self) -> dict:
         """Cost of one full-data run (Φ) in steps and tokens; seconds are estimated from measured throughput."""
-        all_indices = np.arange(len(self.pool_tokens))
-        return {
-            "steps": full_data_steps(len(self.pool), self.config.train),
-            "tokens": int(self.config.train.full_data_epochs * self.pool_tokens.num_tokens(all_indices)),
-        }
+        return full_data_cost(self.pool_tokens, self.config.train)
+
+
+def full_data_cost(pool_tokens: TokenizedSet, train: TrainConfig) -> dict:
+    """Φ, one full-data run (``train.full_data_epochs`` over the pool), in optimizer steps and training tokens."""
+    return {
+        "steps": full_data_steps(len(pool_tokens), train),
+        "tokens": int(train.full_data_epochs * pool_tokens.num_tokens(np.arange(len(pool_tokens)))),
+    }
+
+
+_SCHEDULES_WARNED: set[tuple] = set()  # one warning per trained selector and deployed schedule
+
+
+def warn_on_schedule_change(selector: Selector, eval_every: int) -> None:
+    """One warning line when a trained selector runs with another validation schedule than its training's.
+
+    Its state's validation-loss features (the latest loss and its last change) are fresh only after a
+    pass, so a selector trained on one schedule and deployed on another sees states it was not trained
+    on. Selectors saved before the schedule was recorded were trained with a pass after every decision.
+    """
+    artifact = getattr(selector, "artifact", None)
+    if artifact is None:
+        return
+    trained = int(artifact.provenance.get("eval_every", 1))
+    key = (trained, eval_every, json.dumps(artifact.provenance, sort_keys=True, default=str))
+    if trained == eval_every or key in _SCHEDULES_WARNED:
+        return
+    _SCHEDULES_WARNED.add(key)
+    logger.warning(
+        "warning: this RAISE selector was trained with a validation pass every %s and runs with "
+        "train.eval_every=%d: its state's validation-loss features are up to %d decisions old (trained: %d) and "
+        "their last change spans %d decisions (trained: %d); set train.eval_every=%d to deploy it as trained",
+        "decision" if trained == 1 else f"{trained} decisions",
+        eval_every,
+        eval_every - 1,
+        trained - 1,
+        eval_every,
+        trained,
+        trained,
+    )
 
 
 def ledger(phi: dict, phases: dict[str, PhaseCost], seconds_per_token: float | None) -> dict:

@@ -29,12 +29,12 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from .config import ModelConfig, RaiseConfig, TrainConfig
+from .config import ModelConfig, RaiseConfig, TrainConfig, episode_eval_every
 from .data.tokenize import TokenizedSet
 from .errors import UserError
 from .ppo import RolloutBuffer, run_episode
@@ -105,7 +105,7 @@ class RolloutWorker:
             setup.validation_tokens,
             setup.train,
             setup.episode_steps,
-            evaluate_every=1,
+            evaluate_every=setup.train.eval_every,
             base_weights=setup.base_weights,
         )
         self.selector: RaiseSelector | None = None
@@ -233,7 +233,7 @@ def make_rollouts(bench: Workbench, context: SelectionContext, episode_steps: in
     }  # any worker can read them
     setup = WorkerSetup(
         config.model,
-        config.train,
+        replace(config.train, eval_every=episode_eval_every(config)),  # the episodes' schedule
         episode_steps,
         context,
         bench.pool_tokens,

@@ -131,6 +131,7 @@ raise:
   episodes: 28            # 7 PPO updates of 4 short episodes, played on the proxy below
   episodes_per_update: 4
   episode_steps: 4
+  episode_eval_every: 1   # a reward after every decision in training; deployed with eval_every 4 (warned)
   hidden_size: 64
   head_std: 4.0           # the default; with steps twice as long as the default's (head_learning_rate): 7
   head_learning_rate: 1.0 #   updates must first find the target-like examples, then avoid the corrupted ones

@@ -28,19 +28,25 @@ How it hooks in (no copy of Trainer's loop):
   tells Trainer that one epoch is the whole budget, so every step takes exactly A micro-batches.
 * a callback — ``on_train_begin`` evaluates the base validation loss, ``on_step_end`` the loss
   after each decision (every ``train.eval_every`` decisions) and logs it, with the reward, through
-  ``Trainer.log`` (so every ``report_to`` integration receives it).
+  ``Trainer.log`` (so every ``report_to`` integration receives it); ``on_train_end`` writes the
+  compute ledger.
 * ``_save_checkpoint`` / ``train(resume_from_checkpoint=...)`` — the session's state (counts,
   validation history, the selector's RNG, the rest of the current decision) is written into every
   checkpoint folder as ``raise_selection.json`` and read back on resume.
 
-DDP: rank 0 evaluates and decides, then broadcasts the decision and the validation loss; every
-rank keeps the same state. Only rank 0 writes ``selections.jsonl`` and ``metrics.jsonl`` (the run
-folder format of :mod:`raise_select.pipeline`) into ``output_dir``.
+DDP: rank 0 decides and broadcasts the decision; each validation pass is sharded, every rank
+scoring every W-th example in length order, and the per-example losses summed over ranks, so W
+ranks pay 1/W of the pass and all get the one-process validation loss. Every rank keeps the same
+state. Only rank 0 writes ``selections.jsonl``, ``metrics.jsonl`` and ``ledger.json`` (the run
+folder formats of :mod:`raise_select.pipeline`) into ``output_dir``. ``ledger.json`` has three
+phases: ``finetune`` (Trainer's updates: training tokens), ``validation`` (the passes, in training
+tokens' equivalent) and ``selection`` (the selector's seconds), each in Φ (one full-data run).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -59,8 +65,9 @@ from ..environment import resolve_budget
 from ..errors import UserError
 from ..io_utils import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ..model import LoadedModel
-from ..pipeline import Workbench
+from ..pipeline import PhaseCost, Workbench, forward_token_weight, full_data_cost, ledger
 from ..protocol import EnvState, HasClusters, Selector
+from ..run_folders import LEDGER_FILE
 from ..run_folders import METRICS_FILE as METRICS
 from ..run_folders import SELECTIONS_FILE as SELECTIONS
 from ..selectors.state import load_selector_state, selector_state
@@ -86,7 +93,10 @@ class SelectionSession:
         train: TrainConfig,
         budget_steps: int,
         seed: int,
+        validation_token_weight: float = 1 / 3,
     ):
+        """``validation_token_weight``: a forward-only token's cost in training tokens, for the ledger
+        (:func:`~raise_select.pipeline.forward_token_weight`: 1/3 full fine-tuning, 1/2 LoRA)."""
         self.selector, self.pool, self.pool_tokens = selector, pool, pool_tokens
         self.train, self.budget, self.seed = train, budget_steps, seed
         # state, counts, evaluations and rewards: the same bookkeeping as FineTuneEnv's
@@ -94,8 +104,13 @@ class SelectionSession:
         self.pending = np.empty((0, train.batch_size), dtype=np.int64)  # this decision's updates not yet trained
         self.selections: list[dict] = []  # this process's selections.jsonl rows (every rank keeps them)
         self.output: Path | None = None  # where selections.jsonl / metrics.jsonl go (None: not written here)
-        self.is_main = True  # decides and evaluates (rank 0 under DDP)
+        self.is_main = True  # decides (rank 0 under DDP)
         self.broadcast: Callable = lambda value: value  # rank 0's value to every rank (identity in one process)
+        self.validation_token_weight = validation_token_weight
+        # ledger phases besides Trainer's updates; "finetune" holds the seconds of earlier sessions on resume
+        self.costs = {"finetune": PhaseCost(), "validation": PhaseCost(), "selection": PhaseCost()}
+        self.started: float | None = None  # when this process's training (or resumed part) began
+        self.others_at_start = 0.0  # validation and selection seconds before it (earlier sessions')
 
     @property
     def state(self) -> EnvState:
@@ -136,7 +151,15 @@ class SelectionSession:
         bench.lm.restore(bench.base_weights)  # as FineTuneEnv.reset: every run starts from the loaded weights
         selector.reset(seed)
         return cls(
-            selector, bench.pool, bench.pool_tokens, bench.validation_tokens, bench.lm, config.train, budget, seed
+            selector,
+            bench.pool,
+            bench.pool_tokens,
+            bench.validation_tokens,
+            bench.lm,
+            config.train,
+            budget,
+            seed,
+            validation_token_weight=forward_token_weight(config.model),
         )
 
     # -- what the training loop must be configured with ----------------------------------------
@@ -196,9 +219,11 @@ class SelectionSession:
     # -- the loop's events -----------------------------------------------------------------------
     def begin(self) -> dict | None:
         """Before the first update: the base validation loss (nothing on resume)."""
+        self.started = time.perf_counter()
+        self.others_at_start = self.costs["validation"].seconds + self.costs["selection"].seconds
         if self.state.validation_history:
             return None
-        initial = self.broadcast(self.evaluate() if self.is_main else None)
+        initial = self._validation_pass()
         self.state.validation_history.append(initial)
         self._append(METRICS, metrics_record(0, 0, initial, None, 0))
         return {"raise/validation_loss": initial}
@@ -217,7 +242,7 @@ class SelectionSession:
         self.state.step += 1
         if len(self.pending) or not self.tracker.evaluation_due():
             return None
-        validation = self.broadcast(self.evaluate() if self.is_main else None)
+        validation = self._validation_pass()
         reward = self.tracker.record_evaluation(validation)
         self._append(METRICS, metrics_record(self.decisions, self.state.step, validation, reward, self.tokens))
         return {
@@ -227,8 +252,28 @@ class SelectionSession:
             "raise/pool_used": float((self.state.selection_counts > 0).mean()),
         }
 
+    def end(self) -> None:
+        """After the last update: write ``ledger.json`` (rank 0)."""
+        if self.output is None or self.started is None:
+            return
+        phases = self._costs_so_far()
+        seconds_per_token = phases["finetune"].seconds / max(self.tokens, 1)
+        write_json(
+            self.output / LEDGER_FILE, ledger(full_data_cost(self.pool_tokens, self.train), phases, seconds_per_token)
+        )
+
+    def _validation_pass(self) -> float:
+        """The current validation loss on every rank (under DDP each rank scores its share)."""
+        started = time.perf_counter()
+        validation = self.evaluate()
+        tokens = self.tracker.evaluation_tokens() * self.validation_token_weight
+        self.costs["validation"].add(time.perf_counter() - started, round(tokens))
+        return validation
+
     def _decide(self) -> None:
+        started = time.perf_counter()
         chosen = self.broadcast(np.asarray(self.selector.select(self.state), dtype=np.int64) if self.is_main else None)
+        self.costs["selection"].add(time.perf_counter() - started, 0)
         indices = self.tracker.check(chosen, f"selector '{self.selector.name}'")
         step = self.state.step
         self.tracker.record_decision(indices)
@@ -277,7 +322,18 @@ class SelectionSession:
             "selection_counts": self.state.selection_counts.tolist(),
             "pending": self.pending.tolist(),
             "selector_state": selector_state(self.selector),
+            "costs": {name: [cost.seconds, cost.tokens] for name, cost in self._costs_so_far().items()},
         }
+
+    def _costs_so_far(self) -> dict[str, PhaseCost]:
+        """The ledger's phases until now: ``finetune`` is the time since :meth:`begin` (plus earlier
+        sessions' on resume) less this session's validation and selection, with the training tokens."""
+        costs = {name: PhaseCost(cost.seconds, cost.tokens) for name, cost in self.costs.items()}
+        if self.started is not None:
+            others = costs["validation"].seconds + costs["selection"].seconds - self.others_at_start
+            costs["finetune"].seconds += time.perf_counter() - self.started - others
+        costs["finetune"].tokens = self.tokens
+        return costs
 
     def load_state_dict(self, saved: dict, where: str = "checkpoint") -> None:
         """Continue from :meth:`state_dict`; refuses a checkpoint written for another selector, pool or budget."""
@@ -297,6 +353,8 @@ class SelectionSession:
         self.state.selection_counts = np.asarray(saved["selection_counts"], dtype=np.int64)
         self.pending = np.asarray(saved["pending"], dtype=np.int64).reshape(-1, self.train.batch_size)
         load_selector_state(self.selector, saved["selector_state"])
+        for name, (seconds, tokens) in saved.get("costs", {}).items():  # absent in older checkpoints
+            self.costs[name] = PhaseCost(seconds, tokens)
 
 
 class _IndexDataset(Dataset):
@@ -322,6 +380,9 @@ class _SelectionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         return self._log(self.trainer.selection.update_done(), control)
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.selection.end()
+
     def _log(self, logs: dict | None, control):
         if logs:
             should_log = control.should_log  # Trainer.log clears it; this step's own loss log must still happen
@@ -334,6 +395,14 @@ def _broadcast_from_main(value):
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _sum_over_ranks(values: np.ndarray) -> np.ndarray:
+    """Element-wise sum over the ranks, in float64 (on the device gloo or NCCL reduces on)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.from_numpy(np.asarray(values, dtype=np.float64)).to(device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.cpu().numpy()
 
 
 class RaiseTrainerMixin:
@@ -351,6 +420,8 @@ class RaiseTrainerMixin:
         selection.is_main = self.args.process_index == 0
         if world_size > 1:
             selection.broadcast = _broadcast_from_main
+            selection.tracker.shard = (self.args.process_index, world_size)
+            selection.tracker.sum_over_ranks = _sum_over_ranks
         if selection.lm.model is not self.model:  # validate the model this trainer trains
             selection.lm = replace(selection.lm, model=self.model, device=self.args.device)
         self.add_callback(_SelectionCallback(self))
