@@ -366,8 +366,9 @@ def test_a_saved_selector_reads_its_own_columns_by_name(tmp_path):
 
 
 def test_without_a_stage_head_the_picks_are_those_of_the_static_head():
-    """Pinned picks (greedy, then a seeded head draw and Plackett-Luce sample): raise.head_stage=false changes nothing."""
-    selector = make_selector(make_features(), head_dims=3, seed=3)
+    """Pinned picks (greedy, then a seeded head draw and Plackett-Luce sample): raise.head_stage=false changes nothing.
+    Pinned before the stage head existed, with the head_std of the time."""
+    selector = make_selector(make_features(), head_dims=3, seed=3, head_std=2.0)
     state = make_state(120)
     assert selector.select(state).tolist() == [79, 39, 99, 50]
     selector.sample_head(torch.Generator().manual_seed(1))
