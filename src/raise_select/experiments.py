@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .callbacks import Callback
 from .config import RESUMABLE_COMPARISON, RESUMABLE_SELECTOR_TRAINING, RUN_TIME_FIELDS, Config
-from .config_io import changed_settings, dump_config, load_config, recipe_path
+from .config_io import changed_settings, dump_config, load_config, load_saved_config, recipe_path
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_json, write_json, write_text
@@ -94,7 +94,7 @@ def check_resume(output: Path, config: Config) -> dict:
 
     saved_config = output / CONFIG_FILE
     if saved_config.is_file():
-        changed = changed_settings(load_config(saved_config), config, RESUMABLE_SELECTOR_TRAINING)
+        changed = changed_settings(load_saved_config(saved_config), config, RESUMABLE_SELECTOR_TRAINING)
         if changed:
             raise UserError(
                 f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
@@ -350,8 +350,8 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
     if "raise" in methods and config.raise_.policy is None:
         check_rollout_workers(config)
     check_lm_eval_available(config.target.lm_eval if config.compare.test_metric else [])
+    check_output(output, COMPARISON)  # the folder's kind first: its config.yaml means nothing in another kind
     _check_resumable(output, config)
-    check_output(output, COMPARISON)
     for part in interrupted_parts(output):  # what a killed run of this comparison left: cleaned up under its lock
         with output_lock(part, "compare"):
             pass
@@ -468,7 +468,7 @@ def _check_resumable(output: Path, config: Config) -> None:
     previous = output / CONFIG_FILE
     if not previous.is_file():
         return
-    saved = load_config(previous)
+    saved = load_saved_config(previous)
     changed = changed_settings(saved, config, RESUMABLE_COMPARISON)
     if changed:
         sections = ", ".join(dict.fromkeys(name.split(".")[0] for name in changed))

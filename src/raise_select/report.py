@@ -39,7 +39,7 @@ from .analysis import (
     value_shares,
 )
 from .errors import UserError
-from .io_utils import read_json, write_text
+from .io_utils import write_text
 from .plots import (
     plot_ppo_curve,
     plot_score_drivers,
@@ -62,6 +62,7 @@ from .run_folders import (
     read_config,
     read_episodes,
     read_selector_metadata,
+    read_shaped_json,
     result_row,
     selector_trainings,
     skipped_records_note,
@@ -126,7 +127,7 @@ class _Report:
 
 def _compare_report(report: _Report) -> None:
     run_dir = report.run_dir
-    results = read_json(run_dir / RESULTS_JSON)
+    results = read_shaped_json(run_dir / RESULTS_JSON)
     rows = results.get("rows") or []
     summary = results.get("summary") or summarize(rows)
     test_metric = next((r["test_metric"] for r in rows if r.get("test_metric")), None)

@@ -86,6 +86,7 @@ import datetime
 import hashlib
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import pairwise_distances_argmin
 from torch import nn
 from torch.nn import functional as F
@@ -197,7 +199,19 @@ def fit_clusters(embedding: np.ndarray, clusters: int, seed: int) -> np.ndarray:
         kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed, batch_size=4096)
     else:
         kmeans = KMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed)
-    return kmeans.fit(embedding).cluster_centers_.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # fewer distinct points than clusters
+        try:
+            if len(embedding) >= clusters:
+                return kmeans.fit(embedding).cluster_centers_.astype(np.float32)
+        except ConvergenceWarning:
+            pass
+    distinct = len(np.unique(embedding, axis=0))
+    raise UserError(
+        f"k-means finds only {distinct} distinct point{'s' if distinct != 1 else ''} in the pool's embeddings, fewer "
+        f"than raise.clusters={clusters}, so some clusters would stay empty; set raise.clusters={max(distinct, 1)} "
+        "or fewer (and a train.batch_size it divides), or use a more varied pool"
+    )
 
 
 def assign_clusters(embedding: np.ndarray, centroids: np.ndarray) -> np.ndarray:
