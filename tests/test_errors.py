@@ -794,6 +794,14 @@ TRACEBACKS = {
         ),
         ["selector.json is inconsistent", "centroids[0] must be 8"],
     ),
+    "selector.json feature layout shortened": (
+        _new("finetune", "--policy", lambda ws: _edited_selector(ws, "layout", lambda m: m["feature_layout"].pop(0))),
+        ["selector.json is inconsistent", "feature_layout has 13 static columns for 6 static_names and pca_dim=8"],
+    ),
+    "report: a results row without its method": (
+        _report(lambda ws: _edited_copy(ws, "no-method", "comparison", "results.json", '{"rows": [{"seed": 0}]}')),
+        ["results.json", "rows[0] has no 'method'"],
+    ),
     "report: results.json as a list": (
         _report(lambda ws: _edited_copy(ws, "results-list", "comparison", "results.json", "[1, 2]")),
         ["results.json is not the file raise-select writes", "JSON list, not an object"],
@@ -883,6 +891,17 @@ REINTERPRETED = {
         ),
         ["k-means finds only 2 distinct points", "raise.clusters=4", "set raise.clusters=2 or fewer"],
     ),
+    "fewer distinct examples than raise.clusters in a new comparison (no folder left)": (
+        _new(
+            "compare",
+            lambda ws: f"pool.sources=[{{name: {_two_point_pool(ws)}}}]",
+            "raise.clusters=4",
+            "compare.methods=[raise]",
+            "compare.budget_steps=[2]",
+            "compare.seeds=[0]",
+        ),
+        ["k-means finds only 2 distinct points"],
+    ),
 }
 
 
@@ -913,6 +932,10 @@ MISLEADING = {
     "raise.proxy_layers beyond the model": (
         _new("train-selector", "raise.proxy_layers=9"),
         ["raise.proxy_layers=9 but model 'synthetic-tiny' has 3 decoder layers"],
+    ),
+    "raise.proxy_layers beyond the model in a comparison": (
+        _new("compare", "raise.proxy_layers=9", "compare.methods=[raise]"),
+        ["raise.proxy_layers=9 but model 'synthetic-tiny' has 3"],
     ),
     "a truncated checkpoint": (
         lambda ws: _run(

@@ -231,6 +231,24 @@ def load_model(config: ModelConfig, seed: int = 0, layers_setting: str = "model.
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=config.name, path=path, device=device)
 
 
+def check_layer_cut(config: ModelConfig, setting: str = "model.num_layers") -> None:
+    """Refuse ``config.num_layers`` beyond the model's decoder layers from its config.json alone, before
+    any weights load (the cut itself, :func:`load_model`, checks again)."""
+    if config.num_layers is None:
+        return
+    from transformers import AutoConfig
+
+    path = resolve_model_path(config.name)
+    try:
+        layers = getattr(AutoConfig.from_pretrained(path), "num_hidden_layers", None)
+    except (OSError, ValueError):
+        return  # an unreadable model folder: load_model names the problem
+    if isinstance(layers, int) and config.num_layers > layers:
+        raise UserError(
+            f"{setting}={config.num_layers} but model '{config.name}' has {layers} decoder layers; give at most {layers}"
+        )
+
+
 def _keep_first_layers(model: torch.nn.Module, config: ModelConfig, setting: str) -> None:
     """Cut the decoder stack to its first ``config.num_layers`` layers, in place (final norm and output
     layer kept): a cheaper model with the same tokenizer and embedding, e.g. a selector-training proxy."""

@@ -508,7 +508,9 @@ def selector_trainings(comparison: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- reading
 
 _NUMBER, _TEXT, _INTEGER, _LIST, _MAPPING = (int, float), (str,), (int,), (list,), (dict,)
+_REQUIRED = "*required"  # in a shape: the keys that must be present (the others may be missing)
 _RESULT_ROW = {
+    _REQUIRED: ("method",),
     "method": _TEXT,
     "run_dir": _TEXT,
     "test_metric": _TEXT,
@@ -533,6 +535,7 @@ FILE_SHAPES: dict[str, dict[str, tuple | dict]] = {
     RESULTS_JSON: {
         "rows": _RESULT_ROW,
         "summary": {
+            _REQUIRED: ("method",),
             "method": _TEXT,
             "test_metric": _TEXT,
             "n_seeds": _INTEGER,
@@ -564,9 +567,12 @@ def check_shape(path: Path, value, shape: dict | None = None, where: str = "") -
     shape = FILE_SHAPES[path.name] if shape is None else shape
     if not isinstance(value, dict):
         raise _misshapen(path, f"{where or 'it'} is a JSON {_json_type(value)}, not an object")
+    missing = [key for key in shape.get(_REQUIRED, ()) if value.get(key) is None]
+    if missing:
+        raise _misshapen(path, f"{where}has no {missing[0]!r}")
     for key, kinds in shape.items():
         item = value.get(key)
-        if item is None:
+        if item is None or key == _REQUIRED:
             continue
         if isinstance(kinds, dict):  # a list of mappings
             if not isinstance(item, list):

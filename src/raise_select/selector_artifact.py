@@ -156,6 +156,11 @@ def _check_layout(metadata: dict, pca_dim: int) -> None:
     arrays.update({f"centroids[{i}]": (row, pca_dim) for i, row in enumerate(metadata["centroids"])})
     if pca_dim < 1 or not metadata["centroids"]:
         raise _Inconsistent(f"pca_dim={pca_dim} with {len(metadata['centroids'])} centroids")
+    static_columns = sum(isinstance(e, dict) and e.get("block") == "static" for e in metadata["feature_layout"])
+    if static_columns != len(names) + pca_dim:
+        raise _Inconsistent(
+            f"feature_layout has {static_columns} static columns for {len(names)} static_names and pca_dim={pca_dim}"
+        )
     for name, (values, size) in arrays.items():
         array = np.asarray(values if isinstance(values, list) else [], dtype=np.float64)
         if array.shape != (size,) or not np.isfinite(array).all():
