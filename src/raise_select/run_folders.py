@@ -515,8 +515,8 @@ _RESULT_ROW = {
     "run_dir": _TEXT,
     "test_metric": _TEXT,
     **dict.fromkeys(("budget", "validation_loss", "validation_loss_initial", "test_score", "test_loss"), _NUMBER),
-    **dict.fromkeys(("budget_steps", "seed", "steps", "tokens", "selector_seed"), _INTEGER),
-    "seconds": _NUMBER,
+    **dict.fromkeys(("budget_steps", "seed", "steps", "selector_seed"), _INTEGER),
+    **dict.fromkeys(("tokens", "seconds"), _NUMBER),
 }
 # What the readers rely on in each JSON file (a JSONL file: in each line): a mapping, and the type of
 # each key they read (None is always allowed; a missing key too: older folders lack some).
@@ -546,16 +546,16 @@ FILE_SHAPES: dict[str, dict[str, tuple | dict]] = {
         "ledger": _MAPPING,
     },
     METRICS_FILE: {
-        **dict.fromkeys(("decision", "step", "tokens"), _INTEGER),
-        **dict.fromkeys(("train_loss", "validation_loss", "reward", "seconds"), _NUMBER),
+        **dict.fromkeys(("decision", "step"), _INTEGER),
+        **dict.fromkeys(("train_loss", "validation_loss", "reward", "seconds", "tokens"), _NUMBER),
     },
     SELECTIONS_FILE: {
         **dict.fromkeys(("decision", "step"), _INTEGER),
         **dict.fromkeys(("indices", "ids", "sources", "families", "clusters", "labels"), _LIST),
     },
     EPISODES_FILE: {
-        **dict.fromkeys(("episode", "update", "tokens", "decisions"), _INTEGER),
-        **dict.fromkeys(("return", "validation_loss_initial", "validation_loss_final", "seconds"), _NUMBER),
+        **dict.fromkeys(("episode", "update", "decisions"), _INTEGER),
+        **dict.fromkeys(("return", "validation_loss_initial", "validation_loss_final", "seconds", "tokens"), _NUMBER),
     },
     SELECTOR_FILE: {"provenance": _MAPPING, "config": _MAPPING, "feature_layout": _LIST},
 }
@@ -583,7 +583,7 @@ def check_shape(path: Path, value, shape: dict | None = None, where: str = "") -
             expected = {_NUMBER: "a number", _TEXT: "a string", _INTEGER: "an integer", _LIST: "a list"}.get(
                 kinds, "an object"
             )
-            raise _misshapen(path, f"{where}{key!r} is {item!r}, not {expected}")
+            raise _misshapen(path, f"{where}{key!r} is {str(json.dumps(item))[:40]}, not {expected}")
 
 
 def _json_type(value) -> str:
