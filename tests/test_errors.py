@@ -798,6 +798,14 @@ TRACEBACKS = {
         _new("finetune", "--policy", lambda ws: _edited_selector(ws, "layout", lambda m: m["feature_layout"].pop(0))),
         ["selector.json is inconsistent", "feature_layout has 13 static columns for 6 static_names and pca_dim=8"],
     ),
+    "selector.json feature layout without its last column": (
+        _new("finetune", "--policy", lambda ws: _edited_selector(ws, "no-avail", lambda m: m["feature_layout"].pop())),
+        ["selector.json is inconsistent", "17 feature_layout columns for weights that read 18"],
+    ),
+    "report: a selector.json that is a list (found after plots were drawn)": (
+        _report(lambda ws: _edited_copy(ws, "selector-list", "training", "selector/selector.json", "[]")),
+        ["selector.json is not the file raise-select writes", "JSON list"],
+    ),
     "report: a results row without its method": (
         _report(lambda ws: _edited_copy(ws, "no-method", "comparison", "results.json", '{"rows": [{"seed": 0}]}')),
         ["results.json", "rows[0] has no 'method'"],

@@ -362,7 +362,7 @@ def clean_interrupted(folder: Path) -> None:
     """Remove what an interrupted command left beside ``folder`` (call with its lock held): staging
     folders ``.<name>.*.tmp`` of an unfinished run, and ``.<name>.old-<pid>``, the previous folder
     moved aside while it was replaced, which is put back when ``folder`` is missing or empty; and in
-    ``folder``, the temporary files ``.<file>.*.tmp`` of unfinished atomic writes."""
+    ``folder``, the temporary files ``.<file>.*.tmp`` of unfinished atomic writes (and a report's staged plots)."""
     folder = Path(folder)
     if not folder.parent.is_dir():
         return
@@ -371,6 +371,8 @@ def clean_interrupted(folder: Path) -> None:
             for path in folder.iterdir():
                 if _ATOMIC_WRITE_LEFTOVER.fullmatch(path.name) and path.is_file():
                     path.unlink()
+                elif _ATOMIC_WRITE_LEFTOVER.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)  # a report's staged plots
     name = re.escape(folder.name)
     staging, moved_aside = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp"), re.compile(rf"\.{name}\.old-\d+")
     with user_path(folder.parent, "clean up"):

@@ -136,10 +136,18 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
         raise _not_a_selector(folder, f"{METADATA_FILE} is inconsistent: {found}")
     if not any(k.startswith("policy.") for k in tensors) or not any(k.startswith("critic.") for k in tensors):
         raise _not_a_selector(folder, f"{WEIGHTS_FILE} lacks policy or critic tensors")
+    inputs = [tensors[name].shape[-1] for name in _INPUT_LAYERS if name in tensors]
+    if len(inputs) == len(_INPUT_LAYERS) and sum(inputs) != len(artifact.feature_layout):
+        found = f"{len(artifact.feature_layout)} feature_layout columns for weights that read {sum(inputs)}"
+        raise _not_a_selector(folder, f"{METADATA_FILE} is inconsistent: {found}")
     _check_finite(
         tensors, f"{folder} holds", "it cannot score candidates; train a new one with `raise-select train-selector`"
     )
     return artifact
+
+
+# The policy's input layers: together they read every column of the fused feature layout.
+_INPUT_LAYERS = ("policy.static_layer.weight", "policy.dynamic_layer.weight")
 
 
 class _Inconsistent(ValueError):
