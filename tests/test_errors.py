@@ -897,7 +897,7 @@ REINTERPRETED = {
             lambda ws: f"pool.sources=[{{name: {_two_point_pool(ws)}}}]",
             "raise.clusters=4",
         ),
-        ["k-means finds only 2 distinct points", "raise.clusters=4", "set raise.clusters=2 or fewer"],
+        ["k-means finds only 2 distinct clusters", "raise.clusters=4", "set raise.clusters=2 or fewer"],
     ),
     "fewer distinct examples than raise.clusters in a new comparison (no folder left)": (
         _new(
@@ -908,7 +908,7 @@ REINTERPRETED = {
             "compare.budget_steps=[2]",
             "compare.seeds=[0]",
         ),
-        ["k-means finds only 2 distinct points"],
+        ["k-means finds only 2 distinct clusters"],
     ),
 }
 

@@ -199,18 +199,18 @@ def fit_clusters(embedding: np.ndarray, clusters: int, seed: int) -> np.ndarray:
         kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed, batch_size=4096)
     else:
         kmeans = KMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)  # fewer distinct points than clusters
-        try:
-            if len(embedding) >= clusters:
-                return kmeans.fit(embedding).cluster_centers_.astype(np.float32)
-        except ConvergenceWarning:
-            pass
-    distinct = len(np.unique(embedding, axis=0))
+    found = len(embedding)  # fewer rows than clusters: k-means cannot run
+    if found >= clusters:
+        with warnings.catch_warnings():  # sklearn's own warning for what the error below says
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            kmeans.fit(embedding)
+        found = len(np.unique(kmeans.labels_))
+        if found >= clusters:
+            return kmeans.cluster_centers_.astype(np.float32)
     raise UserError(
-        f"k-means finds only {distinct} distinct point{'s' if distinct != 1 else ''} in the pool's embeddings, fewer "
-        f"than raise.clusters={clusters}, so some clusters would stay empty; set raise.clusters={max(distinct, 1)} "
-        "or fewer (and a train.batch_size it divides), or use a more varied pool"
+        f"k-means finds only {found} distinct cluster{'s' if found != 1 else ''} in the pool's embeddings (its examples "
+        f"are (nearly) identical), fewer than raise.clusters={clusters}; set raise.clusters={max(found, 1)} or fewer "
+        "(and a train.batch_size it divides), or use a more varied pool"
     )
 
 
