@@ -891,14 +891,6 @@ REINTERPRETED = {
         ),
         ["selector.json is inconsistent", "2 centroids for config.clusters=4"],
     ),
-    "fewer distinct examples than raise.clusters": (
-        _new(
-            "train-selector",
-            lambda ws: f"pool.sources=[{{name: {_two_point_pool(ws)}}}]",
-            "raise.clusters=4",
-        ),
-        ["k-means finds only 2 distinct clusters", "raise.clusters=4", "set raise.clusters=2 or fewer"],
-    ),
     "fewer distinct examples than raise.clusters in a new comparison (no folder left)": (
         _new(
             "compare",
@@ -908,7 +900,7 @@ REINTERPRETED = {
             "compare.budget_steps=[2]",
             "compare.seeds=[0]",
         ),
-        ["k-means finds only 2 distinct clusters"],
+        ["k-means finds only 2 distinct clusters", "raise.clusters=4", "set raise.clusters=2 or fewer"],
     ),
 }
 
