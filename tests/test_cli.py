@@ -136,7 +136,7 @@ def _case_report_not_a_run(ws, run):
 
 def _case_resume_without_checkpoint(ws, run):
     argv = ["train-selector", "--config", str(ws / "config.yaml"), "--output", str(run), "--resume", "--no-progress"]
-    return argv, ["--resume", "no checkpoint", str(run)]
+    return argv, ["is a finetune run folder, not a selector-training folder", str(run)]  # its kind first
 
 
 def _case_unknown_override(ws, run):
@@ -145,7 +145,7 @@ def _case_unknown_override(ws, run):
 
 def _case_compare_into_another_run(ws, run):
     argv = ["compare", "--config", str(ws / "config.yaml"), "--output", str(run), "--no-progress"]
-    return argv, [str(run), "different pool, train settings"]
+    return argv, [str(run), "is a finetune run folder, not a comparison folder"]  # its kind before its settings
 
 
 ERROR_CASES = {
@@ -162,7 +162,7 @@ ERROR_CASES = {
     "report on a non-run": _case_report_not_a_run,
     "resume without checkpoint": _case_resume_without_checkpoint,
     "unknown override": _case_unknown_override,
-    "compare into a run of other settings": _case_compare_into_another_run,
+    "compare into a finetune run folder": _case_compare_into_another_run,
 }
 
 

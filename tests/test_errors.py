@@ -708,3 +708,310 @@ def test_a_folder_moved_aside_by_a_killed_run_comes_back(ws, tmp_path, name, new
         pass
     assert sorted(os.listdir(tmp_path)) == [name]
     assert snapshot(tmp_path / name) == snapshot(ws / name)
+
+
+# -- the third pass: each class of input that used to give a traceback, be silently reinterpreted or
+# get a misleading message, in one test per class (cases: argv builders as in CASES, run in-process).
+
+
+def _pool_file(ws, name: str, records: list) -> str:
+    return str(_write(ws / name, "".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def _pool_with(ws, name: str, bad: dict, chat: bool = False) -> str:
+    """A 40-record pool whose sixth record is ``bad``."""
+    if chat:
+        good = [
+            {"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": str(i)}]}
+            for i in range(40)
+        ]
+    else:
+        good = [{"prompt": f"say {i}", "response": str(i)} for i in range(40)]
+    good[5] = bad
+    return _pool_file(ws, name, good)
+
+
+def _two_point_pool(ws) -> str:
+    return _pool_file(ws, "two.jsonl", [{"prompt": f"say {i % 2}", "response": str(i % 2)} for i in range(24)])
+
+
+def _edited_selector(ws, name: str, edit) -> str:
+    """A copy of the workspace's trained selector whose selector.json ``edit`` changed."""
+    folder = ws / name
+    if not folder.exists():
+        shutil.copytree(ws / "training" / "selector", folder)
+        metadata = json.loads((folder / "selector.json").read_text())
+        edit(metadata)
+        (folder / "selector.json").write_text(json.dumps(metadata))
+    return str(folder)
+
+
+def _edited_copy(ws, name: str, source: str, file: str, text: str) -> str:
+    """A copy of one of the workspace's folders with ``file`` replaced by ``text``."""
+    folder = ws / name
+    if not folder.exists():
+        shutil.copytree(ws / source, folder)
+        (folder / file).write_text(text)
+    return str(folder)
+
+
+def _config_text(ws, name: str, edit) -> str:
+    return str(_write(ws / name, edit((ws / "config.yaml").read_text()).encode()))
+
+
+def _report(folder):
+    return lambda ws: ["report", folder(ws)]
+
+
+TRACEBACKS = {
+    "seed beyond numpy's 2**32 (finetune)": (
+        _new("finetune", "--seed", str(2**32)),
+        ["seed=4294967296", "<= 4294967295"],
+    ),
+    "seed beyond numpy's 2**32 (train-selector)": (
+        _new("train-selector", f"seed={2**32}"),
+        ["seed=4294967296", "out of range"],
+    ),
+    "a size far beyond memory": (_new("finetune", "features.pca_dim=1.0e+30"), ["features.pca_dim=", "<= 4096"]),
+    "a selector seed beyond 2**32": (_new("compare", f"compare.selector_seeds=[{2**32}]"), ["selector_seeds[0]"]),
+    "a fields value that is not a string": (
+        _new("finetune", "pool.sources=[{name: qa.jsonl, fields: {prompt: 3}}]"),
+        ["pool.sources[0].fields", "maps names to names", "'prompt': 3"],
+    ),
+    "selector.json standardization of the wrong length": (
+        _new(
+            "finetune",
+            "--policy",
+            lambda ws: _edited_selector(ws, "short-std", lambda m: m["standardization"]["difficulty_mean"].pop()),
+        ),
+        ["selector.json is inconsistent", "standardization.difficulty_mean must be 6"],
+    ),
+    "selector.json centroids of the wrong width": (
+        _new(
+            "finetune",
+            "--policy",
+            lambda ws: _edited_selector(ws, "narrow", lambda m: [row.pop() for row in m["centroids"]]),
+        ),
+        ["selector.json is inconsistent", "centroids[0] must be 8"],
+    ),
+    "selector.json feature layout shortened": (
+        _new("finetune", "--policy", lambda ws: _edited_selector(ws, "layout", lambda m: m["feature_layout"].pop(0))),
+        ["selector.json is inconsistent", "feature_layout has 13 static columns for 6 static_names and pca_dim=8"],
+    ),
+    "selector.json feature layout without its last column": (
+        _new("finetune", "--policy", lambda ws: _edited_selector(ws, "no-avail", lambda m: m["feature_layout"].pop())),
+        ["selector.json is inconsistent", "17 feature_layout columns for weights that read 18"],
+    ),
+    "report: a selector.json that is a list (found after plots were drawn)": (
+        _report(lambda ws: _edited_copy(ws, "selector-list", "training", "selector/selector.json", "[]")),
+        ["selector.json is not the file raise-select writes", "JSON list"],
+    ),
+    "report: a results row without its method": (
+        _report(lambda ws: _edited_copy(ws, "no-method", "comparison", "results.json", '{"rows": [{"seed": 0}]}')),
+        ["results.json", "rows[0] has no 'method'"],
+    ),
+    "report: results.json as a list": (
+        _report(lambda ws: _edited_copy(ws, "results-list", "comparison", "results.json", "[1, 2]")),
+        ["results.json is not the file raise-select writes", "JSON list, not an object"],
+    ),
+    "report: results.json rows not a list": (
+        _report(lambda ws: _edited_copy(ws, "rows-number", "comparison", "results.json", '{"rows": 5}')),
+        ["results.json", "'rows' is a JSON number, not a list"],
+    ),
+    "report: a metrics.jsonl line that is a list": (
+        _report(lambda ws: _edited_copy(ws, "metrics-list", "run", "metrics.jsonl", "[1, 2]\n")),
+        ["metrics.jsonl", "line 1 is a JSON list"],
+    ),
+    "report: summary.json as a list": (
+        _report(lambda ws: _edited_copy(ws, "summary-list", "run", "summary.json", "[]")),
+        ["summary.json", "JSON list"],
+    ),
+}
+
+REINTERPRETED = {
+    "a second model: section": (
+        lambda ws: [
+            "finetune",
+            "--config",
+            _config_text(ws, "twice.yaml", lambda text: text + "model:\n  finetune: lora\n"),
+            "--output",
+            str(ws / "new"),
+        ],
+        ["twice.yaml line", "sets 'model' again (first on line", "merge the two"],
+    ),
+    "a key twice inside a section": (
+        lambda ws: [
+            "finetune",
+            "--config",
+            _config_text(ws, "nested.yaml", lambda text: text.replace("train:\n", "train:\n  learning_rate: 0.5\n", 1)),
+            "--output",
+            str(ws / "new"),
+        ],
+        ["nested.yaml line", "sets 'learning_rate' again"],
+    ),
+    "a key twice in an override": (
+        _new("finetune", "pool.sources=[{name: synthetic, name: gsm8k}]"),
+        ["sets 'name' twice"],
+    ),
+    "a misspelled chat role": (
+        _new(
+            "finetune",
+            "--pool",
+            lambda ws: _pool_with(
+                ws,
+                "asistant.jsonl",
+                {"messages": [{"role": "user", "content": "q"}, {"role": "asistant", "content": "a"}]},
+                chat=True,
+            ),
+        ),
+        ["asistant.jsonl:6", "unknown role 'asistant'", "allowed roles: system, user, assistant"],
+    ),
+    "an unknown chat role": (
+        _new(
+            "finetune",
+            "--pool",
+            lambda ws: _pool_with(
+                ws,
+                "human.jsonl",
+                {"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]},
+                chat=True,
+            ),
+        ),
+        ["human.jsonl:6", "unknown role 'human'"],
+    ),
+    "a whitespace-only response": (
+        _new("finetune", "--pool", lambda ws: _pool_with(ws, "blank.jsonl", {"prompt": "q", "response": " \n\t"})),
+        ["blank.jsonl:6", "the response is only whitespace"],
+    ),
+    "a selector whose clusters disagree with its centroids": (
+        _new(
+            "finetune",
+            "--policy",
+            lambda ws: _edited_selector(ws, "four-clusters", lambda m: m["config"].update(clusters=4)),
+        ),
+        ["selector.json is inconsistent", "2 centroids for config.clusters=4"],
+    ),
+    "fewer distinct examples than raise.clusters in a new comparison (no folder left)": (
+        _new(
+            "compare",
+            lambda ws: f"pool.sources=[{{name: {_two_point_pool(ws)}}}]",
+            "raise.clusters=4",
+            "compare.methods=[raise]",
+            "compare.budget_steps=[2]",
+            "compare.seeds=[0]",
+        ),
+        ["k-means finds only 2 distinct clusters", "raise.clusters=4", "set raise.clusters=2 or fewer"],
+    ),
+}
+
+
+def _training_copy(ws, name: str, edit) -> str:
+    folder = ws / name
+    if not folder.exists():
+        shutil.copytree(ws / "training", folder)
+        edit(folder)
+    return str(folder)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+MISLEADING = {
+    "a config error next to an override of its section": (
+        lambda ws: [
+            "finetune",
+            "--config",
+            _config_text(ws, "list.yaml", lambda text: text.replace("train:\n", "train: [1, 2]\nformer_train:\n", 1)),
+            "--output",
+            str(ws / "new"),
+            "train.budget_steps=2",
+        ],
+        ["list.yaml: 'train' must be a mapping of fields, got [1, 2]", "fix the file"],
+    ),
+    "raise.proxy_layers beyond the model": (
+        _new("train-selector", "raise.proxy_layers=9"),
+        ["raise.proxy_layers=9 but model 'synthetic-tiny' has 3 decoder layers"],
+    ),
+    "raise.proxy_layers beyond the model in a comparison": (
+        _new("compare", "raise.proxy_layers=9", "compare.methods=[raise]"),
+        ["raise.proxy_layers=9 but model 'synthetic-tiny' has 3"],
+    ),
+    "a truncated checkpoint": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                _training_copy(ws, "truncated", lambda f: _truncate(f / "checkpoint.pt")),
+                "raise.episode_steps=2",
+            ],
+        ),
+        ["checkpoint.pt is not a readable", "--overwrite instead of --resume"],
+    ),
+    "a corrupt but parseable config.yaml in a selector training": (
+        lambda ws: _run(
+            ws,
+            [
+                "train-selector",
+                "--resume",
+                "--output",
+                _training_copy(ws, "damaged", lambda f: (f / "config.yaml").write_text("seed: 0\n")),
+                "raise.episode_steps=2",
+            ],
+        ),
+        ["config.yaml is damaged (it has no model, pool", "restore the file"],
+    ),
+    "compare into a selector training": (
+        lambda ws: _run(ws, ["compare", "--output", str(ws / "training")]),
+        ["is a selector-training folder (train-selector), not a comparison folder"],
+    ),
+    "a warning before the error": (
+        _new(
+            "finetune",
+            "--pool",
+            lambda ws: _pool_with(ws, "one-bad.jsonl", {"prompt": "x"}),
+            "pool.on_error=skip",
+            "train.budget_steps=100000",
+        ),
+        ["train.budget_steps=100000", "passes over the 39-example pool"],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "table, case",
+    [
+        pytest.param(table, case, id=f"{name}: {case}")
+        for name, table in (
+            ("traceback", TRACEBACKS),
+            ("reinterpreted", REINTERPRETED),
+            ("misleading", MISLEADING),
+        )
+        for case in table
+    ],
+)
+def test_third_pass_inputs_are_one_line_and_keep_every_file(table, case, ws, capsys, monkeypatch):
+    """Tracebacks, silently reinterpreted input and misleading messages: one ``error:`` line that says
+    what is wrong (and where), exit 2, every file byte-identical."""
+    monkeypatch.chdir(ws)  # relative pool paths in overrides
+    build, expected = table[case]
+    argv = build(ws)
+    before = snapshot(ws)
+    capsys.readouterr()
+    assert_one_line_error(main(argv), capsys.readouterr(), expected)
+    assert snapshot(ws) == before
+
+
+def test_every_integer_setting_has_an_upper_bound():
+    """A typo (an extra digit, 1e30) in any integer setting is refused by its range, never passed to
+    numpy, torch or the allocator: every int field's range (or each element's) names an upper bound."""
+    from raise_select.config import Config, _settings
+
+    unbounded = [
+        name
+        for name, f, _, _ in _settings(Config())
+        if "int" in str(f.type) and "<=" not in f.metadata.get("range", f.metadata.get("each_range", ""))
+    ]
+    assert unbounded == []

@@ -90,7 +90,7 @@ def test_a_proxy_trained_selector_deploys_on_the_tuned_model(bench, proxy_traini
 
 
 def test_too_many_proxy_layers_is_a_one_line_error_before_any_output(bench, tmp_path):
-    with pytest.raises(UserError, match="model.num_layers=9 but model 'synthetic-tiny' has 3 decoder layers"):
+    with pytest.raises(UserError, match="raise.proxy_layers=9 but model 'synthetic-tiny' has 3 decoder layers"):
         _train(bench, tmp_path / "out", "raise.proxy_layers=9")
     assert not (tmp_path / "out" / "selector").exists()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -355,11 +356,53 @@ def _termination_as_interrupt() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+class _HeldWarnings(logging.Handler):
+    """Warnings (ours and the libraries', Python's included) held until the command ends: printed when
+    it succeeds or is interrupted, dropped when it fails, so that a user error stays one line on stderr."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.held.append(" ".join(self.format(record).split()))  # one line each
+
+    def print_held(self) -> None:
+        for message in dict.fromkeys(self.held):  # a repeated warning once
+            print(message, file=sys.stderr)
+        self.held.clear()
+
+
+@contextlib.contextmanager
+def _holding_warnings() -> Iterator[_HeldWarnings]:
+    handler, root = _HeldWarnings(), logging.getLogger()
+    root.addHandler(handler)  # replaces logging's last-resort printing to stderr
+    logging.captureWarnings(True)
+    try:
+        yield handler
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _holding_warnings() as warnings:
+        try:
+            status = _main(argv, warnings)
+        except BaseException:  # a bug's traceback: whatever was warned may explain it
+            warnings.print_held()
+            raise
+    if status != 2:
+        warnings.print_held()
+    return status
+
+
+def _main(argv: list[str] | None, warnings: _HeldWarnings) -> int:
     try:
         with _termination_as_interrupt():
             args = parse_args(argv)
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -372,11 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {os_error_message(error, 'use')}", file=sys.stderr)
         return 2
     except Terminated as stop:
+        warnings.print_held()
         print(f"interrupted by {signal.Signals(stop.signal_number).name}", file=sys.stderr)
         return 128 + stop.signal_number
     except KeyboardInterrupt:
+        warnings.print_held()
         print("interrupted", file=sys.stderr)
         return 130
+    return status
 
 
 if __name__ == "__main__":

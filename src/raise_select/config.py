@@ -44,7 +44,7 @@ class SourceConfig:
     limit: int | None = field(
         default=None,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 1000000000",
             "help": "keep at most this many examples (first N after the source's deterministic order)",
         },
     )
@@ -64,7 +64,10 @@ class PoolConfig:
     )
     max_length: int = field(
         default=128,
-        metadata={"range": ">= 4", "help": "truncate prompt+response to this many tokens (response kept first)"},
+        metadata={
+            "range": ">= 4, <= 1048576",
+            "help": "truncate prompt+response to this many tokens (response kept first)",
+        },
     )
     on_error: str = field(
         default="raise",
@@ -91,13 +94,13 @@ class TargetConfig:
     n_validation: int = field(
         default=32,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 1000000",
             "help": "validation examples used for the reward (fixed, small: evaluated every decision)",
         },
     )
     n_test: int = field(
         default=50,
-        metadata={"range": ">= 0", "help": "held-out test examples for the task metric"},
+        metadata={"range": ">= 0, <= 1000000", "help": "held-out test examples for the task metric"},
     )
     metric: str = field(
         default="auto",
@@ -108,7 +111,7 @@ class TargetConfig:
     )
     max_new_tokens: int = field(
         default=128,
-        metadata={"range": ">= 1", "help": "generation length for exact-match metrics"},
+        metadata={"range": ">= 1, <= 1048576", "help": "generation length for exact-match metrics"},
     )
     answer_pattern: str | None = field(
         default=None,
@@ -145,11 +148,11 @@ class ModelConfig:
     )
     lora_r: int = field(
         default=8,
-        metadata={"range": ">= 1", "help": "LoRA rank"},
+        metadata={"range": ">= 1, <= 4096", "help": "LoRA rank"},
     )
     lora_alpha: int = field(
         default=16,
-        metadata={"range": "> 0", "help": "LoRA scaling numerator"},
+        metadata={"range": ">= 1, <= 1048576", "help": "LoRA scaling numerator"},
     )
     lora_dropout: float = field(
         default=0.0,
@@ -170,7 +173,7 @@ class ModelConfig:
     num_layers: int | None = field(
         default=None,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 4096",
             "help": "keep only the first N decoder layers (a cheaper, reduced copy of the model, e.g. a selector-"
             "training proxy); None: all",
         },
@@ -183,7 +186,7 @@ class TrainConfig:
 
     batch_size: int = field(
         default=8,
-        metadata={"range": ">= 1", "help": "examples per optimizer update (B)"},
+        metadata={"range": ">= 1, <= 1048576", "help": "examples per optimizer update (B)"},
     )
     learning_rate: float = field(
         default=2e-4,
@@ -200,14 +203,14 @@ class TrainConfig:
     warmup_steps: int = field(
         default=0,
         metadata={
-            "range": ">= 0",
+            "range": ">= 0, <= 1000000000",
             "help": "linear learning-rate warmup over the first N updates of every run (transformers' "
             "constant_with_warmup: the first update has lr 0)",
         },
     )
     budget_steps: int | None = field(
         default=None,
-        metadata={"range": ">= 1", "help": "optimizer updates per run; overrides budget_fraction"},
+        metadata={"range": ">= 1, <= 1000000000", "help": "optimizer updates per run; overrides budget_fraction"},
     )
     budget_fraction: float | None = field(
         default=0.01,
@@ -215,23 +218,23 @@ class TrainConfig:
     )
     full_data_epochs: int = field(
         default=3,
-        metadata={"range": ">= 1", "help": 'E in "full data = E epochs over the pool at batch size B"'},
+        metadata={"range": ">= 1, <= 1000000", "help": 'E in "full data = E epochs over the pool at batch size B"'},
     )
     eval_batch_size: int = field(
         default=16,
-        metadata={"range": ">= 1", "help": "batch size of validation/test evaluation"},
+        metadata={"range": ">= 1, <= 1048576", "help": "batch size of validation/test evaluation"},
     )
     eval_every: int = field(
         default=1,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 1000000000",
             "help": "evaluate validation loss every N decisions in finetune runs and, unless raise.episode_eval_every "
             "says otherwise, in RAISE's training episodes",
         },
     )
     decision_interval: int = field(
         default=1,
-        metadata={"range": ">= 1", "help": "M: optimizer updates per selection decision"},
+        metadata={"range": ">= 1, <= 1000000000", "help": "M: optimizer updates per selection decision"},
     )
     max_budget_epochs: float = field(
         default=20.0,
@@ -252,11 +255,11 @@ class FeatureConfig:
     )
     pca_dim: int = field(
         default=32,
-        metadata={"range": ">= 1", "help": "semantic embedding dims after PCA"},
+        metadata={"range": ">= 1, <= 4096", "help": "semantic embedding dims after PCA"},
     )
     batch_size: int = field(
         default=16,
-        metadata={"range": ">= 1", "help": "forward-pass batch size"},
+        metadata={"range": ">= 1, <= 1048576", "help": "forward-pass batch size"},
     )
     cache: bool = field(
         default=True,
@@ -265,7 +268,7 @@ class FeatureConfig:
     reference_steps: int = field(
         default=128,
         metadata={
-            "range": ">= 0",
+            "range": ">= 0, <= 1000000000",
             "help": "add the column reference_loss: each example's response loss under the model tuned for this many "
             "steps on the target's validation split (train.learning_rate, train.batch_size); 0: no such column [ours]",
         },
@@ -279,7 +282,7 @@ class RaiseConfig:
     clusters: int = field(
         default=2,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 4096",
             "help": "C: k-means clusters; each decision takes b = B / C per cluster. The default is the paper's "
             "diversity constraint; configs whose pools mix in irrelevant or corrupted families (synthetic.yaml, "
             "smollm2_gsm8k_mixed.yaml, the recipes) set 1, so that no quota forces picks from those clusters",
@@ -287,7 +290,7 @@ class RaiseConfig:
     )
     hidden_size: int = field(
         default=64,
-        metadata={"range": ">= 1", "help": "acquisition MLP width"},
+        metadata={"range": ">= 1, <= 4096", "help": "acquisition MLP width"},
     )
     temperature: float = field(
         default=1.0,
@@ -308,7 +311,7 @@ class RaiseConfig:
     head_dims: int | None = field(
         default=None,
         metadata={
-            "range": ">= 0",
+            "range": ">= 0, <= 4096",
             "help": "k: a linear head over the first k static fused columns (None: every named column: the difficulty "
             "columns, target_similarity and reference_loss), its weights drawn once per training episode from a "
             "Gaussian whose mean moves after each update (0: none) [ours]",
@@ -365,11 +368,17 @@ class RaiseConfig:
     )
     episodes: int = field(
         default=32,
-        metadata={"range": ">= 1", "help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)"},
+        metadata={
+            "range": ">= 1, <= 1000000000",
+            "help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)",
+        },
     )
     episodes_per_update: int = field(
         default=8,
-        metadata={"range": ">= 1", "help": "E: episodes played with one policy before each PPO update [ours]"},
+        metadata={
+            "range": ">= 1, <= 1000000000",
+            "help": "E: episodes played with one policy before each PPO update [ours]",
+        },
     )
     baseline: str = field(
         default="fitted",
@@ -382,7 +391,7 @@ class RaiseConfig:
     episode_steps: int | None = field(
         default=None,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 1000000000",
             "help": "optimizer updates per training episode; None: train-selector uses the run budget "
             "(train.budget_steps / budget_fraction), compare its first budget",
         },
@@ -390,7 +399,7 @@ class RaiseConfig:
     episode_eval_every: int | None = field(
         default=None,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 1000000000",
             "help": "validation passes (so rewards) every N decisions in training episodes; None: train.eval_every, "
             "the schedule the selector is deployed with (another one at deployment is warned about)",
         },
@@ -425,11 +434,11 @@ class RaiseConfig:
     )
     update_epochs: int = field(
         default=4,
-        metadata={"range": ">= 1", "help": "epochs over the stored decisions per PPO update"},
+        metadata={"range": ">= 1, <= 1000000", "help": "epochs over the stored decisions per PPO update"},
     )
     minibatch_size: int = field(
         default=8,
-        metadata={"range": ">= 1", "help": "decisions per minibatch"},
+        metadata={"range": ">= 1, <= 1000000000", "help": "decisions per minibatch"},
     )
     target_kl: float | None = field(
         default=0.05,
@@ -460,7 +469,7 @@ class RaiseConfig:
     rollout_workers: int = field(
         default=0,
         metadata={
-            "range": ">= 0",
+            "range": ">= 0, <= 65536",
             "help": "Ray actors that play each update's episodes (0: one after another in this process); needs pip "
             "install raise-select[ray]",
         },
@@ -475,7 +484,7 @@ class RaiseConfig:
     worker_cpus: int = field(
         default=1,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 65536",
             "help": "CPUs each rollout worker reserves on the cluster, also its torch thread count",
         },
     )
@@ -496,7 +505,7 @@ class RaiseConfig:
     proxy_max_length: int | None = field(
         default=None,
         metadata={
-            "range": ">= 2",
+            "range": ">= 2, <= 1048576",
             "help": "truncate the training episodes' examples to this many tokens (pool.max_length's rule) on the "
             "proxy; None: pool.max_length [ours]",
         },
@@ -504,7 +513,7 @@ class RaiseConfig:
     proxy_decision_interval: int | None = field(
         default=None,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 1000000000",
             "help": "M of the training episodes (optimizer updates per decision, so validation passes per reward) "
             "on the proxy; None: train.decision_interval [ours]",
         },
@@ -512,7 +521,7 @@ class RaiseConfig:
     proxy_layers: int | None = field(
         default=None,
         metadata={
-            "range": ">= 1",
+            "range": ">= 1, <= 4096",
             "help": "play the training episodes on the first N decoder layers of the proxy (or of the target "
             "model when proxy_model is null); None: all layers [ours]",
         },
@@ -574,13 +583,18 @@ class CompareConfig:
     )
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
-        metadata={"unique": True, "non_empty": True, "each_range": ">= 0", "help": "fine-tuning seeds per method"},
+        metadata={
+            "unique": True,
+            "non_empty": True,
+            "each_range": ">= 0, <= 4294967295",
+            "help": "fine-tuning seeds per method",
+        },
     )
     full_seeds: list[int] | None = field(
         default=None,
         metadata={
             "unique": True,
-            "each_range": ">= 0",
+            "each_range": ">= 0, <= 4294967295",
             "help": 'fine-tuning seeds of the "full" method (its runs cost 1 Φ each); None: `seeds`',
         },
     )
@@ -589,7 +603,7 @@ class CompareConfig:
         metadata={
             "unique": True,
             "non_empty": True,
-            "each_range": ">= 0",
+            "each_range": ">= 0, <= 4294967295",
             "help": "RAISE: one selector training per seed (policy init, k-means, episodes), each deployed over `seeds`",
         },
     )
@@ -601,7 +615,7 @@ class CompareConfig:
         default_factory=list,
         metadata={
             "unique": True,
-            "each_range": ">= 1",
+            "each_range": ">= 1, <= 1000000000",
             "help": "budgets in optimizer updates (used instead of `budgets` when given)",
         },
     )
@@ -617,7 +631,10 @@ class Config:
 
     seed: int = field(
         default=0,
-        metadata={"range": ">= 0", "help": "seeds data order, model init (tiny models), dropout and the selector"},
+        metadata={
+            "range": ">= 0, <= 4294967295",
+            "help": "seeds data order, model init (tiny models), dropout and the selector",
+        },
     )
     output: str | None = field(
         default=None,
@@ -676,17 +693,19 @@ def _settings(node: Any, prefix: str = "", in_list: bool = False) -> Iterator[tu
 
 
 def _in_range(value: float, rule: str) -> bool:
+    if ", " in rule and not rule.startswith(("[", "(")):  # ">= 1, <= 65536": every bound holds
+        return all(_in_range(value, part) for part in rule.split(", "))
     if rule.startswith(("[", "(")):
         low, high = (float(x) for x in rule[1:-1].split(","))
         above = value >= low if rule[0] == "[" else value > low
         below = value <= high if rule[-1] == "]" else value < high
         return above and below
     operator, bound = rule.split()
-    return value >= float(bound) if operator == ">=" else value > float(bound)
+    return {">=": value >= float(bound), ">": value > float(bound), "<=": value <= float(bound)}[operator]
 
 
 def _check_range(name: str, value: Any, rule: str, default: Any, element: bool) -> None:
-    if value is None or (math.isfinite(value) and _in_range(value, rule)):
+    if value is None or (isinstance(value, int) or math.isfinite(value)) and _in_range(value, rule):
         return
     if default is not None and not element:
         fix = f"e.g. {name}={default} (the default)"
@@ -694,15 +713,17 @@ def _check_range(name: str, value: Any, rule: str, default: Any, element: bool) 
         fix = "give every element in that range"
     else:
         fix = "give a value in that range, or null for the default"
-    raise UserError(f"{name}={value!r} is out of range: it must be {rule}; {fix}")
+    shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:12]}...({len(repr(value))} digits)"
+    raise UserError(f"{name}={shown} is out of range: it must be {rule}; {fix}")
 
 
 def validate(config: Config) -> None:
     """Check every setting against the rules in its field's metadata, then the cross-field rules below;
     the first problem is a one-line UserError naming the field, the value and a fix.
 
-    A field's metadata may hold ``range`` (">= 1", "> 0", "[0, 1]" closed, "[0, 1)" half open; None
-    is always allowed and floats must be finite), ``each_range`` (the same for every element of a
+    A field's metadata may hold ``range`` (">= 1", "> 0", "[0, 1]" closed, "[0, 1)" half open,
+    ">= 1, <= 65536" both bounds; None is always allowed and floats must be finite; every integer
+    setting has an upper bound, so that a typo cannot ask for more than memory or numpy's seeds hold), ``each_range`` (the same for every element of a
     list), ``choices``, ``non_empty`` (a string or list) and ``unique`` (a list without repeats).
     """
     settings = list(_settings(config))

@@ -22,7 +22,7 @@ import yaml
 
 from .config import EXPERIMENTAL_FIELDS, Config, validate
 from .errors import UserError
-from .io_utils import user_path
+from .io_utils import DuplicateKeyError, load_yaml, user_path
 
 # YAML uses "raise" for the RaiseConfig section (``raise`` is a Python keyword).
 _YAML_ALIASES = {"raise": "raise_"}
@@ -73,6 +73,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"'{where}' must be a mapping, got {value!r}")
+        if args and args[1] is str:  # names (pool.sources[].fields): a number or a list is no name
+            for key, item in value.items():
+                if not isinstance(item, str) or not isinstance(key, str):
+                    raise UserError(
+                        f"'{where}' maps names to names, got {key!r}: {item!r}; quote both, e.g. {{output: answer}}"
+                    )
         return {str(k): v for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)  # finiteness and ranges: validate()
@@ -99,7 +105,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise UserError(f"override '{item}' is not of the form field.path=value (e.g. train.learning_rate=1e-4)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = load_yaml(raw) if raw != "" else None
+        except DuplicateKeyError as error:
+            raise UserError(f"override '{item}' sets {error.key!r} twice; give each key once") from None
         except yaml.YAMLError:
             raise UserError(
                 f"override '{item}': the value is not valid YAML; close brackets and quotes "
@@ -127,10 +135,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         data = _read_with_base(Path(path), ())
+        _check_sections(Config, data, f"config {path}")  # the file's own mistakes, before an override meets them
     data = apply_overrides(data, list(overrides or []))
     config = from_dict(Config, data)
     validate(config)
     return config
+
+
+def _check_sections(cls: type, data: dict, source: str, prefix: str = "") -> None:
+    """Every section (a dataclass field) that ``data`` sets is a mapping, at any depth."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        name = _YAML_ALIASES.get(key, key) if cls is Config else key
+        if name in hints and dataclasses.is_dataclass(hints[name]) and value is not None:
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{prefix}{key}' must be a mapping of fields, got {value!r}; fix the file")
+            _check_sections(hints[name], value, source, f"{prefix}{key}.")
+
+
+def load_saved_config(path: str | Path) -> Config:
+    """A run folder's ``config.yaml`` (what :func:`dump_config` wrote): a file that is not one (not a
+    mapping, a section missing, an unknown field or a wrong type) is reported as damaged, not compared."""
+    path = Path(path)
+    try:
+        data = _read_yaml(path)
+        missing = [name for name in _SAVED_SECTIONS if not isinstance(data.get(name), dict)]
+        if missing:
+            raise UserError(f"it has no {', '.join(missing)} section")
+        config = from_dict(Config, data)
+    except UserError as error:
+        reason = str(error).split(";")[0].removeprefix(f"config {path} ")
+        raise UserError(
+            f"{path} is damaged ({reason}), so its run cannot be continued; restore the file the command wrote, "
+            "or choose another --output"
+        ) from None
+    return config
+
+
+_SAVED_SECTIONS = ("model", "pool", "target", "train", "features", "raise")  # in every config.yaml ever written
 
 
 def recipe_path(name: str) -> Path:
@@ -168,7 +210,12 @@ def _read_yaml(path: Path) -> dict:
     with user_path(path, "read the config"):
         text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise UserError(
+            f"config {path} line {exc.line} sets {exc.key!r} again (first on line {exc.first_line}); YAML would "
+            "silently keep the later one: merge the two into one entry"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -16,6 +16,7 @@ import copy
 import csv
 import io
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -28,10 +29,10 @@ from .config import (
     Config,
     episode_eval_every,
 )
-from .config_io import changed_settings, dump_config, load_config, recipe_path
+from .config_io import changed_settings, dump_config, load_config, load_saved_config, recipe_path
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
-from .io_utils import atomic_write, read_json, write_json, write_text
+from .io_utils import atomic_write, read_json, uninterrupted, write_json, write_text
 from .lm_eval_bridge import check_lm_eval_available
 from .pipeline import PhaseCost, Workbench, forward_token_weight, ledger, run_finetune
 from .run_folders import (
@@ -44,14 +45,18 @@ from .run_folders import (
     RESULTS_CSV,
     RESULTS_JSON,
     RESULTS_MD,
+    RUNS_DIR,
     SELECTOR_DIR,
     SELECTOR_FILE,
+    SELECTOR_SEED_PREFIX,
     SELECTOR_TRAINING,
+    SUMMARY_FILE,
     FolderSwap,
     RunResult,
     best_static_file,
     check_output,
     comparison_run_dir,
+    folder_kind,
     interrupted_parts,
     load_run,
     output_lock,
@@ -100,7 +105,7 @@ def check_resume(output: Path, config: Config) -> dict:
 
     saved_config = output / CONFIG_FILE
     if saved_config.is_file():
-        saved = load_config(saved_config)
+        saved = load_saved_config(saved_config)
         changed = changed_settings(saved, config, RESUMABLE_SELECTOR_TRAINING)
         if episode_eval_every(saved) != episode_eval_every(config):  # train.eval_every, where it is the episodes'
             changed.append("train.eval_every")
@@ -136,6 +141,17 @@ class _AfterFirstEpisode(Callback):
             if self.swap is not None:
                 self.swap.commit()
             self.written = True
+
+
+def check_layer_cuts(config: Config) -> None:
+    """``model.num_layers`` and ``raise.proxy_layers`` within their models' decoder stacks, before any work."""
+    from .model import check_layer_cut
+
+    check_layer_cut(config.model)
+    settings = config.raise_
+    if settings.proxy_layers is not None:
+        proxy = replace(config.model, name=settings.proxy_model or config.model.name, num_layers=settings.proxy_layers)
+        check_layer_cut(proxy, "raise.proxy_layers")
 
 
 def check_rollout_workers(config: Config) -> None:
@@ -180,6 +196,7 @@ def train_raise_selector(
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
     with output_lock(output, "train-selector"):
         check_rollout_workers(config)
+        check_layer_cuts(config)
         check_output(output, SELECTOR_TRAINING, resume=resume, overwrite=overwrite)
         checkpoint = check_resume(output, config) if resume else None
         if bench is None:
@@ -344,8 +361,23 @@ def _budget_list(config: Config, pool_size: int) -> list[tuple[float, int]]:
 
 def run_comparison(config: Config, output: Path, progress: bool = True, bench: Workbench | None = None) -> dict:
     """Every method x budget x seed at equal step budgets on one model, pool and target."""
+    output = Path(output)
     with output_lock(output, "compare"):
-        return _run_comparison(config, Path(output), progress, bench)
+        fresh = folder_kind(output) is None
+        try:
+            return _run_comparison(config, output, progress, bench)
+        except UserError:
+            if fresh:  # a failed start leaves no folder whose config.yaml would refuse the corrected settings
+                _remove_unstarted(output)
+            raise
+
+
+def _remove_unstarted(output: Path) -> None:
+    """Remove a comparison folder holding nothing a re-run would reuse (no run, no selector checkpoint)."""
+    started = [*output.glob(f"{SELECTOR_SEED_PREFIX}*/{CHECKPOINT_FILE}"), *output.glob(f"{RUNS_DIR}/*/{SUMMARY_FILE}")]
+    if output.is_dir() and not started:
+        with uninterrupted():
+            shutil.rmtree(output, ignore_errors=True)
 
 
 def _run_comparison(config: Config, output: Path, progress: bool, bench: Workbench | None) -> dict:
@@ -359,9 +391,10 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
             build_selector(method, config)
     if "raise" in methods and config.raise_.policy is None:
         check_rollout_workers(config)
+        check_layer_cuts(config)
     check_lm_eval_available(config.target.lm_eval if config.compare.test_metric else [])
+    check_output(output, COMPARISON)  # the folder's kind first: its config.yaml means nothing in another kind
     _check_resumable(output, config)
-    check_output(output, COMPARISON)
     for part in interrupted_parts(output):  # what a killed run of this comparison left: cleaned up under its lock
         with output_lock(part, "compare"):
             pass
@@ -478,7 +511,7 @@ def _check_resumable(output: Path, config: Config) -> None:
     previous = output / CONFIG_FILE
     if not previous.is_file():
         return
-    saved = load_config(previous)
+    saved = load_saved_config(previous)
     changed = changed_settings(saved, config, RESUMABLE_COMPARISON)
     if changed:
         sections = ", ".join(dict.fromkeys(name.split(".")[0] for name in changed))

@@ -1,5 +1,5 @@
 """Atomic file writes (a temporary file or folder in the same place, then a rename over the target),
-JSON / JSONL reading and writing, and the one boundary where OS errors on the user's paths become
+JSON / JSONL reading and writing, YAML reading that refuses a key written twice, and the one boundary where OS errors on the user's paths become
 one-line :class:`UserError` s."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import UserError
 
@@ -187,6 +189,36 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                         f"{path} line {number} is not valid JSON; re-run the command that wrote it"
                     ) from None
     return rows
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that sets one key twice: plain YAML keeps the later silently, we refuse it."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark):
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=again)
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key set twice in one mapping (at any depth) is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" may be overridden key by key
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                with contextlib.suppress(TypeError):  # an unhashable key: the safe loader's own error follows
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], key_node.start_mark)
+                    seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key set twice in one mapping."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _jsonable(value: Any) -> Any:

@@ -200,8 +200,10 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
-def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
-    """Load the model for fine-tuning: fp32 weights, LoRA adapters (seeded) or all weights trainable."""
+def load_model(config: ModelConfig, seed: int = 0, layers_setting: str = "model.num_layers") -> LoadedModel:
+    """Load the model for fine-tuning: fp32 weights, LoRA adapters (seeded) or all weights trainable.
+
+    ``layers_setting`` is the setting that asked for ``config.num_layers``, named in its error messages."""
     device = _resolve_device(config.device)
     path = resolve_model_path(config.name)
     try:
@@ -213,7 +215,7 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
             f"could not load model '{config.name}' from {path}: {reason}; give a folder saved with save_pretrained"
         ) from None
     if config.num_layers is not None:
-        _keep_first_layers(model, config)
+        _keep_first_layers(model, config, layers_setting)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(
@@ -229,18 +231,36 @@ def load_model(config: ModelConfig, seed: int = 0) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, name=config.name, path=path, device=device)
 
 
-def _keep_first_layers(model: torch.nn.Module, config: ModelConfig) -> None:
+def check_layer_cut(config: ModelConfig, setting: str = "model.num_layers") -> None:
+    """Refuse ``config.num_layers`` beyond the model's decoder layers from its config.json alone, before
+    any weights load (the cut itself, :func:`load_model`, checks again)."""
+    if config.num_layers is None:
+        return
+    from transformers import AutoConfig
+
+    path = resolve_model_path(config.name)
+    try:
+        layers = getattr(AutoConfig.from_pretrained(path), "num_hidden_layers", None)
+    except (OSError, ValueError):
+        return  # an unreadable model folder: load_model names the problem
+    if isinstance(layers, int) and config.num_layers > layers:
+        raise UserError(
+            f"{setting}={config.num_layers} but model '{config.name}' has {layers} decoder layers; give at most {layers}"
+        )
+
+
+def _keep_first_layers(model: torch.nn.Module, config: ModelConfig, setting: str) -> None:
     """Cut the decoder stack to its first ``config.num_layers`` layers, in place (final norm and output
     layer kept): a cheaper model with the same tokenizer and embedding, e.g. a selector-training proxy."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise UserError(
-            f"model.num_layers: model '{config.name}' has no decoder stack at model.layers (a Llama-style causal "
-            "LM); remove num_layers (raise.proxy_layers) or use such a model"
+            f"{setting}: model '{config.name}' has no decoder stack at model.layers (a Llama-style causal "
+            f"LM); remove {setting} or use such a model"
         )
     if config.num_layers > len(layers):
         raise UserError(
-            f"model.num_layers={config.num_layers} but model '{config.name}' has {len(layers)} decoder layers; "
+            f"{setting}={config.num_layers} but model '{config.name}' has {len(layers)} decoder layers; "
             f"give at most {len(layers)}"
         )
     model.model.layers = layers[: config.num_layers]

@@ -207,7 +207,7 @@ class Workbench:
         config.train.decision_interval = settings.proxy_decision_interval or config.train.decision_interval
         same_model = config.model == self.config.model
         with progress_bars(progress):
-            lm = self.lm if same_model else load_model(config.model, seed=config.seed)
+            lm = self.lm if same_model else load_model(config.model, config.seed, layers_setting="raise.proxy_layers")
         max_length = config.pool.max_length
         return Workbench(
             config,

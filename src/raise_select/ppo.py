@@ -597,6 +597,10 @@ def save_checkpoint(
     atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
 
 
+# A damaged checkpoint cannot be continued: the training starts again, in place or elsewhere.
+_RESTART = "it cannot be continued: train again with --overwrite instead of --resume, or into another --output"
+
+
 def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
     """Read and check a checkpoint for resuming (the same config and seed, except the episode count)."""
     if not path.is_file():
@@ -605,10 +609,10 @@ def load_checkpoint(path: Path, config: RaiseConfig, seed: int) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise UserError(
-            f"{path} is not a readable raise-select checkpoint ({type(exc).__name__}); start without --resume"
+            f"{path} is not a readable raise-select checkpoint ({type(exc).__name__}); {_RESTART}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a raise-select PPO checkpoint; start without --resume")
+        raise UserError(f"{path} is not a raise-select PPO checkpoint; {_RESTART}")
     saved = payload["selector_metadata"]["config"]
     defaults = trained_settings(RaiseConfig())  # a setting added since the checkpoint was written had its default
     changed = sorted(k for k, v in _comparable_config(config).items() if saved.get(k, defaults.get(k)) != v)

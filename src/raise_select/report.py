@@ -11,6 +11,9 @@ be checked against the tables (which method is lowest, by how much, against whic
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from .analysis import (
     value_shares,
 )
 from .errors import UserError
-from .io_utils import read_json, write_text
+from .io_utils import make_dirs, user_path, write_text
 from .plots import (
     plot_ppo_curve,
     plot_score_drivers,
@@ -62,6 +65,7 @@ from .run_folders import (
     read_config,
     read_episodes,
     read_selector_metadata,
+    read_shaped_json,
     result_row,
     selector_trainings,
     skipped_records_note,
@@ -88,8 +92,13 @@ def write_report(run_dir: Path) -> Path:
     kind = detect_kind(run_dir)
     with output_lock(run_dir, "report"):
         report = _Report(run_dir)
-        {"compare": _compare_report, "finetune": _finetune_report, "train-selector": _selector_report}[kind](report)
-        return write_text(run_dir / REPORT_FILE, report.render())
+        try:
+            {"compare": _compare_report, "finetune": _finetune_report, "train-selector": _selector_report}[kind](report)
+            text = report.render()
+            report.publish_plots()  # only once every file has been read: a refused report changes nothing
+            return write_text(run_dir / REPORT_FILE, text)
+        finally:
+            shutil.rmtree(report.plots_dir, ignore_errors=True)
 
 
 class _Report:
@@ -97,7 +106,7 @@ class _Report:
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.plots_dir = run_dir / PLOTS_DIR
+        self.plots_dir = run_dir / f".{PLOTS_DIR}.{secrets.token_hex(4)}.tmp"  # staged: see publish_plots
         self.title = ""
         self.what_was_run: list[str] = []
         self.sections: list[str] = []
@@ -112,7 +121,16 @@ class _Report:
 
     def image(self, path: Path | None, caption: str) -> str:
         """Markdown embedding a written plot by its path relative to the report ('' if not drawn)."""
-        return f"![{caption}]({path.relative_to(self.run_dir).as_posix()})" if path else ""
+        return f"![{caption}]({PLOTS_DIR}/{path.name})" if path else ""
+
+    def publish_plots(self) -> None:
+        """Move the staged plots into ``plots/`` (each an atomic rename)."""
+        staged = sorted(self.plots_dir.glob("*.png")) if self.plots_dir.is_dir() else []
+        if staged:
+            target = make_dirs(self.run_dir / PLOTS_DIR)
+            with user_path(target, "write"):
+                for plot in staged:
+                    os.replace(plot, target / plot.name)
 
     def render(self) -> str:
         parts = [f"# {self.title}", "## What was run\n\n" + "\n".join(f"- {line}" for line in self.what_was_run)]
@@ -126,7 +144,7 @@ class _Report:
 
 def _compare_report(report: _Report) -> None:
     run_dir = report.run_dir
-    results = read_json(run_dir / RESULTS_JSON)
+    results = read_shaped_json(run_dir / RESULTS_JSON)
     rows = results.get("rows") or []
     summary = results.get("summary") or summarize(rows)
     test_metric = next((r["test_metric"] for r in rows if r.get("test_metric")), None)

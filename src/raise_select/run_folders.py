@@ -26,6 +26,8 @@ are ``raise-sel<S>-<steps>steps-s<seed>``) and ``results.json`` / ``results.csv`
 ``report`` adds ``report.md`` and ``plots/*.png`` to any of them.
 
 The names' values never change: folders written by earlier versions must still be read.
+Every JSON and JSONL file is checked against :data:`FILE_SHAPES` when it is read, so a file edited by
+hand or written by another program is a one-line error, never a traceback.
 
 A folder's kind is read from the files it holds:
 
@@ -73,7 +75,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .io_utils import make_dirs, os_error_message, read_json, read_jsonl, uninterrupted, user_path
+from .io_utils import load_yaml, make_dirs, os_error_message, read_json, read_jsonl, uninterrupted, user_path
 
 # -- file names (shared by every kind of folder)
 CONFIG_FILE = "config.yaml"
@@ -186,11 +188,12 @@ def check_output(folder: Path, kind: str, resume: bool = False, overwrite: bool 
                 "it would delete; move them out of the folder or choose another --output (nothing was written)"
             )
     if kind == SELECTOR_TRAINING:
-        if resume:
+        if resume and found in (None, SELECTOR_TRAINING):  # another kind: the wrong-kind error below
             if found != SELECTOR_TRAINING or not (folder / CHECKPOINT_FILE).is_file():
+                restart = "--overwrite instead of --resume" if found == SELECTOR_TRAINING else "without --resume"
                 raise UserError(
                     f"--resume: no checkpoint in {folder}; pass the --output folder of the interrupted run, "
-                    "or start without --resume"
+                    f"or start {restart}"
                 )
             return
         if found == SELECTOR_TRAINING and not overwrite:
@@ -359,7 +362,7 @@ def clean_interrupted(folder: Path) -> None:
     """Remove what an interrupted command left beside ``folder`` (call with its lock held): staging
     folders ``.<name>.*.tmp`` of an unfinished run, and ``.<name>.old-<pid>``, the previous folder
     moved aside while it was replaced, which is put back when ``folder`` is missing or empty; and in
-    ``folder``, the temporary files ``.<file>.*.tmp`` of unfinished atomic writes."""
+    ``folder``, the temporary files ``.<file>.*.tmp`` of unfinished atomic writes (and a report's staged plots)."""
     folder = Path(folder)
     if not folder.parent.is_dir():
         return
@@ -368,6 +371,8 @@ def clean_interrupted(folder: Path) -> None:
             for path in folder.iterdir():
                 if _ATOMIC_WRITE_LEFTOVER.fullmatch(path.name) and path.is_file():
                     path.unlink()
+                elif _ATOMIC_WRITE_LEFTOVER.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)  # a report's staged plots
     name = re.escape(folder.name)
     staging, moved_aside = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp"), re.compile(rf"\.{name}\.old-\d+")
     with user_path(folder.parent, "clean up"):
@@ -504,6 +509,111 @@ def selector_trainings(comparison: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- reading
 
+_NUMBER, _TEXT, _INTEGER, _LIST, _MAPPING = (int, float), (str,), (int,), (list,), (dict,)
+_REQUIRED = "*required"  # in a shape: the keys that must be present (the others may be missing)
+_RESULT_ROW = {
+    _REQUIRED: ("method",),
+    "method": _TEXT,
+    "run_dir": _TEXT,
+    "test_metric": _TEXT,
+    **dict.fromkeys(("budget", "validation_loss", "validation_loss_initial", "test_score", "test_loss"), _NUMBER),
+    **dict.fromkeys(("budget_steps", "seed", "steps", "selector_seed"), _INTEGER),
+    **dict.fromkeys(("tokens", "seconds"), _NUMBER),
+}
+# What the readers rely on in each JSON file (a JSONL file: in each line): a mapping, and the type of
+# each key they read (None is always allowed; a missing key too: older folders lack some).
+# A key naming a list of mappings ("rows") maps to that row's own key types.
+FILE_SHAPES: dict[str, dict[str, tuple | dict]] = {
+    SUMMARY_FILE: {
+        "method": _TEXT,
+        "model": _TEXT,
+        "target": _TEXT,
+        **dict.fromkeys(("seed", "budget_steps", "batch_size", "pool_size", SKIPPED_COUNT), _INTEGER),
+        "budget_fraction": _NUMBER,
+        SKIPPED_FIRST: _LIST,
+    },
+    EVALUATION_FILE: {"validation_loss_initial": _NUMBER, "validation_loss_final": _NUMBER, "test": _MAPPING},
+    LEDGER_FILE: {"phi": _MAPPING, "phases": _MAPPING},
+    RESULTS_JSON: {
+        "rows": _RESULT_ROW,
+        "summary": {
+            _REQUIRED: ("method",),
+            "method": _TEXT,
+            "test_metric": _TEXT,
+            "n_seeds": _INTEGER,
+            **dict.fromkeys(("budget", "validation_loss_mean", "validation_loss_std", "test_score_mean"), _NUMBER),
+        },
+        "selector_seeds": _LIST,
+        "oracle_gap": _LIST,
+        "ledger": _MAPPING,
+    },
+    METRICS_FILE: {
+        **dict.fromkeys(("decision", "step"), _INTEGER),
+        **dict.fromkeys(("train_loss", "validation_loss", "reward", "seconds", "tokens"), _NUMBER),
+    },
+    SELECTIONS_FILE: {
+        **dict.fromkeys(("decision", "step"), _INTEGER),
+        **dict.fromkeys(("indices", "ids", "sources", "families", "clusters", "labels"), _LIST),
+    },
+    EPISODES_FILE: {
+        **dict.fromkeys(("episode", "update", "decisions"), _INTEGER),
+        **dict.fromkeys(("return", "validation_loss_initial", "validation_loss_final", "seconds", "tokens"), _NUMBER),
+    },
+    SELECTOR_FILE: {"provenance": _MAPPING, "config": _MAPPING, "feature_layout": _LIST},
+}
+
+
+def check_shape(path: Path, value, shape: dict | None = None, where: str = "") -> None:
+    """Refuse a run-folder file whose content does not have the shape :data:`FILE_SHAPES` gives it."""
+    path = Path(path)
+    shape = FILE_SHAPES[path.name] if shape is None else shape
+    if not isinstance(value, dict):
+        raise _misshapen(path, f"{where or 'it'} is a JSON {_json_type(value)}, not an object")
+    missing = [key for key in shape.get(_REQUIRED, ()) if value.get(key) is None]
+    if missing:
+        raise _misshapen(path, f"{where}has no {missing[0]!r}")
+    for key, kinds in shape.items():
+        item = value.get(key)
+        if item is None or key == _REQUIRED:
+            continue
+        if isinstance(kinds, dict):  # a list of mappings
+            if not isinstance(item, list):
+                raise _misshapen(path, f"{where}{key!r} is a JSON {_json_type(item)}, not a list")
+            for index, row in enumerate(item):
+                check_shape(path, row, kinds, f"{where}{key}[{index}] ")
+        elif isinstance(item, bool) or not isinstance(item, kinds):
+            expected = {_NUMBER: "a number", _TEXT: "a string", _INTEGER: "an integer", _LIST: "a list"}.get(
+                kinds, "an object"
+            )
+            raise _misshapen(path, f"{where}{key!r} is {str(json.dumps(item))[:40]}, not {expected}")
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null")
+
+
+def _misshapen(path: Path, problem: str) -> UserError:
+    return UserError(
+        f"{path} is not the file raise-select writes ({problem.strip()}); re-run the command that wrote it, "
+        "or restore the file"
+    )
+
+
+def read_shaped_json(path: Path) -> dict:
+    """A run folder's JSON file, checked against :data:`FILE_SHAPES`."""
+    data = read_json(path)
+    check_shape(path, data)
+    return data
+
+
+def read_shaped_jsonl(path: Path) -> list[dict]:
+    """A run folder's JSONL file, each line checked against :data:`FILE_SHAPES`."""
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, 1):
+        check_shape(path, row, where=f"line {number} ")
+    return rows
+
 
 def read_config(folder: Path) -> dict:
     """A folder's ``config.yaml`` as plain data ({} when it has none); invalid YAML is a UserError."""
@@ -513,14 +623,20 @@ def read_config(folder: Path) -> dict:
     with user_path(path, "read"):
         text = path.read_text(encoding="utf-8")
     try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError:
+        data = load_yaml(text)
+    except yaml.YAMLError:  # a duplicate key too: the file was edited by hand
         raise UserError(f"{path} is not valid YAML; re-run the command that wrote it") from None
+    if data is not None and not isinstance(data, dict):
+        raise UserError(
+            f"{path} is a YAML {type(data).__name__}, not the mapping of settings its command writes; "
+            "re-run the command that wrote it"
+        )
+    return data or {}
 
 
 def read_optional_json(path: Path) -> dict:
     """A JSON file of a run folder, or {} when it is missing (optional files of older or partial folders)."""
-    return read_json(path) if Path(path).is_file() else {}
+    return read_shaped_json(path) if Path(path).is_file() else {}
 
 
 def read_explain(path: Path) -> list[dict] | None:
@@ -535,7 +651,7 @@ def read_explain(path: Path) -> list[dict] | None:
 def read_episodes(folder: Path) -> list[dict]:
     """A selector-training folder's ``episodes.jsonl`` rows ([] when it has none)."""
     path = Path(folder) / EPISODES_FILE
-    return read_jsonl(path) if path.is_file() else []
+    return read_shaped_jsonl(path) if path.is_file() else []
 
 
 def read_selector_metadata(selector_dir: Path) -> dict:
@@ -557,8 +673,8 @@ def load_run(folder: Path) -> dict | None:
         "path": folder,
         "config": read_config(folder),
         "summary": read_optional_json(folder / SUMMARY_FILE),
-        "metrics": read_jsonl(folder / METRICS_FILE),
-        "selections": read_jsonl(selections) if selections.is_file() else [],
+        "metrics": read_shaped_jsonl(folder / METRICS_FILE),
+        "selections": read_shaped_jsonl(selections) if selections.is_file() else [],
         "evaluation": read_optional_json(folder / EVALUATION_FILE),
         "ledger": read_optional_json(folder / LEDGER_FILE),
         "explain": read_explain(folder / EXPLAIN_FILE),

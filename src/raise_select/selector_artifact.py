@@ -113,6 +113,7 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
         )
     try:
         pca_dim = int(metadata["pca_dim"])
+        _check_layout(metadata, pca_dim)
         centroids = np.asarray(metadata["centroids"], dtype=np.float32).reshape(-1, pca_dim)
         artifact = RaiseArtifact(
             config=from_dict(RaiseConfig, trained_settings(metadata["config"]), where="selector.config"),
@@ -126,14 +127,52 @@ def artifact_from_payload(metadata: dict, tensors: dict[str, torch.Tensor], fold
             embedding_space=str(metadata["embedding_space"]),
             provenance=dict(metadata.get("provenance") or {}),
         )
+    except _Inconsistent as exc:
+        raise _not_a_selector(folder, f"{METADATA_FILE} is inconsistent: {exc}") from None
     except (KeyError, TypeError, ValueError, UserError) as exc:
         raise _not_a_selector(folder, f"{METADATA_FILE} is incomplete: {type(exc).__name__} {exc}") from None
+    if len(artifact.centroids) != artifact.config.clusters:
+        found = f"{len(artifact.centroids)} centroids for config.clusters={artifact.config.clusters}"
+        raise _not_a_selector(folder, f"{METADATA_FILE} is inconsistent: {found}")
     if not any(k.startswith("policy.") for k in tensors) or not any(k.startswith("critic.") for k in tensors):
         raise _not_a_selector(folder, f"{WEIGHTS_FILE} lacks policy or critic tensors")
+    inputs = [tensors[name].shape[-1] for name in _INPUT_LAYERS if name in tensors]
+    if len(inputs) == len(_INPUT_LAYERS) and sum(inputs) != len(artifact.feature_layout):
+        found = f"{len(artifact.feature_layout)} feature_layout columns for weights that read {sum(inputs)}"
+        raise _not_a_selector(folder, f"{METADATA_FILE} is inconsistent: {found}")
     _check_finite(
         tensors, f"{folder} holds", "it cannot score candidates; train a new one with `raise-select train-selector`"
     )
     return artifact
+
+
+# The policy's input layers: together they read every column of the fused feature layout.
+_INPUT_LAYERS = ("policy.static_layer.weight", "policy.dynamic_layer.weight")
+
+
+class _Inconsistent(ValueError):
+    """selector.json's arrays disagree with its own layout."""
+
+
+def _check_layout(metadata: dict, pca_dim: int) -> None:
+    """The arrays of selector.json against its own layout: the standardization has one entry per static
+    column (difficulty) and per embedding dimension, each centroid ``pca_dim`` finite numbers."""
+    names = metadata["static_names"]
+    sizes = {"difficulty_mean": len(names), "difficulty_std": len(names), "embedding_mean": pca_dim}
+    sizes["embedding_std"] = pca_dim
+    arrays = {f"standardization.{key}": (metadata["standardization"].get(key), size) for key, size in sizes.items()}
+    arrays.update({f"centroids[{i}]": (row, pca_dim) for i, row in enumerate(metadata["centroids"])})
+    if pca_dim < 1 or not metadata["centroids"]:
+        raise _Inconsistent(f"pca_dim={pca_dim} with {len(metadata['centroids'])} centroids")
+    static_columns = sum(isinstance(e, dict) and e.get("block") == "static" for e in metadata["feature_layout"])
+    if static_columns != len(names) + pca_dim:
+        raise _Inconsistent(
+            f"feature_layout has {static_columns} static columns for {len(names)} static_names and pca_dim={pca_dim}"
+        )
+    for name, (values, size) in arrays.items():
+        array = np.asarray(values if isinstance(values, list) else [], dtype=np.float64)
+        if array.shape != (size,) or not np.isfinite(array).all():
+            raise _Inconsistent(f"{name} must be {size} finite numbers (the layout's size), got {str(values):.60}")
 
 
 def save_artifact(artifact: RaiseArtifact, folder: str | os.PathLike) -> Path:

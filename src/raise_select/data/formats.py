@@ -35,6 +35,9 @@ from ..errors import UserError
 from ..io_utils import user_path
 from .types import Example
 
+# The roles a conversation may hold: what chat templates (and the plain "Role: text" rendering) know.
+CHAT_ROLES = ("system", "user", "assistant")
+
 # What each format needs, for error messages.
 _FORMAT_NEEDS = {
     "alpaca": "'instruction' and 'output' (optional 'input')",
@@ -113,8 +116,9 @@ def record_to_example(
             response_name = "completion"
         prompt = _text_field(record, name("prompt"), fmt, fields)
         messages, response = [{"role": "user", "content": prompt}], _text_field(record, response_name, fmt, fields)
-    if not response:
-        raise RecordError("the response is empty; every example needs a non-empty response to train on")
+    if not response.strip():
+        what = "empty" if not response else "only whitespace"
+        raise RecordError(f"the response is {what}; every example needs a response with text to train on")
 
     meta: dict[str, Any] = {"family": tag}
     answer_name = name("answer")
@@ -180,6 +184,11 @@ def _split_messages(messages: Any, field_name: str) -> tuple[list[dict[str, str]
             and isinstance(message.get("content"), str)
         ):
             raise RecordError(f"{field_name}[{index}] must be an object with string 'role' and 'content'")
+        if message["role"] not in CHAT_ROLES:
+            raise RecordError(
+                f"{field_name}[{index}] has the unknown role {message['role']!r}; "
+                f"allowed roles: {', '.join(CHAT_ROLES)}"
+            )
     assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant_turns:
         raise RecordError(f"'{field_name}' has no assistant message; the last assistant turn is the trained response")

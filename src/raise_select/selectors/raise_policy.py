@@ -86,6 +86,7 @@ import datetime
 import hashlib
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import pairwise_distances_argmin
 from torch import nn
 from torch.nn import functional as F
@@ -197,7 +199,19 @@ def fit_clusters(embedding: np.ndarray, clusters: int, seed: int) -> np.ndarray:
         kmeans = MiniBatchKMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed, batch_size=4096)
     else:
         kmeans = KMeans(n_clusters=clusters, n_init=KMEANS_INIT, random_state=seed)
-    return kmeans.fit(embedding).cluster_centers_.astype(np.float32)
+    found = len(embedding)  # fewer rows than clusters: k-means cannot run
+    if found >= clusters:
+        with warnings.catch_warnings():  # sklearn's own warning for what the error below says
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            kmeans.fit(embedding)
+        found = len(np.unique(kmeans.labels_))
+        if found >= clusters:
+            return kmeans.cluster_centers_.astype(np.float32)
+    raise UserError(
+        f"k-means finds only {found} distinct cluster{'s' if found != 1 else ''} in the pool's embeddings (its examples "
+        f"are (nearly) identical), fewer than raise.clusters={clusters}; set raise.clusters={max(found, 1)} or fewer "
+        "(and a train.batch_size it divides), or use a more varied pool"
+    )
 
 
 def assign_clusters(embedding: np.ndarray, centroids: np.ndarray) -> np.ndarray:
