@@ -318,7 +318,7 @@ class RaiseConfig:
         },
     )
     head_std: float = field(
-        default=4.0,
+        default=3.0,
         metadata={
             "range": "> 0",
             "help": "spread of the head's per-episode scores over the pool (per-weight std = head_std / sqrt(k))",
