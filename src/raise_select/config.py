@@ -528,15 +528,15 @@ class RaiseConfig:
     )
 
 
-# RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
-# learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change them.
 def episode_eval_every(config: Config) -> int:
     """Decisions between validation passes (so rewards) in RAISE's training episodes."""
     return config.raise_.episode_eval_every or config.train.eval_every
 
 
-# Raise settings a trained selector does not store: how to run, not what it learned (episode_eval_every
-# shapes its training, but what a selector records is the schedule it resolved to: provenance "eval_every").
+# RaiseConfig fields that say where a selector comes from and where its episodes run, not what it
+# learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change
+# them. (episode_eval_every shapes the episodes, but a selector records the schedule it resolved to, its
+# provenance "eval_every", and check_resume refuses a change of that.)
 RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus", "episode_eval_every")
 
 # What a resumed command may change against the run it continues (a section such as "compare" or a
@@ -705,7 +705,7 @@ def _in_range(value: float, rule: str) -> bool:
 
 
 def _check_range(name: str, value: Any, rule: str, default: Any, element: bool) -> None:
-    if value is None or (isinstance(value, int) or math.isfinite(value)) and _in_range(value, rule):
+    if value is None or ((isinstance(value, int) or math.isfinite(value)) and _in_range(value, rule)):
         return
     if default is not None and not element:
         fix = f"e.g. {name}={default} (the default)"

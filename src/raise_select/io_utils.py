@@ -1,6 +1,6 @@
 """Atomic file writes (a temporary file or folder in the same place, then a rename over the target),
-JSON / JSONL reading and writing, YAML reading that refuses a key written twice, and the one boundary where OS errors on the user's paths become
-one-line :class:`UserError` s."""
+JSON / JSONL reading and writing, YAML reading that refuses a key written twice, and the one boundary
+where OS errors on the user's paths become one-line :class:`UserError` s."""
 
 from __future__ import annotations
 

@@ -326,8 +326,8 @@ class SelectionSession:
         }
 
     def _costs_so_far(self) -> dict[str, PhaseCost]:
-        """The ledger's phases until now: ``finetune`` is the time since :meth:`begin` (plus earlier
-        sessions' on resume) less this session's validation and selection, with the training tokens."""
+        """The ledger's phases until now: ``finetune`` is the time since :meth:`begin` (plus that of the
+        runs before a resume) less this run's validation and selection, with the training tokens."""
         costs = {name: PhaseCost(cost.seconds, cost.tokens) for name, cost in self.costs.items()}
         if self.started is not None:
             others = costs["validation"].seconds + costs["selection"].seconds - self.others_at_start
