@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic-testbed config; one torch thread (tiny models run faster
-single-threaded, and the CI machine has two cores); slow tests opt-in with RAISE_SLOW=1.
+single-threaded, and the CI machine has two cores) and the portable CPU kernels (the library's
+default, pinned before any test runs an op); slow tests opt-in with RAISE_SLOW=1.
 
 Plain builders and checks shared by several test modules are in ``helpers.py``; test modules import
 from there, never from this file or from each other."""
@@ -11,8 +12,10 @@ import torch
 
 from helpers import SYNTHETIC_OVERRIDES
 from raise_select.config_io import load_config
+from raise_select.cpu_kernels import pin_cpu_kernels
 
 torch.set_num_threads(1)
+pin_cpu_kernels("portable")  # before any test runs an op: every x86-64 machine with AVX2 computes the same numbers
 
 
 # The longest files first, so that with ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` (make test)

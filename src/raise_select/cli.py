@@ -143,7 +143,11 @@ def _load(args) -> Config:
         _check_policy_selector(args)
         options.append('selector="raise"')  # --policy alone means RAISE with that selector
         options.append(f"raise.policy={_quoted(args.policy)}")
-    return load_config(args.config, [*args.overrides, *options])
+    config = load_config(args.config, [*args.overrides, *options])
+    from .cpu_kernels import pin_cpu_kernels
+
+    pin_cpu_kernels(config.model.cpu_kernels)  # before torch runs an op: the kernel set is chosen once per process
+    return config
 
 
 def _quoted(value: str) -> str:
@@ -387,6 +391,9 @@ def _holding_warnings() -> Iterator[_HeldWarnings]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cpu_kernels import set_openblas_core
+
+    set_openblas_core()  # before numpy is imported: OpenBLAS picks its kernels when it loads
     with _holding_warnings() as warnings:
         try:
             status = _main(argv, warnings)

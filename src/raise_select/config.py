@@ -170,6 +170,15 @@ class ModelConfig:
         default="auto",
         metadata={"choices": ("auto", "cpu", "cuda"), "help": "auto | cpu | cuda"},
     )
+    cpu_kernels: str = field(
+        default="portable",
+        metadata={
+            "choices": ("portable", "native"),
+            "help": "portable: pin torch's CPU kernels to the AVX2 set (ATEN_CPU_CAPABILITY=avx2, MKL_CBWR=AVX2) and "
+            "numpy's BLAS to one thread, so a run gives the same numbers with any thread count on every x86-64 CPU "
+            "with AVX2 | native: each library's own choice for this CPU (faster with AVX-512, other numbers)",
+        },
+    )
     num_layers: int | None = field(
         default=None,
         metadata={
@@ -552,6 +561,7 @@ RESUMABLE_SELECTOR_TRAINING = (
     "raise.episodes",
     *(f"raise.{name}" for name in RUN_TIME_FIELDS),
     "features.cache",
+    "model.cpu_kernels",
     "train.eval_every",
     "train.max_budget_epochs",
     "target.metric",
@@ -559,7 +569,7 @@ RESUMABLE_SELECTOR_TRAINING = (
     "target.answer_pattern",
 )
 # A comparison run again into its folder reuses its finished runs: only its run list may change.
-RESUMABLE_COMPARISON = ("output", "compare")
+RESUMABLE_COMPARISON = ("output", "compare", "model.cpu_kernels")
 
 # Experimental settings: no shipped config and no documented use needs them; they stay for experiments.
 # `raise-select config` marks each with its reason (docs/method.md, "Experimental settings").

@@ -30,6 +30,7 @@ from .config import (
     episode_eval_every,
 )
 from .config_io import changed_settings, dump_config, load_config, load_saved_config, recipe_path
+from .cpu_kernels import cpu_kernels, pin_cpu_kernels
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_json, uninterrupted, write_json, write_text
@@ -464,7 +465,11 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
             round(sum(p.tokens for p in phases) / len(phases)),
             sum(walls) / len(walls) if walls else None,
         )
-    results = {**comparison_results(rows), "ledger": _comparison_ledger(bench, rows, selector_phase)}
+    results = {
+        **comparison_results(rows),
+        "ledger": _comparison_ledger(bench, rows, selector_phase),
+        "cpu_kernels": cpu_kernels(config.model.cpu_kernels),
+    }
     write_json(output / RESULTS_JSON, results)
     _write_csv(output / RESULTS_CSV, rows)
     write_text(output / RESULTS_MD, results_markdown(results))
@@ -552,5 +557,6 @@ def run_demo(output: Path, quick: bool = False, progress: bool = True) -> Path:
     from .report import write_report
 
     config = load_config(recipe_path("demo_quick" if quick else "demo"))
+    pin_cpu_kernels(config.model.cpu_kernels)
     run_comparison(config, output, progress=progress)
     return write_report(output)

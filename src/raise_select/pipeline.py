@@ -24,6 +24,7 @@ import numpy as np
 from .callbacks import Callback, CallbackList, RunFolderRows, progress_bars, with_progress
 from .config import Config, ModelConfig, TrainConfig, validate
 from .config_io import dump_config
+from .cpu_kernels import cpu_kernels, pin_cpu_kernels
 from .data.bundled import build_pool, build_target
 from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
@@ -111,6 +112,7 @@ class Workbench:
     def build(cls, config: Config, progress: bool = True) -> Workbench:
         """Check ``config``, then load the pool, the target and the model (``progress``: show loading bars)."""
         validate(config)  # the same one-line errors as the CLI, before any data or model is loaded
+        pin_cpu_kernels(config.model.cpu_kernels)
         seed_everything(config.seed)
         pool = build_pool(config.pool, seed=config.seed)
         if pool.skipped:
@@ -372,6 +374,7 @@ def run_finetune(
                     "target": bench.target.name,
                     SKIPPED_COUNT: len(bench.pool.skipped),
                     SKIPPED_FIRST: bench.pool.skipped[:SKIPPED_SHOWN],
+                    "cpu_kernels": cpu_kernels(config.model.cpu_kernels),
                 },
             )
 

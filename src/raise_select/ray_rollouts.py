@@ -86,9 +86,11 @@ class RolloutWorker:
     def __init__(self, setup: WorkerSetup):
         import transformers
 
+        from .cpu_kernels import pin_cpu_kernels
         from .environment import FineTuneEnv  # the worker imports the model stack itself
         from .model import load_model
 
+        pin_cpu_kernels(setup.model.cpu_kernels)  # a worker process runs the driver's kernel set
         torch.set_num_threads(setup.threads)
         transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per worker and restart is noise
         lm = load_model(setup.model, seed=setup.context.seed)

@@ -20,10 +20,12 @@ Small enough for tests and PPO experiments to run in seconds on a laptop CPU:
   tells them apart, as with real noisy data. Corrupted data hurts the target, so full-data training
   (which learns the mixture) is beaten by the helpful-clean subset at a small budget: the premise
   of the paper (``tests/test_synthetic.py`` checks it).
-* **Reproducibility.** Pre-training is seeded, but its result differs between CPUs (kernels round
-  differently and 700 steps amplify it): the base model's validation loss ranges over about 2-3.5
-  nats/token across ``ATEN_CPU_CAPABILITY`` default / avx2 / avx512 builds. The testbed's
-  properties, not its numbers, are what the tests assert, with margins measured on all three.
+* **Reproducibility.** Pre-training is seeded and single-threaded, and runs with
+  ``model.cpu_kernels=portable`` (the AVX2 kernel set on every x86-64 CPU, :mod:`cpu_kernels`), so a
+  variant (``synthetic-tiny@seed<k>``) built on one such machine has the same bytes as on another.
+  With other kernels 700 steps amplify the rounding: the base model's validation loss ranged over
+  about 2-3.5 nats/token across ``ATEN_CPU_CAPABILITY`` default / avx2 / avx512 builds before the
+  shipped model and the pin, which is why the tests assert the testbed's properties with margins.
 
 The operand pairs are split once by unordered pair: the target's pairs (in either order) never
 occur in the pool or in the pre-training corpus, so the target measures transfer, not recall.
@@ -315,8 +317,9 @@ def synthetic_model_dir(pretrain_seed: int | None = None, cache_dir: Path | None
     weights, with no pre-training. Another seed (``synthetic-tiny@seed<k>``) is a variant for
     robustness checks: pre-trained once under ``cache_dir`` (default
     :func:`raise_select.io_utils.cache_root`) with that seed, atomic and verified on every use (see
-    :mod:`raise_select.assets`). Variants are seeded but their weights depend on the CPU that builds
-    them; the shipped model does not.
+    :mod:`raise_select.assets`). Variants are seeded; built with ``model.cpu_kernels=portable`` (the
+    default) their weights are the same on every x86-64 CPU with AVX2, elsewhere they depend on the
+    CPU that builds them. The shipped model does not.
     """
     from ..assets import cached_folder, verify_folder
 
@@ -442,11 +445,15 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from ..assets import MANIFEST_FILE, describe_folder
+    from ..cpu_kernels import pin_cpu_kernels
 
-    parser = argparse.ArgumentParser(description="pre-train the synthetic testbed model into FOLDER (one thread)")
+    parser = argparse.ArgumentParser(
+        description="pre-train the synthetic testbed model into FOLDER (one thread, portable CPU kernels)"
+    )
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=_PRETRAIN_SEED, help="pre-training seed")
     args = parser.parse_args(argv)
+    pin_cpu_kernels("portable")  # the same bytes on every x86-64 machine with AVX2
     args.folder.mkdir(parents=True, exist_ok=True)
     for old in args.folder.iterdir():
         if old.is_file():
