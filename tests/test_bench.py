@@ -18,6 +18,7 @@ BENCH = Path(__file__).parents[1] / "bench"
 FIGURES = {
     "comparison_breakdown": "## Validation loss by step",
     "curriculum_premise": "| base model | method | validation loss",
+    "family_alone": "| family | label | validation loss",
     "feature_separation": "P(clean < corrupted)",
     "gpu": "training step (batch",
     "lm_eval_crosscheck": "ours exact match",

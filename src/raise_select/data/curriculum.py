@@ -14,7 +14,13 @@ teach the target in two halves, and which half is worth training on depends on t
   after the prerequisite, a few steps adapt the learned skill to the target's form.
 * distractors: the testbed's five word tasks (reverse, sort, count, capitals, repeat);
 * corrupted copies: the prerequisite's wording with the difference instead of the sum, and the
-  target's form with a random wrong number.
+  target's form with a random three-digit number. Both must hurt the target when trained on. An
+  earlier version drew the random number from the sums' own range (20-99): trained on alone it
+  reached a lower validation loss (1.44) than any use of the helpful families, because a model that
+  cannot yet add is best served, in cross-entropy, by a calibrated guess of a two-digit number, which
+  is what those answers teach. A selector then won the reward with corrupted data and the world no
+  longer measured the schedule; three-digit answers teach a wrong length and no sum (3.41 alone,
+  worse than random selection).
 
 The two helpful families share their prompts, so a fixed mixture keeps answering "the sum is" a
 share of the time to the end of the run, or leaves the skill to the few finishing examples. A
@@ -38,7 +44,6 @@ from .synthetic import (
     _difference,
     _family_generators,
     _operand_pairs,
-    _wrong_sum,
     family_counts,
     labelled_examples,
     synthetic_target,
@@ -76,7 +81,7 @@ CURRICULUM_FAMILIES: dict[str, dict] = {
         "helpful": False,
         "corrupted": True,
         "share": 0.12,
-        "description": "'compute 32+45?' -> '51': a random wrong number in the sums' range",
+        "description": "'compute 32+45?' -> '538': a random three-digit number, outside the sums' range (20-99)",
     },
     **{
         family: {"helpful": False, "corrupted": False, "share": 0.092, "description": description}
@@ -90,6 +95,11 @@ CURRICULUM_FAMILIES: dict[str, dict] = {
     },
 }
 _OPENINGS = _COMPUTE_OPENINGS + _TELL_OPENINGS
+
+
+def _three_digit_number(rng: random.Random, a: int, b: int) -> int:
+    """A wrong answer in the target's form that teaches no calibrated guess: the sums are 20-99."""
+    return rng.randint(100, 999)
 
 
 def _generators() -> dict[str, Callable[[random.Random], tuple[str, str]]]:
@@ -108,7 +118,7 @@ def _generators() -> dict[str, Callable[[random.Random], tuple[str, str]]]:
         "sum_worded": arithmetic(_correct_sum, "the sum is {}."),
         "sum_short": arithmetic(_correct_sum, "{}"),
         "sum_worded_difference": arithmetic(_difference, "the sum is {}."),
-        "sum_short_random": arithmetic(_wrong_sum, "{}"),
+        "sum_short_random": arithmetic(_three_digit_number, "{}"),
         **{family: words[family] for family in ("reverse", "sort", "count", "upper", "repeat")},
     }
 
