@@ -30,16 +30,19 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-CHOICES = ("portable", "native")
 PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 OPENBLAS_CORE = "Haswell"  # OpenBLAS's AVX2 kernels
 _WARNED: set[str] = set()
 _BLAS_LIMITS: list = []  # keeps threadpoolctl's limit in force for the process
 
 
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _x86_flags() -> set[str]:
     """The CPU's feature flags on Linux x86-64 (empty elsewhere), read without importing numpy or torch."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not _is_x86():
         return set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -60,7 +63,7 @@ def set_openblas_core() -> None:
 
 
 def _x86_with_avx2() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not _is_x86():
         return False
     import torch
 
