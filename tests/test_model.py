@@ -159,6 +159,34 @@ def test_bf16_autocast_trains_fp32_master_weights(tiny_dir):
     assert all(p.dtype == torch.float32 and p.grad is not None for p in lm.trainable_parameters())
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_bf16_instructions(tiny_dir, monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    lm = load_tiny(tiny_dir, precision="auto")
+    assert lm.config.precision == ("bf16" if native else "fp32")
+    assert lm.identity == load_tiny(tiny_dir, precision=lm.config.precision).identity
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_kept_and_warned_once(tiny_dir, monkeypatch, caplog):
+    import raise_select.model as model_module
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(model_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(model_module, "_BF16_WARNED", [])
+    with caplog.at_level("WARNING", logger="raise_select.model"):
+        first, _ = load_tiny(tiny_dir, precision="bf16"), load_tiny(tiny_dir, precision="bf16")
+    assert first.config.precision == "bf16"  # what the user gave is not reinterpreted
+    warned = [r.getMessage() for r in caplog.records if "precision" in r.getMessage()]
+    assert len(warned) == 1 and "model.precision=fp32 or auto" in warned[0]
+
+
+def test_bf16_and_fp32_are_other_models_for_the_caches(tiny_dir):
+    # features computed under bf16 autocast differ from fp32 ones: they must not share a cache entry
+    assert load_tiny(tiny_dir, precision="bf16").identity != load_tiny(tiny_dir, precision="fp32").identity
+
+
 def test_pinned_losses_over_three_adamw_steps(tmp_path):
     # Regression pin: a seeded tiny Llama (build_tiny_llama, seed 0), LoRA r=4 on the default
     # q/k/v/o projections (adapter seed 0), the PAIRS batch, AdamW lr=1e-2. The values were computed

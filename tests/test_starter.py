@@ -12,7 +12,8 @@ from raise_select.config_io import flat_settings, load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 # The fields a starter sets from its shipped experiment (the pool, the target's size and the comparison are the user's).
-SHARED = ("model.finetune", "model.precision", "train.", "raise.", "features.pca_dim", "features.reference_steps")
+# model.precision is the device's choice (the starter: auto), not a result's.
+SHARED = ("model.finetune", "train.", "raise.", "features.pca_dim", "features.reference_steps")
 
 
 def _shared_settings(config) -> dict:
@@ -40,6 +41,7 @@ def test_init_writes_the_shipped_experiments_settings(model, pool, shipped, fine
     assert [source.name for source in config.pool.sources] == pool
     assert _shared_settings(config) == _shared_settings(load_config(EXAMPLES / shipped))
     assert config.raise_.clusters == 1 and config.train.budget_steps is not None
+    assert config.model.precision == ("auto" if finetune == "lora" else "fp32")
     assert ("oracle" in config.compare.methods) == (pool == ["synthetic"])  # the only labelled pool
     assert config.compare.selector_seeds == [0, 1, 2]
     lines = path.read_text().splitlines()

@@ -164,7 +164,11 @@ class ModelConfig:
     )
     precision: str = field(
         default="fp32",
-        metadata={"choices": ("fp32", "bf16"), "help": "fp32 | bf16 (bf16 = autocast; master weights stay fp32)"},
+        metadata={
+            "choices": ("fp32", "bf16", "auto"),
+            "help": "fp32 | bf16 (autocast; master weights stay fp32) | auto: bf16 where the device has bf16 "
+            "instructions (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32",
+        },
     )
     device: str = field(
         default="auto",

@@ -469,6 +469,7 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
         **comparison_results(rows),
         "ledger": _comparison_ledger(bench, rows, selector_phase),
         "cpu_kernels": cpu_kernels(config.model.cpu_kernels),
+        "precision": bench.lm.config.precision,  # as it ran (model.precision=auto resolved)
     }
     write_json(output / RESULTS_JSON, results)
     _write_csv(output / RESULTS_CSV, rows)

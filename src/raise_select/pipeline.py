@@ -375,6 +375,7 @@ def run_finetune(
                     SKIPPED_COUNT: len(bench.pool.skipped),
                     SKIPPED_FIRST: bench.pool.skipped[:SKIPPED_SHOWN],
                     "cpu_kernels": cpu_kernels(config.model.cpu_kernels),
+                    "precision": bench.lm.config.precision,  # as it ran (model.precision=auto resolved)
                 },
             )
 

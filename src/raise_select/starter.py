@@ -106,7 +106,7 @@ _LORA_BODY = """\
   finetune: lora      # the shipped SmolLM2 results tune LoRA adapters (r 8, alpha 16)
   lora_r: 8
   lora_alpha: 16
-  precision: bf16     # autocast; use fp32 where bf16 is slow or unsupported
+  precision: auto     # bf16 autocast where the device has bf16 instructions (GPU, AVX512-BF16/AMX CPU), else fp32
 pool:
   sources:
 {pool}
