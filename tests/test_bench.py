@@ -27,6 +27,7 @@ FIGURES = {
     "reward_by_source": "| source |",
     "reward_signal": "Per episode",
     "selector_learning": "| RAISE selector seed |",
+    "selector_cost": "| method | selector training, Φ |",
     "selector_scale": "greedy ms",
     "step_time": "s/step",
     "steps_to_full": "fraction of full-data steps",

@@ -12,7 +12,8 @@ from raise_select.config_io import flat_settings, load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 # The fields a starter sets from its shipped experiment (the pool, the target's size and the comparison are the user's).
-# model.precision is the device's choice (the starter: auto), not a result's.
+# model.precision is the device's choice (the starter: auto), not a result's; raise.proxy_layers is the testbed's
+# own cut (the starter names it in a comment: a cut of the user's model must be checked first).
 SHARED = ("model.finetune", "train.", "raise.", "features.pca_dim", "features.reference_steps")
 
 
@@ -20,7 +21,8 @@ def _shared_settings(config) -> dict:
     return {
         name: value
         for name, value in flat_settings(config).items()
-        if name.startswith(SHARED) and name not in ("raise.policy", "train.eval_every", "train.eval_batch_size")
+        if name.startswith(SHARED)
+        and name not in ("raise.policy", "train.eval_every", "train.eval_batch_size", "raise.proxy_layers")
     }
 
 

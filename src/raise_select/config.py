@@ -583,7 +583,6 @@ EXPERIMENTAL_FIELDS = {
     "raise.head_stage": "no shipped config uses a stage head (docs/results.md measures it on the curriculum world)",
     "raise.ablate": "for the paper's ablations (bench/ablations.py): a selector with a group removed is a baseline",
     "raise.proxy_model": "every shipped config plays its episodes on the tuned model itself",
-    "raise.proxy_layers": "a layer-cut proxy must still be a language model on the pool: check with bench/proxy_cost.py",
 }
 
 
