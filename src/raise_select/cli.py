@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="compare RAISE (SmolLM2: the shipped selector; --quick: trained here) with baselines, write the report",
     )
-    demo.add_argument("--quick", action="store_true", help="synthetic testbed instead of SmolLM2 (about 5 minutes)")
+    demo.add_argument("--quick", action="store_true", help="synthetic testbed instead of SmolLM2 (about 2 minutes)")
     demo.add_argument("--output", help="output folder (default: runs/demo[-quick])")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
