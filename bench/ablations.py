@@ -87,16 +87,21 @@ def compare(world: str, overrides: list[str], methods: list[str], seeds: list[in
     return run_comparison(config, output, progress=False)["rows"]
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, output: str, tiny: str) -> None:
+    """The seeds, output folder, tiny mode and overrides of a bench that runs RAISE over selector seeds."""
+    parser.add_argument("--selector-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds of each RAISE selector")
+    parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output", default=output)
+    parser.add_argument("--tiny", action="store_true", help=tiny)
+    parser.add_argument("overrides", nargs="*", help="config overrides field.path=value, for every run")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
-    parser.add_argument("--selector-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds of each RAISE selector")
-    parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--output", default="runs/ablations")
-    parser.add_argument("--tiny", action="store_true", help="2 episodes, 4 steps, seed 0, cheap references")
-    parser.add_argument("overrides", nargs="*", help="config overrides field.path=value, for every run")
+    add_run_arguments(parser, "runs/ablations", "2 episodes, 4 steps, seed 0, cheap references")
     args = parser.parse_args()
     overrides = list(args.overrides)
     if args.tiny:

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from ablations import TINY, compare, gap_closed
+from ablations import TINY, add_run_arguments, compare, gap_closed
 
 from raise_select.analysis import markdown_table
 from raise_select.io_utils import read_jsonl
@@ -62,12 +62,7 @@ def shares(run_dir: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--selector-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds of each RAISE selector")
-    parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--output", default="runs/selector-cost")
-    parser.add_argument("--tiny", action="store_true", help="2 episodes, 4 updates, seed 0")
-    parser.add_argument("overrides", nargs="*", help="config overrides field.path=value, for every run")
+    add_run_arguments(parser, "runs/selector-cost", "2 episodes, 4 updates, seed 0")
     args = parser.parse_args()
     root, overrides = Path(args.output), list(args.overrides)
     if args.tiny:
