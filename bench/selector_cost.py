@@ -38,6 +38,8 @@ SETTINGS = {
     "before": BEFORE,
     "whole-model": ["raise.proxy_layers=null"],  # the recipe on all 3 layers (the starter config's choice)
     "recipe-64": ["raise.episodes=64"],
+    "recipe-k1": ["train.eval_every=1"],  # the recipe with a reward (and, deployed, a validation pass) every decision
+    "recipe-k2": ["train.eval_every=2"],
     "short": [*BEFORE, "raise.episodes=32", "raise.episode_steps=6", "raise.episode_eval_every=2"],
     "short-k3": [*BEFORE, "raise.episodes=40", "raise.episode_steps=6", "raise.episode_eval_every=3"],
     "proxy1-s6": [*BEFORE, "raise.episode_steps=6", "raise.episode_eval_every=2", "raise.proxy_layers=1"],
