@@ -1,6 +1,6 @@
 """What selector training costs in Φ, and what it buys: RAISE on the testbed trained several ways, over selector seeds.
 
-    python bench/selector_cost.py [--settings recipe short proxy1 ...] [--selector-seeds 0 1 2 3 4]
+    python bench/selector_cost.py [--settings recipe before whole-model ...] [--selector-seeds 0 1 2 3 4]
                                   [--baseline-seeds 0 1 2] [--output runs/selector-cost] [--tiny] [field=value ...]
 
 Each setting is the demo-quick recipe (the testbed: 24 updates deployed, one full-data run = 375
@@ -8,13 +8,14 @@ updates = 1 Φ) with the selector's training changed by a few overrides (``SETTI
 recipe as shipped (56 episodes of 12 updates played on the model's first decoder layer,
 ``raise.proxy_layers=1``, a reward every 4 decisions, deployed with the same schedule), the recipe
 before it (64 episodes on the whole model, a reward after every decision: about 5.6 Φ), and others
-between: fewer or shorter episodes, a reward every k decisions, a 1- or 2-layer proxy. Each is ``raise-select compare`` with one selector training per selector
-seed, deployed greedily (``--seeds``, one is enough); random, targeted and the oracle run once over
-``--baseline-seeds``. Prints one table: per setting, the selector training's cost from the compare
-ledger (Φ and seconds per selector), validation loss mean ± std over selector seeds and per seed,
-test exact match, the helpful-clean and corrupted shares of the picks, how many seeds end below
-random, and the share of the random -> oracle gap closed. ``--tiny``: 2 episodes, 4 updates, seed 0
-(seconds). Rerunning with the same ``--output`` reuses finished runs. Prints; asserts nothing.
+between: fewer or shorter episodes, a reward every k decisions, a 1- or 2-layer proxy. Each is
+``raise-select compare`` with one selector training per selector seed, deployed greedily
+(``--seeds``, one is enough); random, targeted and the oracle run once over ``--baseline-seeds``.
+Prints one table: per setting, the selector training's cost from the compare ledger (Φ and seconds
+per selector), validation loss mean ± std over selector seeds and per seed, test exact match, the
+helpful-clean and corrupted shares of the picks, how many seeds end below random, and the share of
+the random -> oracle gap closed. ``--tiny``: 2 episodes, 4 updates, seed 0 (seconds). Rerunning with
+the same ``--output`` reuses finished runs. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from ablations import TINY, add_run_arguments, compare, gap_closed
+from selector_learning import shares
 
 from raise_select.analysis import markdown_table
-from raise_select.io_utils import read_jsonl
 
 WORLD = "demo_quick"
 REFERENCES = ["random", "targeted", "oracle"]
@@ -53,12 +54,6 @@ SETTINGS = {
     ],
     "proxy2-k4": ["raise.episodes=32", "raise.proxy_layers=2"],
 }
-
-
-def shares(run_dir: Path) -> tuple[float, float]:
-    """(helpful-and-clean share, corrupted share) of what a run trained on (the testbed's labels)."""
-    chosen = [(h, c) for s in read_jsonl(run_dir / "selections.jsonl") for h, c in zip(s["helpful"], s["corrupted"])]
-    return float(np.mean([bool(h) and not c for h, c in chosen])), float(np.mean([bool(c) for _, c in chosen]))
 
 
 def main() -> None:
