@@ -1,7 +1,7 @@
 """Steps per second of plain ``transformers.Trainer`` vs Trainer + RAISE, same model, pool and batches.
 
     python bench/trainer_overhead.py [--steps N] [--smollm2-steps N] [--skip-smollm2] [--skip-ddp] [--threads K]
-                                     [--tiny [--ddp]]
+                                     [--eval-every 1 2 4] [--config FILE [field=value ...]] [--tiny [--ddp]]
 
 Both trainers train ``train.batch_size`` = 8 pool examples (synthetic testbed pool, 256 examples,
 48 tokens max) per optimizer step with the same TrainingArguments. Plain Trainer draws them with its
@@ -9,12 +9,15 @@ random sampler; RaiseTrainer lets an (untrained, same cost as trained) RAISE sel
 step's batch from the current state. RAISE rows differ in how often the validation loss (the
 stage feature and reward, 32 target examples) is evaluated: only before and after training
 ("selection only": the cost of the hooks and of choosing), every decision (``train.eval_every=1``),
-every 2nd or every 4th. The last two rows run both trainers on 2 processes (``torchrun
+every 2nd or every 4th (``--eval-every``). The last two rows run both trainers on 2 processes (``torchrun
 --nproc_per_node 2``, gloo on a CPU; each rank trains 4 of the 8 examples per step) with the
 validation pass after every decision sharded: each rank scores half of it. Steps/s is timed from the
 end of the first ``--warmup`` steps to the end of the last step (its final evaluation excluded), on
 rank 0. ``--tiny``: the tiny model, 4 steps, one repetition, one process (``--tiny --ddp`` adds the
-2-process rows: 25 s more on 2 cores), in seconds. Prints a table; asserts nothing.
+2-process rows: 25 s more on 2 cores), in seconds. ``--config FILE``: one model, pool, target and batch
+size, those of FILE (for example ``examples/configs/smollm2_gsm8k_mixed.yaml``, the SmolLM2 experiment's
+160-token mixed pool and its 24 GSM8K validation examples), measured for ``--smollm2-steps`` steps with
+one process. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a small shared CPU)")
     parser.add_argument("--output", default="runs/bench-trainer-overhead")
     parser.add_argument("--tiny", action="store_true", help="the tiny model, 4 steps, one repetition: seconds")
+    parser.add_argument("--eval-every", type=int, nargs="+", default=[1, 2, 4], help="validation schedules measured")
+    parser.add_argument("--config", help="measure this config's model, pool and target instead (one process)")
+    parser.add_argument("overrides", nargs="*", help="with --config: field.path=value")
     parser.add_argument("--ddp-results", help=argparse.SUPPRESS)  # set on the torchrun processes: rank 0 writes here
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,10 +133,12 @@ def main() -> None:
         overhead_table(args)
 
 
-def models(args: argparse.Namespace) -> dict[str, tuple[list[str], int]]:
-    """The measured models: label -> (overrides, steps per measurement)."""
+def models(args: argparse.Namespace) -> dict[str, tuple[str | None, list[str], int]]:
+    """The measured models: label -> (config file, overrides, steps per measurement)."""
+    if args.config:
+        return {Path(args.config).stem: (args.config, args.overrides, args.smollm2_steps)}
     return {
-        label: ([*TESTBED, *overrides], args.steps if "tiny" in label else args.smollm2_steps)
+        label: (None, [*TESTBED, *overrides], args.steps if "tiny" in label else args.smollm2_steps)
         for label, overrides in MODELS.items()
         if not (args.skip_smollm2 and "SmolLM2" in label)
     }
@@ -147,22 +155,12 @@ def best_of(bench: Workbench, variants: dict[str, int | None], steps: int, args:
 
 
 def overhead_table(args: argparse.Namespace) -> None:
-    ddp = {} if args.skip_ddp else ddp_rows(args)
+    ddp = {} if args.skip_ddp or args.config else ddp_rows(args)
     rows = []
-    for label, (overrides, steps) in models(args).items():
-        bench = Workbench.build(load_config(None, overrides))
-        best = best_of(
-            bench,
-            {
-                "plain Trainer": None,
-                "+ RAISE, selection only": steps,
-                "+ RAISE, validate every decision": 1,
-                "+ RAISE, validate every 2": 2,
-                "+ RAISE, validate every 4": 4,
-            },
-            steps,
-            args,
-        )
+    for label, (config_file, overrides, steps) in models(args).items():
+        bench = Workbench.build(load_config(config_file, overrides))
+        schedules = {f"+ RAISE, validate every {'decision' if k == 1 else k}": k for k in args.eval_every if k < steps}
+        best = best_of(bench, {"plain Trainer": None, "+ RAISE, selection only": steps, **schedules}, steps, args)
         plain = best["plain Trainer"]
         rows += [(label, name, value, value / plain) for name, value in best.items()]
         if label in ddp:
@@ -209,8 +207,8 @@ def ddp_rows(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 def ddp_worker(args: argparse.Namespace) -> None:
     """One torchrun process: plain Trainer and RAISE validating (sharded) every decision, per model."""
     measured = {}
-    for label, (overrides, steps) in models(args).items():
-        bench = Workbench.build(load_config(None, overrides), progress=False)
+    for label, (config_file, overrides, steps) in models(args).items():
+        bench = Workbench.build(load_config(config_file, overrides), progress=False)
         variants = {"plain Trainer": None, "+ RAISE, validate every decision (sharded)": 1}
         measured[label] = best_of(bench, variants, steps, args)
     if int(os.environ.get("RANK", 0)) == 0:
