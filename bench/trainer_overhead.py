@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="with --config: field.path=value")
     parser.add_argument("--ddp-results", help=argparse.SUPPRESS)  # set on the torchrun processes: rank 0 writes here
     args = parser.parse_args()
+    if args.overrides and not args.config:
+        parser.error("field=value overrides need --config (the built-in rows use fixed settings)")
     torch.set_num_threads(args.threads)
     if args.ddp_results:
         ddp_worker(args)
