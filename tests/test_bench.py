@@ -21,6 +21,7 @@ FIGURES = {
     "family_alone": "| family | label | validation loss",
     "feature_separation": "P(clean < corrupted)",
     "gpu": "training step (batch",
+    "head_search": "| head | fine-tunings searched |",
     "lm_eval_crosscheck": "ours exact match",
     "proxy_cost": "| max tokens |",
     "ray_scaling": "speed-up",
