@@ -149,8 +149,8 @@ def test_deploying_on_another_validation_schedule_is_one_warning_line(bench, pol
         bench.config.train.eval_every = 1
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert "train.eval_every=3" in warnings[0] and "up to 2 decisions old" in warnings[0]
-    assert "set train.eval_every=1 to deploy it as trained" in warnings[0]
+    assert "every update and runs with one every 3 updates (train.eval_every=3" in warnings[0]
+    assert "up to 2 updates old" in warnings[0] and "set train.eval_every=1 to deploy it as trained" in warnings[0]
     caplog.clear()
     selector = build_selector("raise", bench.config)
     del selector.artifact.provenance["eval_every"]  # as in a selector saved before the schedule was recorded
@@ -158,6 +158,24 @@ def test_deploying_on_another_validation_schedule_is_one_warning_line(bench, pol
     with caplog.at_level("WARNING"):
         SelectionSession.from_workbench(bench, selector)  # deployed every decision, as it was trained: silent
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_the_schedule_warning_counts_updates_not_decisions(bench, caplog):
+    """Proxy episodes of 2 updates per decision, a pass every 2nd decision: every 4 updates, as a deployment
+    with train.eval_every=4 at one update per decision validates, so that is silent; eval_every=2 is not."""
+    from raise_select.pipeline import warn_on_schedule_change
+
+    selector = build_selector("raise", bench.config)
+    selector.artifact.provenance.update({"eval_every": 2, "decision_interval": 2, "note": "proxy"})
+    with caplog.at_level("WARNING"):
+        warn_on_schedule_change(selector, 4, 1)
+        warn_on_schedule_change(selector, 2, 2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with caplog.at_level("WARNING"):
+        warn_on_schedule_change(selector, 2, 1)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "every 4 updates and runs with one every 2 updates" in warning
+    assert "up to 1 update old (trained: 3)" in warning and "set train.eval_every=4 to deploy it as trained" in warning
 
 
 def test_a_selector_trains_and_deploys_on_one_validation_schedule(overrides, tmp_path, caplog):
@@ -170,6 +188,7 @@ def test_a_selector_trains_and_deploys_on_one_validation_schedule(overrides, tmp
     config = load_config(None, [*settings, "train.eval_every=2"])
     policy = train_raise_selector(config, tmp_path / "selector", progress=False)
     assert load_artifact(policy).provenance["eval_every"] == 2
+    assert load_artifact(policy).provenance["decision_interval"] == 1
     with caplog.at_level("WARNING"):
         deployed = Workbench.build(load_config(None, [*settings, "train.eval_every=2", f"raise.policy={policy}"]))
         _session(deployed)

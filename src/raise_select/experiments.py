@@ -247,6 +247,7 @@ def _train_raise_selector(
                     "target": bench.target.name,
                     "episode_steps": episode_steps,
                     "eval_every": episode_eval_every(config),  # its deployments are warned unless they use it
+                    "decision_interval": episodes_bench.config.train.decision_interval,  # updates per decision
                     "episodes_on": episodes_model(bench, episodes_bench),
                 },
             )

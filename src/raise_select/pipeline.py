@@ -229,7 +229,7 @@ class Workbench:
     def selection_context(
         self, selector: Selector, budget_steps: int, seed: int, progress: bool = True
     ) -> SelectionContext:
-        warn_on_schedule_change(selector, self.config.train.eval_every)
+        warn_on_schedule_change(selector, self.config.train.eval_every, self.config.train.decision_interval)
         features = self.ensure_features(progress) if selector.requires_features else None
         return SelectionContext(
             pool=self.pool,
@@ -269,32 +269,50 @@ def full_data_cost(pool_tokens: TokenizedSet, train: TrainConfig) -> dict:
 _SCHEDULES_WARNED: set[tuple] = set()  # one warning per trained selector and deployed schedule
 
 
-def warn_on_schedule_change(selector: Selector, eval_every: int) -> None:
+def warn_on_schedule_change(selector: Selector, eval_every: int, decision_interval: int = 1) -> None:
     """One warning line when a trained selector runs with another validation schedule than its training's.
 
     Its state's validation-loss features (the latest loss and its last change) are fresh only after a
     pass, so a selector trained on one schedule and deployed on another sees states it was not trained
-    on. Selectors saved before the schedule was recorded were trained with a pass after every decision.
+    on. Schedules are compared in optimizer updates (``eval_every`` x ``decision_interval``): episodes on a
+    proxy may take several updates per decision (``raise.proxy_decision_interval``). Selectors saved
+    before the schedule was recorded were trained with a pass after every decision; before the decision
+    interval was recorded, with the proxy's interval or else the deployment's.
     """
     artifact = getattr(selector, "artifact", None)
     if artifact is None:
         return
     trained = int(artifact.provenance.get("eval_every", 1))
-    key = (trained, eval_every, json.dumps(artifact.provenance, sort_keys=True, default=str))
-    if trained == eval_every or key in _SCHEDULES_WARNED:
+    trained_interval = int(
+        artifact.provenance.get("decision_interval")
+        or getattr(artifact.config, "proxy_decision_interval", None)
+        or decision_interval
+    )
+    trained_updates, deployed_updates = trained * trained_interval, eval_every * decision_interval
+    key = (trained_updates, deployed_updates, json.dumps(artifact.provenance, sort_keys=True, default=str))
+    if trained_updates == deployed_updates or key in _SCHEDULES_WARNED:
         return
     _SCHEDULES_WARNED.add(key)
+    every = lambda updates: "update" if updates == 1 else f"{updates} updates"  # noqa: E731
+    count = lambda updates: "1 update" if updates == 1 else f"{updates} updates"  # noqa: E731
+    fix = (
+        f"set train.eval_every={trained_updates // decision_interval} to deploy it as trained"
+        if trained_updates % decision_interval == 0
+        else f"validate every {every(trained_updates)} to deploy it as trained"
+    )
     logger.warning(
-        "warning: this RAISE selector was trained with a validation pass every %s and runs with "
-        "train.eval_every=%d: its state's validation-loss features are up to %d decisions old (trained: %d) and "
-        "their last change spans %d decisions (trained: %d); set train.eval_every=%d to deploy it as trained",
-        "decision" if trained == 1 else f"{trained} decisions",
+        "warning: this RAISE selector was trained with a validation pass every %s and runs with one every %s "
+        "(train.eval_every=%d x train.decision_interval=%d): its state's validation-loss features are up to %s "
+        "old (trained: %d) and their last change spans %s (trained: %d); %s",
+        every(trained_updates),
+        every(deployed_updates),
         eval_every,
-        eval_every - 1,
-        trained - 1,
-        eval_every,
-        trained,
-        trained,
+        decision_interval,
+        count(deployed_updates - 1),
+        trained_updates - 1,
+        count(deployed_updates),
+        trained_updates,
+        fix,
     )
 
 
