@@ -36,6 +36,7 @@ import torch
 
 from raise_select.analysis import markdown_table, selection_records, stage_view
 from raise_select.config_io import load_config, recipe_path
+from raise_select.environment import FineTuneEnv
 from raise_select.pipeline import Workbench, run_finetune
 from raise_select.run_folders import EVALUATION_FILE, load_run
 from raise_select.selectors.raise_policy import RaiseSelector
@@ -43,9 +44,8 @@ from raise_select.selectors.raise_policy import RaiseSelector
 HEADS = {"static": ["raise.head_stage=false"], "stage": ["raise.head_stage=true"]}
 
 
-def greedy_loss(bench: Workbench, selector: RaiseSelector, weights: np.ndarray, steps: int, seed: int) -> float:
-    """Final validation loss of a greedy deployment with these head weights (the recipe's validation schedule)."""
-    env = bench.make_env(steps, evaluate_every=bench.config.train.eval_every)
+def greedy_loss(env: FineTuneEnv, selector: RaiseSelector, weights: np.ndarray, seed: int) -> float:
+    """Final validation loss of a greedy deployment with these head weights, from the base model."""
     env.reset(seed)
     selector.reset(seed)
     selector.set_head(weights)
@@ -54,31 +54,31 @@ def greedy_loss(bench: Workbench, selector: RaiseSelector, weights: np.ndarray, 
     return float(env.state.validation_history[-1])
 
 
-def search(bench: Workbench, head: str, steps: int, args) -> tuple[np.ndarray, list[float], RaiseSelector]:
-    """Cross-entropy search over the head's weights; returns the best weights, the best loss per iteration, the selector."""
+def search(bench: Workbench, head: str, steps: int, args) -> tuple[np.ndarray, float, RaiseSelector]:
+    """Cross-entropy search over the head's weights; returns the best weights, their loss and the selector."""
     selector = RaiseSelector(bench.config.raise_)
     selector.setup(bench.selection_context(selector, steps, args.search_seed, progress=False))
+    env = bench.make_env(steps, evaluate_every=bench.config.train.eval_every)  # the recipe's validation schedule
     size = selector.policy.head_mean.numel()
     mean = np.zeros(size)
     std = np.full(size, bench.config.raise_.head_std / np.sqrt(selector.head_dims))
     rng = np.random.default_rng(args.search_seed)
     elite = max(2, args.population // 4)
-    best_loss, best_weights, trajectory = np.inf, mean.copy(), []
+    best_loss, best_weights = np.inf, mean.copy()
     started = time.perf_counter()
     for iteration in range(args.iterations):
         draws = mean + std * rng.standard_normal((args.population, size))
-        losses = np.array([greedy_loss(bench, selector, w, steps, args.search_seed) for w in draws])
+        losses = np.array([greedy_loss(env, selector, w, args.search_seed) for w in draws])
         order = np.argsort(losses)
         if losses[order[0]] < best_loss:
             best_loss, best_weights = float(losses[order[0]]), draws[order[0]].copy()
         mean, std = draws[order[:elite]].mean(axis=0), np.maximum(draws[order[:elite]].std(axis=0), 0.2)
-        trajectory.append(best_loss)
         print(
             f"{head} head, iteration {iteration + 1}/{args.iterations}: lowest {losses.min():.4f}, median "
             f"{np.median(losses):.4f}, best so far {best_loss:.4f} ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
-    return best_weights, trajectory, selector
+    return best_weights, best_loss, selector
 
 
 def main() -> None:
@@ -101,7 +101,7 @@ def main() -> None:
             config = load_config(recipe_path(args.recipe), [*args.overrides, *HEADS[head]])
             steps = 4 if args.tiny else config.train.budget_steps
             bench = Workbench.build(config, progress=False)
-            best, trajectory, selector = search(bench, head, steps, args)
+            best, best_loss, selector = search(bench, head, steps, args)
             names = list(selector.features.names[: selector.head_dims])
             weights_rows += [[head, "w0", *(f"{w:+.2f}" for w in best[: len(names)])]]
             if head == "stage":
@@ -123,7 +123,7 @@ def main() -> None:
                 [
                     f"{head} head",
                     str(args.iterations * args.population),
-                    f"{trajectory[-1]:.4f}",
+                    f"{best_loss:.4f}",
                     f"{np.mean(losses):.4f}",
                     " / ".join(f"{v:.4f}" for v in losses),
                     f"{np.nanmean(scores):.3f}",

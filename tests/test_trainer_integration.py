@@ -149,7 +149,7 @@ def test_deploying_on_another_validation_schedule_is_one_warning_line(bench, pol
         bench.config.train.eval_every = 1
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert "every update and runs with one every 3 updates (train.eval_every=3" in warnings[0]
+    assert "every 1 update and runs with one every 3 updates (train.eval_every=3" in warnings[0]
     assert "up to 2 updates old" in warnings[0] and "set train.eval_every=1 to deploy it as trained" in warnings[0]
     caplog.clear()
     selector = build_selector("raise", bench.config)

@@ -293,24 +293,23 @@ def warn_on_schedule_change(selector: Selector, eval_every: int, decision_interv
     if trained_updates == deployed_updates or key in _SCHEDULES_WARNED:
         return
     _SCHEDULES_WARNED.add(key)
-    every = lambda updates: "update" if updates == 1 else f"{updates} updates"  # noqa: E731
-    count = lambda updates: "1 update" if updates == 1 else f"{updates} updates"  # noqa: E731
+    updates = lambda n: "1 update" if n == 1 else f"{n} updates"  # noqa: E731
     fix = (
         f"set train.eval_every={trained_updates // decision_interval} to deploy it as trained"
         if trained_updates % decision_interval == 0
-        else f"validate every {every(trained_updates)} to deploy it as trained"
+        else f"validate every {updates(trained_updates)} to deploy it as trained"
     )
     logger.warning(
         "warning: this RAISE selector was trained with a validation pass every %s and runs with one every %s "
         "(train.eval_every=%d x train.decision_interval=%d): its state's validation-loss features are up to %s "
         "old (trained: %d) and their last change spans %s (trained: %d); %s",
-        every(trained_updates),
-        every(deployed_updates),
+        updates(trained_updates),
+        updates(deployed_updates),
         eval_every,
         decision_interval,
-        count(deployed_updates - 1),
+        updates(deployed_updates - 1),
         trained_updates - 1,
-        count(deployed_updates),
+        updates(deployed_updates),
         trained_updates,
         fix,
     )
