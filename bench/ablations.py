@@ -103,7 +103,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     add_run_arguments(parser, "runs/ablations", "2 episodes, 4 steps, seed 0, cheap references")
     args = parser.parse_args()
-    overrides = list(args.overrides)
+    # `--variants a b field=value`: argparse hands the trailing overrides to --variants; a variant never holds "="
+    overrides = [*args.overrides, *(v for v in args.variants if "=" in v)]
+    args.variants = [v for v in args.variants if "=" not in v]
+    for variant in args.variants:
+        variant_overrides(variant)  # an unknown variant fails here, before any run
     if args.tiny:
         args.variants = args.variants if args.variants != DEFAULT_VARIANTS else ["raise", "no_stage"]
         args.selector_seeds, args.seeds, args.baseline_seeds = [0], [0], [0]

@@ -34,7 +34,9 @@ def test_variant_names_become_overrides():
 
 
 def test_the_tiny_mode_runs_and_prints_the_table(tmp_path):
-    command = [sys.executable, str(SCRIPT), "--tiny", "--worlds", "curriculum", "--variants", "head_stage+no_stage"]
+    # an override after --variants applies to every run (argparse hands it to --variants)
+    command = [sys.executable, str(SCRIPT), "--tiny", "--worlds", "curriculum"]
+    command += ["--variants", "head_stage+no_stage", "raise.hidden_size=16"]
     completed = subprocess.run(
         [*command, "--output", str(tmp_path)], env=dict(os.environ), capture_output=True, text=True, timeout=600
     )
@@ -46,4 +48,5 @@ def test_the_tiny_mode_runs_and_prints_the_table(tmp_path):
         (tmp_path / "tiny/curriculum/head_stage+no_stage/selector-s0/selector/selector.json").read_text()
     )
     assert selector["config"]["ablate"] == ["stage"] and selector["config"]["head_stage"] is True
+    assert selector["config"]["hidden_size"] == 16
     assert set(selector["provenance"]["episode_head_stage"]) == set(selector["provenance"]["episode_head"])

@@ -29,6 +29,7 @@ FIGURES = {
     "reward_signal": "Per episode",
     "selector_learning": "| RAISE selector seed |",
     "selector_cost": "| method | selector training, Φ |",
+    "schedule_search": "| schedule | validation loss |",
     "selector_scale": "greedy ms",
     "step_time": "s/step",
     "steps_to_full": "fraction of full-data steps",

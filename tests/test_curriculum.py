@@ -36,7 +36,8 @@ def test_pool_is_deterministic_labelled_and_keeps_the_finishing_family_scarce():
         assert example.meta.get("schedule") == CURRICULUM_SCHEDULE.get(example.meta["family"])
     worded = next(e for e in pool if e.meta["family"] == "sum_worded")
     a, b = map(int, worded.messages[0]["content"].split()[-1].rstrip("?").split("+"))
-    assert worded.response == f"the sum is {a + b}."
+    assert worded.response == f"{a + b} is the sum"  # the skill's digits where the target puts them, then words
+    assert "count" not in counts  # its bare-number answers would teach the finishing family's lesson
     target = curriculum_target(64, 100)
     assert target.name == "synthetic_curriculum" and target.validation[0].response.isdigit()
     with pytest.raises(UserError, match="more than 8"):
@@ -118,17 +119,19 @@ def test_compare_searches_the_best_static_mixture_and_reuses_it(tmp_path):
 
 
 def test_the_schedule_beats_fixed_mixtures_on_the_shipped_model():
-    """The world's premise, pinned cheaply: at fine-tuning seed 1 the scheduled oracle ends 0.32 below
-    the best static mixture of the full grid (bench/curriculum_premise.py; docs/results.md has every
-    seed). Here against the grid's best mixture (60 % prerequisite) and the runner-up at this seed."""
+    """The world's premise, pinned cheaply: at fine-tuning seed 0 the scheduled oracle ends 0.32 below
+    the best static mixture of the full grid (60 % prerequisite) and 0.13 below this seed's own best
+    mixture (70 %) (bench/curriculum_premise.py; docs/results.md has every seed and a second base model)."""
     from raise_select.pipeline import Workbench, run_finetune
 
     config = load_config(recipe_path("curriculum"), ["train.eval_every=24"])
     bench = Workbench.build(config, progress=False)
 
     def final_loss(selector) -> float:
-        return run_finetune(bench, selector, None, 24, 1, test_metric=False, progress=False).validation_loss_final
+        return run_finetune(bench, selector, None, 24, 0, test_metric=False, progress=False).validation_loss_final
 
     scheduled = final_loss(build_selector("scheduled_oracle", config))
-    static = [final_loss(FamilyMixtureSelector({"sum_worded": w, "sum_short": 1 - w})) for w in (0.6, 0.2)]
-    assert scheduled < min(static) - 0.15, (scheduled, static)
+    grid_best, seed_best = (
+        final_loss(FamilyMixtureSelector({"sum_worded": w, "sum_short": 1 - w})) for w in (0.6, 0.7)
+    )
+    assert scheduled < grid_best - 0.25 and scheduled < seed_best - 0.08, (scheduled, grid_best, seed_best)

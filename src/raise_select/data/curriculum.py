@@ -4,31 +4,37 @@ Same base model, tokenizer and target as the synthetic testbed (:mod:`raise_sele
 ``what is 32+45?`` -> ``77`` on reserved operand pairs), another pool. Its two helpful families
 teach the target in two halves, and which half is worth training on depends on the stage:
 
-* ``sum_worded`` (**prerequisite**, plentiful): correct ``+`` questions answered in words,
-  ``compute 32+45?`` -> ``the sum is 77.``. Early in a run it teaches what the target needs most,
-  answering a ``+`` question in chat with the sum; once that is learned its wording, which the
-  target does not use, pulls the answers away from the target's form: it helps early and costs late.
+* ``sum_worded`` (**prerequisite**, plentiful): correct ``+`` questions answered with the sum and
+  then words, ``compute 32+45?`` -> ``77 is the sum``. Early in a run it teaches what the target
+  needs most, answering a ``+`` question in chat with the sum's digits, at the place the target
+  puts them; the longer it is trained on, the surer the model becomes that the digits are followed
+  by " is the sum", where the target's answer ends: it helps early and costs late.
 * ``sum_short`` (**finishing**, scarce: a fixed :data:`SCARCE_COUNT` examples): the same questions
-  answered as the target answers, ``compute 32+45?`` -> ``77``. Trained on from the start, so few
-  examples are repeated for many epochs and memorised before the model has the skill; trained on
-  after the prerequisite, a few steps adapt the learned skill to the target's form.
-* distractors: the testbed's five word tasks (reverse, sort, count, capitals, repeat);
-* corrupted copies: the prerequisite's wording with the difference instead of the sum, and the
-  target's form with a random three-digit number. Both must hurt the target when trained on. An
-  earlier version drew the random number from the sums' own range (20-99): trained on alone it
-  reached a lower validation loss (1.44) than any use of the helpful families, because a model that
-  cannot yet add is best served, in cross-entropy, by a calibrated guess of a two-digit number, which
-  is what those answers teach. A selector then won the reward with corrupted data and the world no
-  longer measured the schedule; three-digit answers teach a wrong length and no sum (3.41 alone,
-  worse than random selection).
+  answered as the target answers, ``compute 32+45?`` -> ``77``. Alone, its few examples are
+  memorised before the model can add in chat; after the prerequisite, a few steps teach the
+  answer to end after the digits.
+* distractors: four of the testbed's word tasks (reverse, sort, capitals, repeat). Not ``count``:
+  its answers are bare numbers, so it teaches the finishing family's lesson (end after a number)
+  and would be a helpful family under a distractor's label;
+* corrupted copies: the prerequisite's form with the difference instead of the sum
+  (``13 is the sum``), and the target's form with a random three-digit number. Both must hurt the
+  target when trained on. The random number is drawn outside the sums' range (20-99): answers drawn
+  from that range teach a calibrated guess of a two-digit number, which a model that cannot yet add
+  is best served by in cross-entropy, and a selector would win the reward with corrupted data.
 
-The two helpful families share their prompts, so a fixed mixture keeps answering "the sum is" a
-share of the time to the end of the run, or leaves the skill to the few finishing examples. A
-schedule (prerequisite first, finishing examples last: :data:`CURRICULUM_SCHEDULE`, which each
-helpful example carries as ``meta["schedule"]`` for the ``scheduled_oracle`` selector) has neither
-problem; at the recipe's budget (``recipes/curriculum.yaml``) it beats every fixed mixture of the two
-families (``bench/curriculum_premise.py``, pinned cheaply in ``tests/test_curriculum.py``). The pool
-is generated in-process, deterministically, in a fraction of a second.
+An earlier version of the world put the prerequisite's words first (``the sum is 77.``). Its
+prerequisite taught the skill at the wrong place in the answer, and the validation loss preferred
+paths that never used it (target-form guesses from corrupted and distractor families, found by
+``bench/head_search.py``); with the digits first, the reward's own optimum over family schedules
+follows the hand-written one (docs/results.md, "Curriculum world").
+
+The two helpful families share their prompts, so a fixed mixture keeps a share of " is the sum" to
+the end of the run, or leaves the skill to the few finishing examples. A schedule (prerequisite
+first, finishing examples last: :data:`CURRICULUM_SCHEDULE`, which each helpful example carries as
+``meta["schedule"]`` for the ``scheduled_oracle`` selector) has neither problem; at the recipe's
+budget (``recipes/curriculum.yaml``) it beats every fixed mixture of the two families on two base
+models (``bench/curriculum_premise.py``, pinned cheaply in ``tests/test_curriculum.py``). The pool is
+generated in-process, deterministically, in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ CURRICULUM_FAMILIES: dict[str, dict] = {
         "corrupted": False,
         "share": 0.3,
         "schedule": CURRICULUM_SCHEDULE["sum_worded"],
-        "description": "'compute 32+45?' -> 'the sum is 77.': the skill, in words the target does not use (prerequisite)",
+        "description": "'compute 32+45?' -> '77 is the sum': the skill, followed by words the target does not use (prerequisite)",
     },
     "sum_short": {
         "helpful": True,
@@ -75,7 +81,7 @@ CURRICULUM_FAMILIES: dict[str, dict] = {
         "helpful": False,
         "corrupted": True,
         "share": 0.12,
-        "description": "'compute 32+45?' -> 'the sum is 13.': the difference, not the sum",
+        "description": "'compute 32+45?' -> '13 is the sum': the difference, not the sum",
     },
     "sum_short_random": {
         "helpful": False,
@@ -84,11 +90,10 @@ CURRICULUM_FAMILIES: dict[str, dict] = {
         "description": "'compute 32+45?' -> '538': a random three-digit number, outside the sums' range (20-99)",
     },
     **{
-        family: {"helpful": False, "corrupted": False, "share": 0.092, "description": description}
+        family: {"helpful": False, "corrupted": False, "share": 0.115, "description": description}
         for family, description in (
             ("reverse", "reverse a word"),
             ("sort", "sort a word's letters"),
-            ("count", "count a word's letters"),
             ("upper", "write a word in capitals"),
             ("repeat", "repeat a word"),
         )
@@ -115,11 +120,11 @@ def _generators() -> dict[str, Callable[[random.Random], tuple[str, str]]]:
 
     words = _family_generators()  # the testbed's word tasks, as distractors
     return {
-        "sum_worded": arithmetic(_correct_sum, "the sum is {}."),
+        "sum_worded": arithmetic(_correct_sum, "{} is the sum"),
         "sum_short": arithmetic(_correct_sum, "{}"),
-        "sum_worded_difference": arithmetic(_difference, "the sum is {}."),
+        "sum_worded_difference": arithmetic(_difference, "{} is the sum"),
         "sum_short_random": arithmetic(_three_digit_number, "{}"),
-        **{family: words[family] for family in ("reverse", "sort", "count", "upper", "repeat")},
+        **{family: words[family] for family in ("reverse", "sort", "upper", "repeat")},
     }
 
 
