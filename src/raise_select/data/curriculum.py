@@ -25,14 +25,16 @@ teach the target in two halves, and which half is worth training on depends on t
 An earlier version of the world put the prerequisite's words first (``the sum is 77.``). Its
 prerequisite taught the skill at the wrong place in the answer, and the validation loss preferred
 paths that never used it (target-form guesses from corrupted and distractor families, found by
-``bench/head_search.py``); with the digits first, the reward's own optimum over family schedules
-follows the hand-written one (docs/results.md, "Curriculum world").
+``bench/head_search.py``). With the digits first, a direct search over family schedules on the
+reward (``bench/schedule_search.py``) finds the curriculum, graded, on the shipped base model, and
+nothing through corrupted or distractor data that beats the hand-written schedule on another
+(docs/results.md, "Curriculum world").
 
 The two helpful families share their prompts, so a fixed mixture keeps a share of " is the sum" to
 the end of the run, or leaves the skill to the few finishing examples. A schedule (prerequisite
 first, finishing examples last: :data:`CURRICULUM_SCHEDULE`, which each helpful example carries as
 ``meta["schedule"]`` for the ``scheduled_oracle`` selector) has neither problem; at the recipe's
-budget (``recipes/curriculum.yaml``) it beats every fixed mixture of the two families on two base
+budget (``recipes/curriculum.yaml``) it beats the best fixed mixture of the two families on two base
 models (``bench/curriculum_premise.py``, pinned cheaply in ``tests/test_curriculum.py``). The pool is
 generated in-process, deterministically, in a fraction of a second.
 """
