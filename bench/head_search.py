@@ -26,6 +26,7 @@ asserts nothing. ``--tiny``: one iteration of 4 draws, 4 steps, one seed (second
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -81,19 +82,42 @@ def search(bench: Workbench, head: str, steps: int, args) -> tuple[np.ndarray, f
     return best_weights, best_loss, selector
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="curriculum", help="a bundled recipe (curriculum, demo_quick, ...)")
-    parser.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
-    parser.add_argument("--iterations", type=int, default=20)
+def add_search_arguments(parser: argparse.ArgumentParser, iterations: int) -> None:
+    """The options of a direct search on the reward (this script and ``schedule_search.py``)."""
+    parser.add_argument("--iterations", type=int, default=iterations)
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--search-seed", type=int, default=0, help="fine-tuning seed of the search and its draws' seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds of the deployment")
     parser.add_argument("--tiny", action="store_true", help="one iteration of 4 draws, 4 steps, one seed")
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
+
+
+def parse_search_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if args.tiny:
         args.iterations, args.population, args.seeds = 1, 4, [0]
+    return args
+
+
+def deploy(bench: Workbench, make_selector, folder: Path, steps: int, seeds: list[int]) -> tuple[list, list, list]:
+    """A ``raise-select finetune`` run per seed: final validation losses, test scores and the picks' records."""
+    losses, scores, picks = [], [], []
+    for seed in seeds:
+        run_finetune(bench, make_selector(), folder / f"s{seed}", steps, seed, test_metric=True, progress=False)
+        evaluation = json.loads((folder / f"s{seed}" / EVALUATION_FILE).read_text())
+        losses.append(evaluation["validation_loss_final"])
+        test = evaluation.get("test") or {}
+        scores.append(float(test.get(test.get("metric"), float("nan"))))
+        picks += selection_records(load_run(folder / f"s{seed}"))
+    return losses, scores, picks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="curriculum", help="a bundled recipe (curriculum, demo_quick, ...)")
+    parser.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
+    add_search_arguments(parser, iterations=20)
+    args = parse_search_arguments(parser)
 
     rows, records, weights_rows = [], {}, []
     with tempfile.TemporaryDirectory() as workdir:
@@ -108,16 +132,8 @@ def main() -> None:
                 weights_rows += [[head, "w1 (per unit of progress)", *(f"{w:+.2f}" for w in best[len(names) :])]]
             selector.policy.head_mean.copy_(torch.as_tensor(best, dtype=torch.float32))  # deployed as a trained mean
             artifact = selector.to_artifact({"episodes": 0, "head_search": True})  # loaded as a trained selector is
-            losses, scores, picks = [], [], []
-            for seed in args.seeds:
-                folder = Path(workdir) / f"{head}-s{seed}"
-                deployed = RaiseSelector(artifact.config, artifact)
-                run_finetune(bench, deployed, folder, steps, seed, test_metric=True, progress=False)
-                evaluation = json.loads((folder / EVALUATION_FILE).read_text())
-                losses.append(evaluation["validation_loss_final"])
-                test = evaluation.get("test") or {}
-                scores.append(float(test.get(test.get("metric"), float("nan"))))
-                picks += selection_records(load_run(folder))
+            deployed = functools.partial(RaiseSelector, artifact.config, artifact)  # a fresh selector per run
+            losses, scores, picks = deploy(bench, deployed, Path(workdir) / head, steps, args.seeds)
             records[f"{head} head"] = picks
             rows.append(
                 [

@@ -23,19 +23,18 @@ not a selector. Prints; asserts nothing. ``--tiny``: one iteration of 4 draws, 4
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from head_search import add_search_arguments, deploy, parse_search_arguments
 
 from raise_select.analysis import markdown_table
 from raise_select.config_io import load_config, recipe_path
 from raise_select.environment import FineTuneEnv
-from raise_select.pipeline import Workbench, run_finetune
+from raise_select.pipeline import Workbench
 from raise_select.protocol import EnvState, SelectionContext
-from raise_select.run_folders import EVALUATION_FILE
 from raise_select.selectors import build_selector
 from raise_select.selectors.simple import EpochSampler
 
@@ -113,15 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="curriculum", help="a bundled recipe with a labelled pool")
     parser.add_argument("--stages", type=int, default=5, help="equal parts of the run, one mixture each")
-    parser.add_argument("--iterations", type=int, default=16)
-    parser.add_argument("--population", type=int, default=32)
-    parser.add_argument("--search-seed", type=int, default=0, help="fine-tuning seed of the search and its draws' seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds of the deployment")
-    parser.add_argument("--tiny", action="store_true", help="one iteration of 4 draws, 4 steps, one seed")
-    parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
-    args = parser.parse_args()
-    if args.tiny:
-        args.iterations, args.population, args.seeds = 1, 4, [0]
+    add_search_arguments(parser, iterations=16)
+    args = parse_search_arguments(parser)
 
     config = load_config(recipe_path(args.recipe), args.overrides)
     steps = 4 if args.tiny else config.train.budget_steps
@@ -141,14 +133,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name, selector in candidates.items():
-            losses, scores = [], []
-            for seed in args.seeds:
-                folder = Path(workdir) / f"{name.replace(' ', '-')}-s{seed}"
-                run_finetune(bench, selector, folder, steps, seed, test_metric=True, progress=False)
-                evaluation = json.loads((folder / EVALUATION_FILE).read_text())
-                losses.append(evaluation["validation_loss_final"])
-                test = evaluation.get("test") or {}
-                scores.append(float(test.get(test.get("metric"), float("nan"))))
+            folder = Path(workdir) / name.replace(" ", "-")
+            losses, scores, _ = deploy(bench, lambda chosen=selector: chosen, folder, steps, args.seeds)
             rows.append(
                 [name, f"{np.mean(losses):.4f}", " / ".join(f"{v:.4f}" for v in losses), f"{np.nanmean(scores):.3f}"]
             )
