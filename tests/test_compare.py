@@ -4,6 +4,7 @@ interrupted comparison without redoing finished runs, and comparing with a pre-t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import shutil
 from types import SimpleNamespace
@@ -172,6 +173,25 @@ def test_interrupted_comparison_resumes_without_redoing_finished_runs(comparison
     assert [m["step"] for m in read_jsonl(interrupted / "metrics.jsonl")] == list(range(BUDGET_STEPS + 1))
     assert _losses(results) == _losses(comparison.results)
     assert [r["test_score"] for r in results["rows"]] == [r["test_score"] for r in comparison.results["rows"]]
+
+
+def test_rerun_on_changed_data_is_refused(comparison, tmp_path, monkeypatch):
+    """The same settings can load other data (an edited pool file, a new version of a bundled source):
+    finished runs are not reused then, a label change included."""
+    output = shutil.copytree(comparison.output, tmp_path / "copy")
+    saved = (output / "data.json").read_bytes()
+    first, *rest = comparison.bench.pool.examples
+    relabelled = dataclasses.replace(first, meta={**first.meta, "helpful": not first.meta.get("helpful")})
+    bench = dataclasses.replace(
+        comparison.bench, pool=dataclasses.replace(comparison.bench.pool, examples=[relabelled, *rest])
+    )
+    monkeypatch.setattr(experiments, "run_finetune", _must_not_run)
+    with pytest.raises(UserError, match=r"holds runs on another pool \(examples or labels changed"):
+        run_comparison(_config(), output, progress=False, bench=bench)
+    assert (output / "data.json").read_bytes() == saved
+    monkeypatch.undo()
+    results = run_comparison(_config("compare.methods=[random]"), output, progress=False, bench=comparison.bench)
+    assert _losses(results) == {key: loss for key, loss in _losses(comparison.results).items() if key[0] == "random"}
 
 
 def test_pretrained_policy_skips_selector_training(comparison, tmp_path, monkeypatch):

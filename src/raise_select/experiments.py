@@ -31,6 +31,7 @@ from .config import (
 )
 from .config_io import changed_settings, dump_config, load_config, load_saved_config, recipe_path
 from .cpu_kernels import cpu_kernels, pin_cpu_kernels
+from .data.types import examples_fingerprint
 from .environment import check_budget_epochs, full_data_steps, resolve_budget
 from .errors import UserError
 from .io_utils import atomic_write, read_json, uninterrupted, write_json, write_text
@@ -40,6 +41,7 @@ from .run_folders import (
     CHECKPOINT_FILE,
     COMPARISON,
     CONFIG_FILE,
+    DATA_FILE,
     EVALUATION_FILE,
     FINETUNE,
     LEDGER_FILE,
@@ -62,6 +64,7 @@ from .run_folders import (
     load_run,
     output_lock,
     read_episodes,
+    read_shaped_json,
     result_row,
     selector_training_dir,
 )
@@ -401,8 +404,10 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
         with output_lock(part, "compare"):
             pass
     bench = bench or Workbench.build(config, progress=progress)
+    _check_same_data(output, bench)
     budgets = _budget_list(config, len(bench.pool))
     write_text(output / CONFIG_FILE, dump_config(config))  # after the set-up: a failed one leaves no folder
+    write_json(output / DATA_FILE, _data_fingerprints(bench))
     full_steps = full_data_steps(len(bench.pool), config.train)
 
     # RAISE: one selector per selector seed (trained here unless raise.policy gives one).
@@ -530,6 +535,28 @@ def _check_resumable(output: Path, config: Config) -> None:
         raise UserError(
             f"{output} was run with compare.test_metric={str(saved.compare.test_metric).lower()}: its finished "
             "runs would not change; rerun with that value or choose a new output folder"
+        )
+
+
+def _data_fingerprints(bench: Workbench) -> dict[str, str]:
+    return {
+        "pool": bench.pool.labelled_fingerprint(),
+        "target": examples_fingerprint([*bench.target.validation, *bench.target.test]),
+    }
+
+
+def _check_same_data(output: Path, bench: Workbench) -> None:
+    """Finished runs are reused only on the data they were run on: the same settings can load other
+    examples or labels (an edited pool file, another version of a bundled source)."""
+    record = output / DATA_FILE
+    if not record.is_file():  # a new folder, or one written before the record existed
+        return
+    saved, current = read_shaped_json(record), _data_fingerprints(bench)
+    changed = [part for part in current if saved.get(part) not in (None, current[part])]
+    if changed:
+        raise UserError(
+            f"{output} holds runs on another {' and '.join(changed)} (examples or labels changed since they ran); "
+            "choose a new output folder, or delete this one to rerun"
         )
 
 

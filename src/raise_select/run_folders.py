@@ -22,7 +22,9 @@ see :mod:`selector_artifact`).
 A **comparison folder** (``compare``, ``demo``): ``config.yaml``, ``selector-s<S>/`` (a
 selector-training folder per selector seed S; folders written before selector seeds existed hold one
 ``selector/`` training instead), ``runs/<method>-<steps>steps-s<seed>/`` (finetune run folders; RAISE's
-are ``raise-sel<S>-<steps>steps-s<seed>``) and ``results.json`` / ``results.csv`` / ``results.md``.
+are ``raise-sel<S>-<steps>steps-s<seed>``), ``results.json`` / ``results.csv`` / ``results.md`` and
+``data.json`` (the pool's and the target's fingerprints, labels included: finished runs are reused
+only on the same data).
 ``report`` adds ``report.md`` and ``plots/*.png`` to any of them.
 
 The names' values never change: folders written by earlier versions must still be read.
@@ -79,6 +81,7 @@ from .io_utils import load_yaml, make_dirs, os_error_message, read_json, read_js
 
 # -- file names (shared by every kind of folder)
 CONFIG_FILE = "config.yaml"
+DATA_FILE = "data.json"  # a comparison's pool and target fingerprints (resume on the same data only)
 LEDGER_FILE = "ledger.json"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -534,6 +537,7 @@ FILE_SHAPES: dict[str, dict[str, tuple | dict]] = {
     },
     EVALUATION_FILE: {"validation_loss_initial": _NUMBER, "validation_loss_final": _NUMBER, "test": _MAPPING},
     LEDGER_FILE: {"phi": _MAPPING, "phases": _MAPPING},
+    DATA_FILE: {"pool": _TEXT, "target": _TEXT},
     RESULTS_JSON: {
         "rows": _RESULT_ROW,
         "summary": {

@@ -60,6 +60,11 @@ class Pool:
             digest.update(example.content_key().encode("utf-8"))
         return digest.hexdigest()[:16]
 
+    def labelled_fingerprint(self) -> str:
+        """Hash of ids, contents and labels (``meta``): everything in the data a finished run's numbers
+        depend on, oracles' and schedules' labels included (a comparison's resume check)."""
+        return examples_fingerprint(self.examples)
+
     def labels(self, key: str, default: Any = None) -> list[Any]:
         return [e.meta.get(key, default) for e in self.examples]
 
@@ -73,3 +78,12 @@ class TargetTask:
     test: Sequence[Example]
     metric: str  # exact_match | multiple_choice | none
     answer_pattern: str | None = None  # regex with one group extracting the answer for exact_match
+
+
+def examples_fingerprint(examples: Sequence[Example]) -> str:
+    """Hash of the examples' ids, contents and labels (``meta``), in order."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(example.content_key().encode("utf-8"))
+        digest.update(json.dumps(dict(example.meta), sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()[:16]
