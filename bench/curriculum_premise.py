@@ -1,16 +1,20 @@
 """Does the curriculum world reward stage awareness? Its premise table, over base models and fine-tuning seeds.
 
-    python bench/curriculum_premise.py [--models synthetic-tiny synthetic-tiny@seed1] [--seeds 0 1 2]
+    python bench/curriculum_premise.py [--models synthetic-tiny synthetic-tiny@seed1 ...] [--seeds 0 1 2]
                                        [--output runs/curriculum-premise] [--tiny] [field=value ...]
 
-Runs ``raise-select compare`` on the ``curriculum`` recipe once per base model (``synthetic-tiny@seed<k>``
-is pre-trained on first use, about a minute, and cached) with random, the best static mixture of the
+Runs ``raise-select compare`` on the ``curriculum`` recipe once per base model (by default the shipped
+model and three pre-training seeds; ``synthetic-tiny@seed<k>`` is pre-trained on first use, about a
+minute, and cached) with random, the best static mixture of the
 helpful families (``best_static``: a grid search at the same budget, ranked on the validation split),
 the hand-written schedule (``scheduled_oracle``) and full data, then prints per model and method the
 validation loss (mean ± std over the fine-tuning seeds, and each seed's), the test exact match, and
-the scheduled oracle's margin over the best static mixture per seed and the grid searched. ``--tiny``: the shipped model,
-one seed, no full data (about a minute). Rerunning with the same --output reuses finished runs.
-Prints; asserts nothing.
+the scheduled oracle's margin over the best static mixture per seed and the grid searched, and the
+scheduled oracle with its switch moved (``--cuts``: where on each model the switch pays most).
+``--tiny``: the shipped model, one seed, no full data, one cut (about a minute).
+``model.num_layers=1`` gives the same tables on the models' first decoder layer, the proxy that
+``raise.proxy_layers=1`` plays RAISE's training episodes on. Rerunning with the same --output reuses
+finished runs. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,23 +28,63 @@ import numpy as np
 from raise_select.config_io import load_config, recipe_path
 from raise_select.experiments import run_comparison
 from raise_select.io_utils import read_json
+from raise_select.pipeline import Workbench
 from raise_select.run_folders import best_static_file
+from raise_select.selectors import build_selector
 
 METHODS = ["random", "best_static", "scheduled_oracle", "full"]
+MODELS = ["synthetic-tiny", "synthetic-tiny@seed1", "synthetic-tiny@seed2", "synthetic-tiny@seed3"]
+CUTS = [0.4, 0.5, 0.6, 0.7, 0.8]
+
+
+def switch_losses(config, seeds: list[int], cuts: list[float]) -> dict[float, list[float]]:
+    """The scheduled oracle with its switch moved: per cut, the final validation loss at each seed.
+
+    The pool's schedule labels must have one interior boundary (the curriculum's 0.6); each window
+    that starts or ends there starts or ends at the cut instead."""
+    bench = Workbench.build(config, progress=False)
+    steps = config.compare.budget_steps[0]
+    selector = build_selector("scheduled_oracle", config)
+    selector.setup(bench.selection_context(selector, steps, seeds[0], False))
+    original = selector.windows.copy()
+    finite = original[np.isfinite(original)]
+    boundaries = sorted(set(finite[(finite > 0) & (finite < 1)].tolist()))
+    if len(boundaries) != 1:
+        raise SystemExit(f"error: --cuts needs a schedule with one switch; this pool's has {boundaries}")
+    env = bench.make_env(steps, evaluate_every=steps)  # only the final loss is scored
+    losses = {}
+    for cut in cuts:
+        selector.windows = np.where(original == boundaries[0], cut, original)
+        losses[cut] = []
+        for seed in seeds:
+            env.reset(seed)
+            selector.reset(seed)
+            while not env.done:
+                env.step(selector.select(env.state))
+            losses[cut].append(float(env.evaluate()))
+    return losses
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["synthetic-tiny", "synthetic-tiny@seed1"])
+    parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--output", default="runs/curriculum-premise")
+    parser.add_argument(
+        "--cuts",
+        type=float,
+        nargs="*",
+        default=CUTS,
+        help="the scheduled oracle's switch moved to these shares of the run",
+    )
     parser.add_argument("--tiny", action="store_true", help="shipped model, seed 0, no full data")
     parser.add_argument("overrides", nargs="*", help="config overrides field.path=value")
     args = parser.parse_args()
     if args.tiny:
         args.models, args.seeds = ["synthetic-tiny"], [0]
         args.methods = [m for m in args.methods if m != "full"]
+        args.cuts = args.cuts[len(args.cuts) // 2 :][:1]  # the middle one
 
     summary = {}
     print("| base model | method | validation loss (mean ± std) | per fine-tuning seed | test exact match |")
@@ -81,7 +125,19 @@ def main() -> None:
             grid = read_json(search)
             by_method["best_static"]["mixture"] = grid["best"]
             by_method["best_static"]["grid"] = grid["grid"]
+        if args.cuts:
+            by_method["switch"] = {str(cut): v for cut, v in switch_losses(config, args.seeds, args.cuts).items()}
         summary[model] = by_method
+    if args.cuts:
+        print()
+        print("The scheduled oracle with its switch moved (mean validation loss over the seeds):")
+        print(f"| base model | {' | '.join(f'switch at {cut:.0%}' for cut in args.cuts)} |")
+        print(f"|---|{'---|' * len(args.cuts)}")
+        for model, by_method in summary.items():
+            means = [np.mean(by_method["switch"][str(cut)]) for cut in args.cuts]
+            best = int(np.argmin(means))
+            cells = [f"**{m:.3f}**" if i == best else f"{m:.3f}" for i, m in enumerate(means)]
+            print(f"| {model} | {' | '.join(cells)} |")
     print()
     for model, by_method in summary.items():
         if "best_static" in by_method and "scheduled_oracle" in by_method:
