@@ -121,7 +121,7 @@ def test_compare_searches_the_best_static_mixture_and_reuses_it(tmp_path):
 def test_the_schedule_beats_fixed_mixtures_on_the_shipped_model():
     """The world's premise, pinned cheaply: at fine-tuning seed 0 the scheduled oracle ends 0.32 below
     the best static mixture of the full grid (60 % prerequisite) and 0.13 below this seed's own best
-    mixture (70 %) (bench/curriculum_premise.py; docs/results.md has every seed and a second base model)."""
+    mixture (70 %) (bench/curriculum_premise.py; docs/results.md has every seed and four base models)."""
     from raise_select.pipeline import Workbench, run_finetune
 
     config = load_config(recipe_path("curriculum"), ["train.eval_every=24"])
