@@ -583,7 +583,7 @@ def test_comparison_interrupted_while_training_its_selector_resumes(ws, tmp_path
         patch.setattr(ppo, "run_episode", interrupted)
         assert main(argv) == 130
     kept = sorted(os.listdir(tmp_path / "comparison"))
-    assert kept == (["config.yaml"] if interrupt_at == 1 else ["config.yaml", "selector-s0"])
+    assert kept == (["config.yaml", "data.json"] if interrupt_at == 1 else ["config.yaml", "data.json", "selector-s0"])
     assert main(argv) == 0
     assert len((tmp_path / "comparison" / "selector-s0" / "episodes.jsonl").read_text().splitlines()) == 4
 

@@ -39,7 +39,7 @@ kind                   recognised by
 ``finetune``           ``summary.json`` (a finished ``finetune`` run folder)
 ``selector-training``  ``checkpoint.pt``, ``episodes.jsonl`` or ``selector/selector.json`` (``train-selector``)
 ``comparison``         ``results.json``, ``runs/``, ``selector-s<seed>/`` trainings, or only
-                       ``config.yaml`` (``compare``, ``demo``, maybe interrupted)
+                       ``config.yaml`` and ``data.json`` (``compare``, ``demo``, maybe interrupted)
 ``selector``           ``selector.json`` (a trained selector itself)
 ``other``              anything else that is not empty
 =====================  ==========================================================================
@@ -162,7 +162,7 @@ def folder_kind(folder: Path) -> str | None:
         or (folder / RUNS_DIR).is_dir()
         or unfinished_training
         or seed_trainings
-        or names == {CONFIG_FILE}
+        or names <= {CONFIG_FILE, DATA_FILE}
     ):
         return COMPARISON  # finished, or interrupted while training its selector or before its first run
     if names & {CHECKPOINT_FILE, EPISODES_FILE} or (selector_dir / SELECTOR_FILE).is_file():
