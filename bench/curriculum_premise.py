@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from schedule_search import final_loss
 
 from raise_select.config_io import load_config, recipe_path
 from raise_select.experiments import run_comparison
@@ -37,14 +38,13 @@ MODELS = ["synthetic-tiny", "synthetic-tiny@seed1", "synthetic-tiny@seed2", "syn
 CUTS = [0.4, 0.5, 0.6, 0.7, 0.8]
 
 
-def switch_losses(config, seeds: list[int], cuts: list[float]) -> dict[float, list[float]]:
+def switch_losses(bench: Workbench, seeds: list[int], cuts: list[float]) -> dict[float, list[float]]:
     """The scheduled oracle with its switch moved: per cut, the final validation loss at each seed.
 
     The pool's schedule labels must have one interior boundary (the curriculum's 0.6); each window
     that starts or ends there starts or ends at the cut instead."""
-    bench = Workbench.build(config, progress=False)
-    steps = config.compare.budget_steps[0]
-    selector = build_selector("scheduled_oracle", config)
+    steps = bench.config.compare.budget_steps[0]
+    selector = build_selector("scheduled_oracle", bench.config)
     selector.setup(bench.selection_context(selector, steps, seeds[0], False))
     original = selector.windows.copy()
     finite = original[np.isfinite(original)]
@@ -55,13 +55,7 @@ def switch_losses(config, seeds: list[int], cuts: list[float]) -> dict[float, li
     losses = {}
     for cut in cuts:
         selector.windows = np.where(original == boundaries[0], cut, original)
-        losses[cut] = []
-        for seed in seeds:
-            env.reset(seed)
-            selector.reset(seed)
-            while not env.done:
-                env.step(selector.select(env.state))
-            losses[cut].append(float(env.evaluate()))
+        losses[cut] = [final_loss(env, selector, seed) for seed in seeds]
     return losses
 
 
@@ -101,7 +95,8 @@ def main() -> None:
                 "compare.test_metric=true",
             ],
         )
-        rows = run_comparison(config, output, progress=False)["rows"]
+        bench = Workbench.build(config, progress=False)  # shared by the comparison and the moved switches
+        rows = run_comparison(config, output, progress=False, bench=bench)["rows"]
         by_method = {}
         for method in args.methods:
             group = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
@@ -126,7 +121,7 @@ def main() -> None:
             by_method["best_static"]["mixture"] = grid["best"]
             by_method["best_static"]["grid"] = grid["grid"]
         if args.cuts:
-            by_method["switch"] = {str(cut): v for cut, v in switch_losses(config, args.seeds, args.cuts).items()}
+            by_method["switch"] = {str(cut): v for cut, v in switch_losses(bench, args.seeds, args.cuts).items()}
         summary[model] = by_method
     if args.cuts:
         print()

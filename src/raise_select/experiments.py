@@ -540,7 +540,7 @@ def _check_resumable(output: Path, config: Config) -> None:
 
 def _data_fingerprints(bench: Workbench) -> dict[str, str]:
     return {
-        "pool": bench.pool.labelled_fingerprint(),
+        "pool": examples_fingerprint(bench.pool.examples),
         "target": examples_fingerprint([*bench.target.validation, *bench.target.test]),
     }
 

@@ -34,7 +34,7 @@ The two helpful families share their prompts, so a fixed mixture keeps a share o
 the end of the run, or leaves the skill to the few finishing examples. A schedule (prerequisite
 first, finishing examples last: :data:`CURRICULUM_SCHEDULE`, which each helpful example carries as
 ``meta["schedule"]`` for the ``scheduled_oracle`` selector) has neither problem; at the recipe's
-budget (``recipes/curriculum.yaml``) it beats the best fixed mixture of the two families on two base
+budget (``recipes/curriculum.yaml``) it beats the best fixed mixture of the two families on average on four base
 models (``bench/curriculum_premise.py``, pinned cheaply in ``tests/test_curriculum.py``). The pool is
 generated in-process, deterministically, in a fraction of a second.
 """

@@ -60,11 +60,6 @@ class Pool:
             digest.update(example.content_key().encode("utf-8"))
         return digest.hexdigest()[:16]
 
-    def labelled_fingerprint(self) -> str:
-        """Hash of ids, contents and labels (``meta``): everything in the data a finished run's numbers
-        depend on, oracles' and schedules' labels included (a comparison's resume check)."""
-        return examples_fingerprint(self.examples)
-
     def labels(self, key: str, default: Any = None) -> list[Any]:
         return [e.meta.get(key, default) for e in self.examples]
 
@@ -81,7 +76,8 @@ class TargetTask:
 
 
 def examples_fingerprint(examples: Sequence[Example]) -> str:
-    """Hash of the examples' ids, contents and labels (``meta``), in order."""
+    """Hash of the examples' ids, contents and labels (``meta``), in order: everything in the data a
+    finished run's numbers depend on, oracles' and schedules' labels included (a comparison's resume check)."""
     digest = hashlib.sha256()
     for example in examples:
         digest.update(example.content_key().encode("utf-8"))
