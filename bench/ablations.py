@@ -2,7 +2,7 @@
 
     python bench/ablations.py [--worlds curriculum demo_quick] [--variants raise no_stage no_difficulty ...]
                               [--selector-seeds 0 1 2 3 4] [--seeds 0] [--baseline-seeds 0 1 2]
-                              [--output runs/ablations] [--tiny] [field=value ...]
+                              [--output runs/ablations] [--references DIR] [--tiny] [field=value ...]
 
 A world is a recipe: ``curriculum`` (the curriculum world, where the right data changes over the run)
 and ``demo_quick`` (the synthetic testbed). A variant is RAISE with the recipe's settings plus
@@ -20,7 +20,10 @@ seeds), the per-seed values, test exact match, and the share of the gap between 
 reference methods that it closes (curriculum: best static mixture -> scheduled oracle; testbed:
 random -> helpful-clean oracle); then, for labelled pools, each variant's picks by family per fifth
 of the run. ``--tiny``: 2 training episodes, 4 steps, one seed, cheap references (a minute).
-Rerunning with the same --output reuses finished runs (compare's resume). Prints; asserts nothing.
+Rerunning with the same --output reuses finished runs (compare's resume). The reference methods run
+without the ``raise.*`` overrides (they do not read them), so ``--references DIR`` (an earlier
+``--output``) reuses that run's references for other RAISE settings; compare refuses them, with its
+one-line error, when the model, pool or training settings differ. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -102,6 +105,11 @@ def main() -> None:
     parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     add_run_arguments(parser, "runs/ablations", "2 episodes, 4 steps, seed 0, cheap references")
+    parser.add_argument(
+        "--references",
+        default=None,
+        help="an earlier --output whose reference runs to reuse (same model, pool and training; any RAISE settings)",
+    )
     args = parser.parse_args()
     # `--variants a b field=value`: argparse hands the trailing overrides to --variants; a variant never holds "="
     overrides = [*args.overrides, *(v for v in args.variants if "=" in v)]
@@ -118,9 +126,16 @@ def main() -> None:
     body, views, summary = [], [], {}
     for world in args.worlds:
         root = Path(args.output) / ("tiny" if args.tiny else "") / world
+        reference_root = Path(args.references) / ("tiny" if args.tiny else "") / world if args.references else root
         references, (low, high) = WORLDS[world]
         references = TINY_REFERENCES[world] if args.tiny else references
-        rows = {"references": compare(world, overrides, references, args.baseline_seeds, [0], root / "references")}
+        # the reference methods never read raise.*: without those overrides their runs serve every RAISE setting
+        reference_overrides = [o for o in overrides if not o.startswith("raise.")]
+        rows = {
+            "references": compare(
+                world, reference_overrides, references, args.baseline_seeds, [0], reference_root / "references"
+            )
+        }
         for variant in args.variants:
             rows[variant] = compare(
                 world,

@@ -1,4 +1,4 @@
-"""bench/ablations.py: its variant names, and its --tiny mode end to end (one world, one variant)."""
+"""bench/ablations.py: its variant names, and its --tiny mode end to end (one world, one variant, then its references reused)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,13 @@ def test_the_tiny_mode_runs_and_prints_the_table(tmp_path):
     assert selector["config"]["ablate"] == ["stage"] and selector["config"]["head_stage"] is True
     assert selector["config"]["hidden_size"] == 16
     assert set(selector["provenance"]["episode_head_stage"]) == set(selector["provenance"]["episode_head"])
+
+    # other RAISE settings into another folder, reusing the references above: they are not rerun, the same rows
+    again = [sys.executable, str(SCRIPT), "--tiny", "--worlds", "curriculum", "--variants", "raise"]
+    again += ["raise.hidden_size=8", "--references", str(tmp_path), "--output", str(tmp_path / "second")]
+    second = subprocess.run(again, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert not (tmp_path / "second/tiny/curriculum/references").exists()
+    assert (tmp_path / "second/tiny/curriculum/raise/selector-s0/selector/selector.json").exists()
+    rows = [line for line in second.stdout.splitlines() if line.startswith("| curriculum |")]
+    assert rows[:2] == table[:2]  # random and scheduled_oracle, as in the first run
