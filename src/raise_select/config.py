@@ -386,6 +386,15 @@ class RaiseConfig:
             "help": "K: fine-tuning episodes in all (a multiple of episodes_per_update)",
         },
     )
+    restarts: int = field(
+        default=1,
+        metadata={
+            "range": ">= 1, <= 1000",
+            "help": "independent selector trainings, from seeds seed, seed+1000, ...; the one whose episodes of its "
+            "last quarter of updates ended at the lowest validation loss is kept (its reward, no extra "
+            "evaluation); costs restarts times the training [ours]",
+        },
+    )
     episodes_per_update: int = field(
         default=8,
         metadata={
@@ -550,7 +559,15 @@ def episode_eval_every(config: Config) -> int:
 # learns: a trained selector (selector.json, PPO checkpoints) does not store them, and a resume may change
 # them. (episode_eval_every shapes the episodes, but a selector records the schedule it resolved to, its
 # provenance "eval_every", and check_resume refuses a change of that.)
-RUN_TIME_FIELDS = ("policy", "rollout_workers", "ray_address", "worker_cpus", "worker_gpus", "episode_eval_every")
+RUN_TIME_FIELDS = (
+    "policy",
+    "rollout_workers",
+    "ray_address",
+    "worker_cpus",
+    "worker_gpus",
+    "episode_eval_every",
+    "restarts",  # how many trainings a selector was kept from, not what it learned (its provenance says)
+)
 
 # What a resumed command may change against the run it continues (a section such as "compare" or a
 # field such as "raise.episodes"); every other setting must match, or the resume is refused.
@@ -583,6 +600,7 @@ EXPERIMENTAL_FIELDS = {
     "raise.head_stage": "no shipped config uses a stage head (docs/results.md measures it on the curriculum world)",
     "raise.ablate": "for the paper's ablations (bench/ablations.py): a selector with a group removed is a baseline",
     "raise.proxy_model": "every shipped config plays its episodes on the tuned model itself",
+    "raise.restarts": "no shipped config keeps the best of several trainings (docs/results.md measures it)",
 }
 
 

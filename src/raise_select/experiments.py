@@ -17,6 +17,7 @@ import csv
 import io
 import logging
 import shutil
+import statistics
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -42,9 +43,12 @@ from .run_folders import (
     COMPARISON,
     CONFIG_FILE,
     DATA_FILE,
+    EPISODES_FILE,
     EVALUATION_FILE,
     FINETUNE,
     LEDGER_FILE,
+    RESTARTS_DIR,
+    RESTARTS_FILE,
     RESULTS_CSV,
     RESULTS_JSON,
     RESULTS_MD,
@@ -65,6 +69,7 @@ from .run_folders import (
     output_lock,
     read_episodes,
     read_shaped_json,
+    restart_dir,
     result_row,
     selector_training_dir,
 )
@@ -79,8 +84,13 @@ def selector_training_cost(train_dir: Path) -> PhaseCost:
     seconds and training-token equivalents of the tuned model of a selector training, from its
     episodes.jsonl: training tokens plus the rewards' validation passes (forward-only), scaled by
     the episode model's size relative to the tuned model's (a proxy is cheaper per token)."""
-    compute = _episode_compute(train_dir)
     cost = PhaseCost()
+    if (train_dir / RESTARTS_DIR).is_dir():  # raise.restarts > 1: every restart trained was paid for
+        for restart in sorted((train_dir / RESTARTS_DIR).iterdir()):
+            part = selector_training_cost(restart)
+            cost.add(part.seconds, part.tokens, part.wall_seconds)
+        return cost
+    compute = _episode_compute(train_dir)
     for row in read_episodes(train_dir):
         wall = row.get("wall_seconds")
         tokens = int(row.get("tokens", 0)) + compute["forward_token_weight"] * int(row.get("evaluation_tokens", 0))
@@ -118,7 +128,33 @@ def check_resume(output: Path, config: Config) -> dict:
                 f"--resume: {output} was trained with different {', '.join(changed)}; resume with the "
                 f"settings in {saved_config} (only raise.episodes may grow) or train into a new --output"
             )
+    trained_restarts = (output / RESTARTS_DIR).is_dir()
+    if trained_restarts != (config.raise_.restarts > 1):
+        trained = "raise.restarts > 1" if trained_restarts else "raise.restarts=1"
+        raise UserError(
+            f"--resume: {output} was trained with {trained}; resume with that setting or train into a new --output"
+        )
+    if trained_restarts:  # each restart's checkpoint is checked when it is resumed
+        return None
     return load_checkpoint(output / CHECKPOINT_FILE, config.raise_, config.seed)
+
+
+RESTART_SEED_STRIDE = 1000  # restart k of a selector training with seed s trains with seed s + 1000 k
+
+
+def restart_seeds(config: Config) -> list[int]:
+    """The seeds of a selector training's ``raise.restarts`` trainings: seed, seed + 1000, ..."""
+    return [config.seed + RESTART_SEED_STRIDE * k for k in range(config.raise_.restarts)]
+
+
+def restart_score(train_dir: Path) -> float:
+    """What a restart is kept by, lower is better: the mean final validation loss of the episodes of
+    the last quarter of its PPO updates (at least the last update). It is the reward the training
+    already measured, so choosing costs no evaluation; on a proxy it is the proxy's loss."""
+    episodes = read_episodes(train_dir)
+    updates = sorted({row["update"] for row in episodes})
+    last = set(updates[-max(1, len(updates) // 4) :])
+    return statistics.fmean(row["validation_loss_final"] for row in episodes if row["update"] in last)
 
 
 def check_resumed_pool(output: Path, checkpoint: dict, pool_fingerprint: str) -> None:
@@ -209,7 +245,55 @@ def train_raise_selector(
             bench = replace(bench, config=config)
         if checkpoint is not None:
             check_resumed_pool(output, checkpoint, bench.pool.fingerprint())
+        if config.raise_.restarts > 1:
+            return _train_restarts(bench, output, resume, progress, callbacks)
         return _train_raise_selector(bench, output, resume, progress, callbacks)
+
+
+def _train_restarts(
+    bench: Workbench, output: Path, resume: bool, progress: bool, callbacks: Sequence[Callback]
+) -> Path:
+    """``raise.restarts`` selector trainings, each a selector-training folder ``restarts/seed-<s>/``
+    (:func:`restart_seeds`), then the one of lowest :func:`restart_score` copied to ``output``: its
+    ``selector/`` (provenance: every restart's score and the kept seed; training cost: all restarts)
+    and its ``episodes.jsonl``, with ``restarts.json`` and ``ledger.json``. A resume continues the
+    unfinished restarts; a callback that stops a training stops there (returned: that restart's selector)."""
+    config = bench.config
+    seeds = restart_seeds(config)
+    bench.ensure_features(progress)  # once, shared by every restart (as a comparison's selector seeds share them)
+    with contextlib.nullcontext() if resume else FolderSwap(output) as swap:
+        first_episode = _AfterFirstEpisode(output, config, swap)
+        for seed in seeds:
+            folder = restart_dir(output, seed)
+            restart_config = replace(config, seed=seed, raise_=replace(config.raise_, restarts=1))
+            restart_resume = (folder / CHECKPOINT_FILE).is_file()
+            if restart_resume:
+                check_resumed_pool(folder, check_resume(folder, restart_config), bench.pool.fingerprint())
+            selector = _train_raise_selector(
+                replace(bench, config=restart_config), folder, restart_resume, progress, [first_episode, *callbacks]
+            )
+            if len(read_episodes(folder)) < config.raise_.episodes:  # stopped by a callback: --resume continues
+                return selector
+    scores = {seed: restart_score(restart_dir(output, seed)) for seed in seeds}
+    kept = min(seeds, key=lambda seed: scores[seed])
+    if not first_episode.written:
+        write_text(output / CONFIG_FILE, dump_config(config))
+    cost = selector_training_cost(output)
+    costs = ledger(bench.phi(), {"features": bench.feature_cost, "selector_training": cost}, None)
+    restarts = {
+        "score": "mean final validation loss of the episodes of the last quarter of the updates",
+        "seeds": seeds,
+        "scores": [scores[seed] for seed in seeds],
+        "kept": kept,
+    }
+    artifact = load_artifact(restart_dir(output, kept) / SELECTOR_DIR)
+    artifact.provenance["restarts"] = restarts
+    artifact.provenance["training_cost"] = {"phi": costs["phi"], **costs["phases"]}
+    save_artifact(artifact, output / SELECTOR_DIR)
+    shutil.copyfile(restart_dir(output, kept) / EPISODES_FILE, output / EPISODES_FILE)
+    write_json(output / RESTARTS_FILE, restarts)
+    write_json(output / LEDGER_FILE, costs)
+    return output / SELECTOR_DIR
 
 
 def _train_raise_selector(
@@ -423,7 +507,7 @@ def _run_comparison(config: Config, output: Path, progress: bool, bench: Workben
                 train_config.seed = selector_seed  # policy init, k-means, episode sampling
                 train_config.raise_.episode_steps = resolve_episode_steps(config, len(bench.pool), budgets[0][1])
                 trainer_bench = replace(bench, config=train_config)
-                resume = (train_dir / CHECKPOINT_FILE).is_file()
+                resume = (train_dir / CHECKPOINT_FILE).is_file() or (train_dir / RESTARTS_DIR).is_dir()
                 train_raise_selector(
                     train_config, train_dir, resume=resume, overwrite=not resume, progress=progress, bench=trainer_bench
                 )

@@ -442,6 +442,10 @@ def _episode_head_fact(report: _Report, selector_dir: Path) -> None:
                 f"{name} {weight:+.2f}" for name, weight in sorted(head.items(), key=lambda kv: -abs(kv[1]))
             )
             report.facts.append(f"{label}: {weights}")
+    restarts = provenance.get("restarts")
+    if restarts:  # raise.restarts > 1: which training was kept, and by what
+        scores = ", ".join(f"seed {s} {format_number(v, 4)}" for s, v in zip(restarts["seeds"], restarts["scores"]))
+        report.facts.append(f"RAISE restarts: kept seed {restarts['kept']} of {scores} ({restarts['score']})")
 
 
 def _ppo_section(report: _Report, episodes: list[dict]) -> None:

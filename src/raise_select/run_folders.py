@@ -99,6 +99,8 @@ LM_EVAL_PREFIX = "lm_eval "  # result rows' columns of lm-eval scores: "lm_eval 
 EPISODES_FILE = "episodes.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SELECTOR_DIR = "selector"
+RESTARTS_DIR = "restarts"  # raise.restarts > 1: one selector-training folder per restart seed
+RESTARTS_FILE = "restarts.json"  # each restart's seed and score, and the one kept
 SELECTOR_FILE = "selector.json"  # inside SELECTOR_DIR (and any trained-selector folder)
 SELECTOR_WEIGHTS_FILE = "weights.safetensors"
 
@@ -131,7 +133,15 @@ _OWN_ENTRIES = {
         EXPLAIN_FILE,
         LM_EVAL_DIR + "/",
     },
-    SELECTOR_TRAINING: {CONFIG_FILE, EPISODES_FILE, CHECKPOINT_FILE, LEDGER_FILE, SELECTOR_DIR + "/"},
+    SELECTOR_TRAINING: {
+        CONFIG_FILE,
+        EPISODES_FILE,
+        CHECKPOINT_FILE,
+        LEDGER_FILE,
+        SELECTOR_DIR + "/",
+        RESTARTS_FILE,
+        RESTARTS_DIR + "/",
+    },
 }
 _REPORT_ENTRIES = {REPORT_FILE, PLOTS_DIR + "/"}
 _SELECTOR_ENTRIES = {SELECTOR_FILE, SELECTOR_WEIGHTS_FILE}
@@ -156,6 +166,7 @@ def folder_kind(folder: Path) -> str | None:
         return None
     selector_dir = folder / SELECTOR_DIR
     unfinished_training = selector_dir.is_dir() and not (selector_dir / SELECTOR_FILE).is_file()
+    restarts_dir = folder / RESTARTS_DIR
     seed_trainings = any(name.startswith(SELECTOR_SEED_PREFIX) and (folder / name).is_dir() for name in names)
     if (
         RESULTS_JSON in names
@@ -165,7 +176,7 @@ def folder_kind(folder: Path) -> str | None:
         or names <= {CONFIG_FILE, DATA_FILE}
     ):
         return COMPARISON  # finished, or interrupted while training its selector or before its first run
-    if names & {CHECKPOINT_FILE, EPISODES_FILE} or (selector_dir / SELECTOR_FILE).is_file():
+    if names & {CHECKPOINT_FILE, EPISODES_FILE} or (selector_dir / SELECTOR_FILE).is_file() or restarts_dir.is_dir():
         return SELECTOR_TRAINING
     if SUMMARY_FILE in names:
         return FINETUNE
@@ -192,7 +203,9 @@ def check_output(folder: Path, kind: str, resume: bool = False, overwrite: bool 
             )
     if kind == SELECTOR_TRAINING:
         if resume and found in (None, SELECTOR_TRAINING):  # another kind: the wrong-kind error below
-            if found != SELECTOR_TRAINING or not (folder / CHECKPOINT_FILE).is_file():
+            if found != SELECTOR_TRAINING or not (
+                (folder / CHECKPOINT_FILE).is_file() or (folder / RESTARTS_DIR).is_dir()
+            ):
                 restart = "--overwrite instead of --resume" if found == SELECTOR_TRAINING else "without --resume"
                 raise UserError(
                     f"--resume: no checkpoint in {folder}; pass the --output folder of the interrupted run, "
@@ -484,6 +497,11 @@ def skipped_records_note(count: int, first: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- naming
+
+
+def restart_dir(output: Path, seed: int) -> Path:
+    """Where a selector training with ``raise.restarts`` > 1 trains its restart of seed ``seed``."""
+    return Path(output) / RESTARTS_DIR / f"seed-{seed}"
 
 
 def selector_training_dir(output: Path, selector_seed: int) -> Path:
