@@ -1,4 +1,5 @@
-"""Selector training on a proxy (raise.proxy_layers / proxy_max_length / proxy_model): the episodes run
+"""Selector training on a proxy (raise.proxy_layers / proxy_max_length / proxy_model /
+proxy_validation_size): the episodes run
 on the cheaper model, the static features are the tuned model's, the saved selector records what it
 was trained on, the ledger charges the proxy's tokens in the tuned model's Φ, and the selector
 deploys on the tuned model without re-fitting anything."""
@@ -9,6 +10,7 @@ import pytest
 
 from helpers import SYNTHETIC_OVERRIDES
 from raise_select.config_io import load_config
+from raise_select.environment import FineTuneEnv
 from raise_select.errors import UserError
 from raise_select.experiments import run_comparison, train_raise_selector
 from raise_select.io_utils import read_json, read_jsonl
@@ -79,6 +81,45 @@ def test_truncated_episodes_process_fewer_tokens(bench, tmp_path, proxy_training
     proxy = read_jsonl(output / "episodes.jsonl")
     assert sum(r["tokens"] for r in proxy) < sum(r["tokens"] for r in plain)
     assert load_artifact(tmp_path / "plain" / "selector").provenance["episodes_on"]["proxy"] is False
+
+
+def test_a_validation_subset_rewards_the_episodes_on_its_examples_only(bench, tmp_path):
+    _train(bench, tmp_path / "plain")
+    selector_dir = _train(bench, tmp_path / "subset", "raise.proxy_validation_size=6")
+    plain = read_jsonl(tmp_path / "plain" / "episodes.jsonl")
+    subset = read_jsonl(tmp_path / "subset" / "episodes.jsonl")
+    # Same model and examples: the training tokens match; every validation pass reads 6 of the 24 examples.
+    assert [r["tokens"] for r in subset] == [r["tokens"] for r in plain]
+    six = bench.validation_tokens.num_tokens(range(6))
+    assert all(
+        r["evaluation_tokens"] % six == 0 and 0 < r["evaluation_tokens"] < p["evaluation_tokens"]
+        for r, p in zip(subset, plain, strict=True)
+    )
+    first_six = FineTuneEnv(
+        bench.lm,
+        bench.pool_tokens,
+        bench.validation_tokens.subset(range(6)),
+        bench.config.train,
+        4,
+        base_weights=bench.base_weights,
+    )
+    base_loss = bench.make_env(4).reset(0).validation_history[0]
+    assert plain[0]["validation_loss_initial"] == pytest.approx(base_loss, abs=1e-6)
+    assert subset[0]["validation_loss_initial"] == pytest.approx(first_six.reset(0).validation_history[0], abs=1e-6)
+    assert subset[0]["validation_loss_initial"] != pytest.approx(base_loss, abs=1e-3)
+    artifact = load_artifact(selector_dir)
+    assert artifact.provenance["episodes_on"]["validation_examples"] == 6
+    assert artifact.config.proxy_validation_size == 6  # a trained setting: a resume may not change it
+    # Deployment reads the whole validation set.
+    selector = RaiseSelector.load(selector_dir)
+    result = run_finetune(bench, selector, tmp_path / "run", 4, seed=0, test_metric=False, progress=False)
+    assert result.validation_loss_initial == pytest.approx(base_loss, abs=1e-6)
+
+
+def test_a_validation_subset_larger_than_the_validation_set_is_a_one_line_error(bench, tmp_path):
+    with pytest.raises(UserError, match="raise.proxy_validation_size=25 is more than the target's 24 validation"):
+        _train(bench, tmp_path / "out", "raise.proxy_validation_size=25")
+    assert not (tmp_path / "out" / "selector").exists()
 
 
 def test_a_proxy_trained_selector_deploys_on_the_tuned_model(bench, proxy_training, tmp_path):

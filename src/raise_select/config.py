@@ -540,6 +540,14 @@ class RaiseConfig:
             "on the proxy; None: train.decision_interval [ours]",
         },
     )
+    proxy_validation_size: int | None = field(
+        default=None,
+        metadata={
+            "range": ">= 1, <= 1000000000",
+            "help": "measure the training episodes' validation loss (their state and rewards) on the first N examples "
+            "of the target's validation set; deployment reads all of them; None: all [ours]",
+        },
+    )
     proxy_layers: int | None = field(
         default=None,
         metadata={

@@ -425,6 +425,7 @@ def episodes_model(bench: Workbench, episodes_bench: Workbench) -> dict:
         "num_layers": lm.config.num_layers,
         "max_length": episodes_bench.config.pool.max_length,
         "decision_interval": episodes_bench.config.train.decision_interval,
+        "validation_examples": len(episodes_bench.validation_tokens),
         "parameters": lm.parameter_count(),
         "size_ratio": lm.parameter_count() / bench.lm.parameter_count(),
         "forward_token_weight": forward_token_weight(bench.config.model),

@@ -30,6 +30,7 @@ from .data.tokenize import TokenizedSet, tokenize_examples
 from .data.types import Pool, TargetTask
 from .decisions import metrics_record, selection_record
 from .environment import FineTuneEnv, full_data_steps, resolve_budget
+from .errors import UserError
 from .evaluation import evaluate_test
 from .features import (
     StaticFeatures,
@@ -191,16 +192,29 @@ class Workbench:
 
     def proxy(self, progress: bool = True) -> Workbench:
         """The workbench selector-training episodes are played on: this one, or a cheaper proxy
-        (``raise.proxy_model``, ``proxy_layers``, ``proxy_max_length``, ``proxy_decision_interval``) [ours].
+        (``raise.proxy_model``, ``proxy_layers``, ``proxy_max_length``, ``proxy_decision_interval``,
+        ``proxy_validation_size``) [ours].
 
         The proxy shares this workbench's pool, target and static features (computed here, by
         ``features.aux_model`` or the model being tuned), so a selector trained on it reads the same
         fused features when it is deployed here. It has its own model, tokenization and base weights.
         """
         settings = self.config.raise_
-        proxy_settings = ("proxy_model", "proxy_layers", "proxy_max_length", "proxy_decision_interval")
+        proxy_settings = (
+            "proxy_model",
+            "proxy_layers",
+            "proxy_max_length",
+            "proxy_decision_interval",
+            "proxy_validation_size",
+        )
         if all(getattr(settings, name) is None for name in proxy_settings):
             return self
+        validation_size = settings.proxy_validation_size or len(self.target.validation)
+        if validation_size > len(self.target.validation):
+            raise UserError(
+                f"raise.proxy_validation_size={validation_size} is more than the target's "
+                f"{len(self.target.validation)} validation examples; use at most that many, or null for all"
+            )
         self.ensure_features(progress)
         config = copy.deepcopy(self.config)
         config.model.name = settings.proxy_model or config.model.name
@@ -219,7 +233,7 @@ class Workbench:
             self.pool_tokens
             if same_model and max_length == self.config.pool.max_length
             else tokenize_examples(self.pool.examples, lm.tokenizer, max_length),
-            tokenize_examples(list(self.target.validation), lm.tokenizer, max_length),
+            tokenize_examples(list(self.target.validation)[:validation_size], lm.tokenizer, max_length),
             features=self.features,
             target_embedding=self.target_embedding,
             feature_cost=self.feature_cost,
